@@ -1,0 +1,125 @@
+/* pyphi.h: the whole public ABI of libpyphi, the C core of pyphi.
+ *
+ * Python reads the block between the PYPHI_CDEF markers with cffi in ABI mode, so that block
+ * holds plain C declarations only: no preprocessor lines, no inline functions, no macros.
+ *
+ * Conventions used by every declaration below:
+ * - matrices are row-major; a "row" is one contiguous run of n values in the stated type;
+ * - counts are in values (elements) unless the name ends in _bytes;
+ * - a function that can fail returns an int status: PYPHI_OK (0) or a negative pyphi_status;
+ * - nothing here allocates memory the caller must free, except the pool (pyphi_pool_destroy).
+ */
+#ifndef PYPHI_H
+#define PYPHI_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* PYPHI_CDEF_BEGIN */
+
+/* Tensor element types. The values are ggml's type ids, as GGUF stores them (ggml.h ggml_type). */
+enum pyphi_type {
+    PYPHI_TYPE_F32 = 0,
+    PYPHI_TYPE_F16 = 1,
+    PYPHI_TYPE_Q4_0 = 2,
+    PYPHI_TYPE_Q8_0 = 8,
+    PYPHI_TYPE_BF16 = 30
+};
+
+/* Instruction-set variants of the kernels; every variant computes what the scalar one defines. */
+enum pyphi_isa {
+    PYPHI_ISA_SCALAR = 0, /* portable C: the reference, and the fallback on any CPU */
+    PYPHI_ISA_AVX2 = 1,   /* AVX2 + FMA + F16C (Haswell and later) */
+    PYPHI_ISA_AVX512 = 2, /* AVX-512 F/BW/VL/DQ + VNNI (Ice Lake, Zen 4 and later) */
+    PYPHI_ISA_COUNT = 3
+};
+
+/* CPU feature bits returned by pyphi_cpu_features() (each one also enabled by the OS). */
+enum pyphi_cpu_feature {
+    PYPHI_CPU_SSE42 = 1,
+    PYPHI_CPU_AVX = 2,
+    PYPHI_CPU_AVX2 = 4,
+    PYPHI_CPU_FMA = 8,
+    PYPHI_CPU_F16C = 16,
+    PYPHI_CPU_AVX512F = 32,
+    PYPHI_CPU_AVX512BW = 64,
+    PYPHI_CPU_AVX512VL = 128,
+    PYPHI_CPU_AVX512DQ = 256,
+    PYPHI_CPU_AVX512VNNI = 512,
+    PYPHI_CPU_AVX512BF16 = 1024,
+    PYPHI_CPU_AVXVNNI = 2048
+};
+
+enum pyphi_status {
+    PYPHI_OK = 0,
+    PYPHI_E_TYPE = -1,  /* the type is not one this library computes */
+    PYPHI_E_SHAPE = -2, /* a count is negative, too large, or not a multiple of the block size */
+    PYPHI_E_ISA = -3,   /* this CPU (or build) lacks the requested instruction set */
+    PYPHI_E_NOMEM = -4, /* an allocation failed */
+    PYPHI_E_ARG = -5    /* a NULL pointer or otherwise invalid argument */
+};
+
+const char *pyphi_version(void);
+const char *pyphi_status_string(int status);
+
+/* ---- CPU features and kernel dispatch (dispatch.c) ----------------------------------------- */
+
+uint32_t pyphi_cpu_features(void);   /* OR of pyphi_cpu_feature bits */
+int pyphi_isa_supported(int isa);    /* 1 if this CPU and build can run isa, else 0 */
+int pyphi_isa_best(void);            /* the ISA chosen at load time: the best supported one */
+int pyphi_isa_current(void);         /* the ISA the kernels use now */
+int pyphi_isa_set(int isa);          /* force an ISA (tests, debugging); PYPHI_E_ISA if unsupported */
+const char *pyphi_isa_name(int isa); /* "scalar", "avx2", "avx512"; "unknown" otherwise */
+
+/* ---- Block formats (quants.c): ggml's layouts byte for byte ------------------------------- */
+
+int64_t pyphi_type_block_values(int type); /* values per block: 32 for Q4_0/Q8_0, 1 for floats; 0 if unsupported */
+int64_t pyphi_type_block_bytes(int type);  /* bytes per block: 18 Q4_0, 34 Q8_0, 4 F32, 2 F16/BF16; 0 if unsupported */
+int64_t pyphi_row_bytes(int type, int64_t n); /* bytes of a row of n values; negative status on error */
+
+/* x: (n,) float32 -> y: pyphi_row_bytes(type, n) bytes. Bit-identical to gguf.quants.quantize. */
+int pyphi_quantize_row(int type, const float *x, void *y, int64_t n);
+/* x: pyphi_row_bytes(type, n) bytes -> y: (n,) float32. Exact (bit-identical to gguf.quants.dequantize). */
+int pyphi_dequantize_row(int type, const void *x, float *y, int64_t n);
+
+/* ---- Thread pool (threadpool.c): persistent workers, knows nothing about models ----------- */
+
+typedef struct pyphi_pool pyphi_pool;
+
+pyphi_pool *pyphi_pool_create(int n_threads); /* n_threads >= 1 (the caller counts); NULL on failure */
+void pyphi_pool_destroy(pyphi_pool *pool);    /* NULL is a no-op */
+int pyphi_pool_size(const pyphi_pool *pool);  /* number of threads, the caller's included */
+
+/* Row conversion on the pool: src (n_rows, n) in src_type -> dst (n_rows, n) in dst_type, each row
+ * exactly pyphi_dequantize_row(src_type) then pyphi_quantize_row(dst_type). src and dst must not
+ * overlap. Used by the converter (bf16 checkpoint rows -> GGUF rows). */
+int pyphi_convert_rows(pyphi_pool *pool, int src_type, const void *src, int dst_type, void *dst,
+                       int64_t n_rows, int64_t n);
+
+/* ---- Dot products and matmul (kernels_*.c, matmul.c) -------------------------------------- */
+
+/* The format activations take when dotted with weights of type wtype: Q8_0 for Q4_0 and Q8_0
+ * weights (quantized on the fly, as ggml does), F32 for F32/F16/BF16 weights. */
+int pyphi_vec_dot_type(int wtype);
+
+/* *out = dot of w (a row of n values in wtype) with a (a row of n values in
+ * pyphi_vec_dot_type(wtype)), with the kernels of the current ISA. */
+int pyphi_vec_dot(int wtype, const void *w, const void *a, int64_t n, float *out);
+
+/* y (n_tokens, n_out) float32 = x (n_tokens, n_in) float32 . w^T, where w is (n_out, n_in) in wtype
+ * with rows of pyphi_row_bytes(wtype, n_in) bytes. y must not overlap x or w. The result does not
+ * depend on the pool size. */
+int pyphi_matmul(pyphi_pool *pool, int wtype, const void *w, int64_t n_out, int64_t n_in,
+                 const float *x, int64_t n_tokens, float *y);
+
+/* PYPHI_CDEF_END */
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* PYPHI_H */
