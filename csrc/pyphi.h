@@ -19,6 +19,11 @@
 extern "C" {
 #endif
 
+/* The library is built with -fvisibility=hidden; everything declared below is its export list. */
+#if defined(PYPHI_BUILD) && defined(__GNUC__)
+#pragma GCC visibility push(default)
+#endif
+
 /* PYPHI_CDEF_BEGIN */
 
 /* Tensor element types. The values are ggml's type ids, as GGUF stores them (ggml.h ggml_type). */
@@ -117,6 +122,10 @@ int pyphi_matmul(pyphi_pool *pool, int wtype, const void *w, int64_t n_out, int6
                  const float *x, int64_t n_tokens, float *y);
 
 /* PYPHI_CDEF_END */
+
+#if defined(PYPHI_BUILD) && defined(__GNUC__)
+#pragma GCC visibility pop
+#endif
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,60 @@
+/* kernels.h: the table of compute kernels one instruction set provides, and how to get one.
+ *
+ * Internal to libpyphi. Each kernels_<isa>.c file is compiled with its own flags and defines one
+ * const table; dispatch.c picks the table at run time. Every entry of every SIMD table computes
+ * what the same entry of pyphi_kernels_scalar defines (kernels_scalar.c): bit for bit where the
+ * arithmetic is integer or exact, up to float summation order otherwise (see each entry).
+ * Not here: argument checking and threading (matmul.c), block layouts (quants.h).
+ */
+#ifndef PYPHI_KERNELS_H
+#define PYPHI_KERNELS_H
+
+#include <stdint.h>
+
+/* The per-type arrays are indexed by ggml type id; the ids we compute are all below this. */
+#define PYPHI_TYPE_ID_LIMIT 31
+
+/* *s = sum over i of w[i] * a[i].
+ * w: one row of n values in the weight type; a: one row of n values in the activation type
+ * (pyphi_vec_dot_type: block_q8_0 for Q4_0/Q8_0 weights, float32 for F32/F16/BF16 weights).
+ * n: values, a multiple of the weight type's block (callers check). No alignment is required.
+ * Quantized types: each block's dot is an exact int32, scaled by d_w * d_a (that product of two
+ * binary16 numbers is exact in binary32) and summed in float, as ggml does; summation order is
+ * each ISA's own. Float types: products and sums in float32, order again each ISA's own.
+ * A test bound that holds for every order: |error| <= gamma(k) * sum |w[i] * a[i]|, with
+ * gamma(k) = k u / (1 - k u), u = 2^-24, k = number of blocks + 1 (quantized) or n (float). */
+typedef void (*pyphi_vec_dot_fn)(int64_t n, float *s, const void *w, const void *a);
+
+/* x: (n,) float32 -> y: (n / 32) block_q8_0; n a multiple of 32. Every ISA's version is
+ * bit-identical to pyphi_quantize_row_q8_0 (quants.c), i.e. to gguf.quants.quantize. */
+typedef void (*pyphi_quantize_fn)(const float *x, void *y, int64_t n);
+
+typedef struct pyphi_kernels {
+    int isa;                                      /* enum pyphi_isa */
+    pyphi_vec_dot_fn vec_dot[PYPHI_TYPE_ID_LIMIT]; /* by weight type; NULL: type not computed */
+    pyphi_quantize_fn quantize_row_q8_0;          /* activations for Q4_0/Q8_0 weights */
+} pyphi_kernels;
+
+extern const pyphi_kernels pyphi_kernels_scalar;
+/* Only in x86-64 builds; reached through pyphi_isa_kernels (cpu_x86.c). */
+extern const pyphi_kernels pyphi_kernels_avx2;
+extern const pyphi_kernels pyphi_kernels_avx512;
+
+/* The scalar twins, named so SIMD files and tests of the table can refer to them. */
+void pyphi_vec_dot_f32_scalar(int64_t n, float *s, const void *w, const void *a);
+void pyphi_vec_dot_f16_scalar(int64_t n, float *s, const void *w, const void *a);
+void pyphi_vec_dot_bf16_scalar(int64_t n, float *s, const void *w, const void *a);
+void pyphi_vec_dot_q8_0_q8_0_scalar(int64_t n, float *s, const void *w, const void *a);
+void pyphi_vec_dot_q4_0_q8_0_scalar(int64_t n, float *s, const void *w, const void *a);
+
+/* ---- Selection --------------------------------------------------------------------------- */
+
+/* dispatch.c: the table in use now (chosen once, on first use, unless pyphi_isa_set changed it). */
+const pyphi_kernels *pyphi_kernels_current(void);
+
+/* cpu_x86.c on x86-64, cpu_generic.c elsewhere: what this architecture's build offers. */
+uint32_t pyphi_cpu_detect(void);                 /* pyphi_cpu_feature bits, OS support included */
+const pyphi_kernels *pyphi_isa_kernels(int isa); /* the table built for isa, or NULL */
+uint32_t pyphi_isa_requires(int isa);            /* feature bits the table needs to run */
+
+#endif /* PYPHI_KERNELS_H */

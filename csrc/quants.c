@@ -1,0 +1,233 @@
+/* quants.c: the scalar reference codecs of every tensor type libpyphi stores, and their sizes.
+ *
+ * Quantizers are bit-identical to gguf.quants.quantize (gguf-py 0.19.0, gguf/quants.py), and
+ * dequantizers to gguf.quants.dequantize. That code is numpy over float32, so this file keeps each
+ * float32 operation, and its order, exactly as numpy evaluates it; the build passes
+ * -ffp-contract=off so the compiler cannot fuse a multiply and an add into one rounding.
+ * Not here: SIMD (kernels_*.c) and threading (matmul.c runs these rows on the pool).
+ */
+#include "pyphi.h"
+#include "quants.h"
+
+/* ---- Sizes --------------------------------------------------------------------------------- */
+
+int64_t pyphi_type_block_values(int type) {
+    switch (type) {
+    case PYPHI_TYPE_F32:
+    case PYPHI_TYPE_F16:
+    case PYPHI_TYPE_BF16:
+        return 1;
+    case PYPHI_TYPE_Q4_0:
+        return PYPHI_QK4_0;
+    case PYPHI_TYPE_Q8_0:
+        return PYPHI_QK8_0;
+    default:
+        return 0;
+    }
+}
+
+int64_t pyphi_type_block_bytes(int type) {
+    switch (type) {
+    case PYPHI_TYPE_F32:
+        return 4;
+    case PYPHI_TYPE_F16:
+    case PYPHI_TYPE_BF16:
+        return 2;
+    case PYPHI_TYPE_Q4_0:
+        return sizeof(block_q4_0);
+    case PYPHI_TYPE_Q8_0:
+        return sizeof(block_q8_0);
+    default:
+        return 0;
+    }
+}
+
+int64_t pyphi_row_bytes(int type, int64_t n) {
+    int64_t values = pyphi_type_block_values(type);
+    if (values == 0) {
+        return PYPHI_E_TYPE;
+    }
+    if (n < 0 || n % values != 0) {
+        return PYPHI_E_SHAPE;
+    }
+    int64_t bytes;
+    if (__builtin_mul_overflow(n / values, pyphi_type_block_bytes(type), &bytes)) {
+        return PYPHI_E_SHAPE;
+    }
+    return bytes;
+}
+
+/* ---- Q8_0 (gguf-py Q8_0.quantize_blocks) ---------------------------------------------------- */
+
+void pyphi_quantize_row_q8_0(const float *x, void *vy, int64_t n) {
+    block_q8_0 *y = vy;
+    for (int64_t b = 0; b < n / PYPHI_QK8_0; b++) {
+        const float *xb = x + b * PYPHI_QK8_0; /* (32,) */
+        /* amax = abs(block).max(): a NaN anywhere makes it NaN */
+        float amax = 0.0f;
+        for (int j = 0; j < PYPHI_QK8_0; j++) {
+            float a = fabsf(xb[j]);
+            if (isnan(a)) {
+                amax = a;
+                break;
+            }
+            amax = a > amax ? a : amax;
+        }
+        float d = amax / 127.0f;
+        float id = d == 0.0f ? 0.0f : 1.0f / d; /* numpy multiplies by 1/d; it does not divide */
+        y[b].d = pyphi_fp32_to_fp16(d);
+        for (int j = 0; j < PYPHI_QK8_0; j++) {
+            /* gguf's np_roundf is round-half-away-from-zero, which roundf is for every finite
+             * float; for NaN/inf both give a non-finite value, which the cast maps to 0 */
+            float q = roundf(xb[j] * id);
+            y[b].qs[j] = (int8_t)pyphi_numpy_f32_to_u8(q);
+        }
+    }
+}
+
+static void dequantize_row_q8_0(const void *vx, float *y, int64_t n) {
+    const block_q8_0 *x = vx;
+    for (int64_t b = 0; b < n / PYPHI_QK8_0; b++) {
+        float d = pyphi_fp16_to_fp32(x[b].d);
+        for (int j = 0; j < PYPHI_QK8_0; j++) {
+            y[b * PYPHI_QK8_0 + j] = (float)x[b].qs[j] * d;
+        }
+    }
+}
+
+/* ---- Q4_0 (gguf-py Q4_0.quantize_blocks) ---------------------------------------------------- */
+
+void pyphi_quantize_row_q4_0(const float *x, void *vy, int64_t n) {
+    block_q4_0 *y = vy;
+    for (int64_t b = 0; b < n / PYPHI_QK4_0; b++) {
+        const float *xb = x + b * PYPHI_QK4_0; /* (32,) */
+        /* imax = abs(block).argmax(): the first largest magnitude, or the first NaN */
+        int imax = 0;
+        float amax = fabsf(xb[0]);
+        for (int j = 1; j < PYPHI_QK4_0 && !isnan(amax); j++) {
+            float a = fabsf(xb[j]);
+            if (isnan(a) || a > amax) {
+                amax = a;
+                imax = j;
+            }
+        }
+        /* the signed value of largest magnitude maps to -8 (ggml quantize_row_q4_0_ref) */
+        float d = xb[imax] / -8.0f;
+        float id = d == 0.0f ? 0.0f : 1.0f / d;
+        y[b].d = pyphi_fp32_to_fp16(d);
+        uint8_t q[PYPHI_QK4_0];
+        for (int j = 0; j < PYPHI_QK4_0; j++) {
+            /* trunc(x * id + 8.5) is round-half-up of x * id, offset by 8; astype(uint8), then
+             * clip(0, 15) (in that order in gguf-py) */
+            uint8_t u = pyphi_numpy_f32_to_u8(truncf(xb[j] * id + 8.5f));
+            q[j] = u > 15 ? 15 : u;
+        }
+        for (int j = 0; j < PYPHI_QK4_0 / 2; j++) {
+            y[b].qs[j] = (uint8_t)(q[j] | (q[j + PYPHI_QK4_0 / 2] << 4));
+        }
+    }
+}
+
+static void dequantize_row_q4_0(const void *vx, float *y, int64_t n) {
+    const block_q4_0 *x = vx;
+    for (int64_t b = 0; b < n / PYPHI_QK4_0; b++) {
+        float d = pyphi_fp16_to_fp32(x[b].d);
+        for (int j = 0; j < PYPHI_QK4_0 / 2; j++) {
+            y[b * PYPHI_QK4_0 + j] = d * (float)((x[b].qs[j] & 0x0f) - 8);
+            y[b * PYPHI_QK4_0 + j + PYPHI_QK4_0 / 2] = d * (float)((x[b].qs[j] >> 4) - 8);
+        }
+    }
+}
+
+/* ---- Floats -------------------------------------------------------------------------------- */
+
+static void quantize_row_f16(const float *x, void *vy, int64_t n) {
+    uint16_t *y = vy;
+    for (int64_t i = 0; i < n; i++) {
+        y[i] = pyphi_fp32_to_fp16(x[i]);
+    }
+}
+
+static void dequantize_row_f16(const void *vx, float *y, int64_t n) {
+    const uint16_t *x = vx;
+    for (int64_t i = 0; i < n; i++) {
+        y[i] = pyphi_fp16_to_fp32(x[i]);
+    }
+}
+
+static void quantize_row_bf16(const float *x, void *vy, int64_t n) {
+    uint16_t *y = vy;
+    for (int64_t i = 0; i < n; i++) {
+        y[i] = pyphi_fp32_to_bf16(x[i]);
+    }
+}
+
+static void dequantize_row_bf16(const void *vx, float *y, int64_t n) {
+    const uint16_t *x = vx;
+    for (int64_t i = 0; i < n; i++) {
+        y[i] = pyphi_bf16_to_fp32(x[i]);
+    }
+}
+
+/* ---- Public entry points -------------------------------------------------------------------- */
+
+static int check_row(int type, const void *x, const void *y, int64_t n) {
+    int64_t bytes = pyphi_row_bytes(type, n);
+    if (bytes < 0) {
+        return (int)bytes;
+    }
+    if (x == NULL || y == NULL) {
+        return PYPHI_E_ARG;
+    }
+    return PYPHI_OK;
+}
+
+int pyphi_quantize_row(int type, const float *x, void *y, int64_t n) {
+    int status = check_row(type, x, y, n);
+    if (status != PYPHI_OK) {
+        return status;
+    }
+    switch (type) {
+    case PYPHI_TYPE_F32:
+        memmove(y, x, (size_t)n * sizeof(float));
+        break;
+    case PYPHI_TYPE_F16:
+        quantize_row_f16(x, y, n);
+        break;
+    case PYPHI_TYPE_BF16:
+        quantize_row_bf16(x, y, n);
+        break;
+    case PYPHI_TYPE_Q8_0:
+        pyphi_quantize_row_q8_0(x, y, n);
+        break;
+    case PYPHI_TYPE_Q4_0:
+        pyphi_quantize_row_q4_0(x, y, n);
+        break;
+    }
+    return PYPHI_OK;
+}
+
+int pyphi_dequantize_row(int type, const void *x, float *y, int64_t n) {
+    int status = check_row(type, x, y, n);
+    if (status != PYPHI_OK) {
+        return status;
+    }
+    switch (type) {
+    case PYPHI_TYPE_F32:
+        memmove(y, x, (size_t)n * sizeof(float));
+        break;
+    case PYPHI_TYPE_F16:
+        dequantize_row_f16(x, y, n);
+        break;
+    case PYPHI_TYPE_BF16:
+        dequantize_row_bf16(x, y, n);
+        break;
+    case PYPHI_TYPE_Q8_0:
+        dequantize_row_q8_0(x, y, n);
+        break;
+    case PYPHI_TYPE_Q4_0:
+        dequantize_row_q4_0(x, y, n);
+        break;
+    }
+    return PYPHI_OK;
+}

@@ -1,0 +1,155 @@
+/* quants.h: ggml's block formats byte for byte, and the scalar number conversions they rely on.
+ *
+ * Internal to libpyphi (not part of the ABI). Everything here is portable C11 with no SIMD, so
+ * every kernel file, whatever its compile flags, can include it. The conversions reproduce what
+ * numpy does, because the reference we must match bit for bit is gguf-py's numpy code
+ * (gguf/quants.py, PyPI gguf 0.19.0), which itself matches ggml-quants.c for finite inputs.
+ */
+#ifndef PYPHI_QUANTS_H
+#define PYPHI_QUANTS_H
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+/* ---- Block layouts (ggml-common.h) ---------------------------------------------------------- */
+
+#define PYPHI_QK4_0 32 /* values per Q4_0 block */
+#define PYPHI_QK8_0 32 /* values per Q8_0 block */
+
+/* ggml block_q4_0: value j of the block is ((qs[j % 16] >> (4 * (j / 16))) & 15) - 8, times d.
+ * So the low nibbles hold values 0..15 and the high nibbles values 16..31. */
+typedef struct {
+    uint16_t d;                   /* scale, IEEE binary16 bits */
+    uint8_t qs[PYPHI_QK4_0 / 2];  /* 32 x 4-bit unsigned codes, offset by 8 */
+} block_q4_0;
+_Static_assert(sizeof(block_q4_0) == 18, "block_q4_0 must be 18 bytes, as in ggml");
+
+/* ggml block_q8_0: value j is qs[j] * d. */
+typedef struct {
+    uint16_t d;              /* scale, IEEE binary16 bits */
+    int8_t qs[PYPHI_QK8_0];  /* 32 x signed 8-bit codes */
+} block_q8_0;
+_Static_assert(sizeof(block_q8_0) == 34, "block_q8_0 must be 34 bytes, as in ggml");
+
+/* ---- Bit casts ------------------------------------------------------------------------------ */
+
+static inline uint32_t pyphi_f32_bits(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+}
+
+static inline float pyphi_f32_from_bits(uint32_t u) {
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+/* ---- binary16 <-> binary32 ------------------------------------------------------------------ */
+
+/* binary16 -> binary32, exact. A NaN keeps its sign and payload (shifted up 13 bits) without being
+ * quieted, as numpy's npy_halfbits_to_floatbits does (hardware F16C would set the quiet bit). */
+static inline float pyphi_fp16_to_fp32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    uint32_t exp = (h >> 10) & 0x1fu;
+    uint32_t mant = h & 0x3ffu;
+    if (exp == 0x1f) { /* inf or NaN */
+        return pyphi_f32_from_bits(sign | 0x7f800000u | (mant << 13));
+    }
+    if (exp == 0) {
+        if (mant == 0) {
+            return pyphi_f32_from_bits(sign);
+        }
+        /* subnormal half: mant * 2^-24; normalise so that bit 10 is the implicit one */
+        uint32_t e = 113; /* binary32 biased exponent of 2^-14, the smallest normal half */
+        while (!(mant & 0x400u)) {
+            mant <<= 1;
+            e--;
+        }
+        return pyphi_f32_from_bits(sign | (e << 23) | ((mant & 0x3ffu) << 13));
+    }
+    return pyphi_f32_from_bits(sign | ((exp + 112) << 23) | (mant << 13));
+}
+
+/* binary32 -> binary16, round to nearest, ties to even, with gradual underflow and overflow to
+ * inf. NaN: sign kept, payload truncated to its top 10 bits and forced non-zero so it stays a NaN
+ * (numpy's npy_floatbits_to_halfbits, which `ndarray.astype(np.float16)` uses). */
+static inline uint16_t pyphi_fp32_to_fp16(float f) {
+    uint32_t x = pyphi_f32_bits(f);
+    uint16_t sign = (uint16_t)((x >> 16) & 0x8000u);
+    uint32_t ax = x & 0x7fffffffu;
+    if (ax >= 0x7f800000u) { /* inf or NaN */
+        if (ax == 0x7f800000u) {
+            return sign | 0x7c00u;
+        }
+        uint16_t h = (uint16_t)(0x7c00u + ((ax & 0x7fffffu) >> 13));
+        return sign | (h == 0x7c00u ? 0x7c01u : h);
+    }
+    if (ax >= 0x477ff000u) { /* >= 65520, halfway between 65504 and 2^16: rounds to inf */
+        return sign | 0x7c00u;
+    }
+    if (ax >= 0x38800000u) { /* >= 2^-14: a normal half; rebias the exponent, round 13 bits away */
+        uint32_t h = (ax >> 13) - 0x1c000u; /* 0x1c000 = (127 - 15) << 10 */
+        uint32_t rem = ax & 0x1fffu;
+        if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) {
+            h++; /* a carry into the exponent is the right answer */
+        }
+        return sign | (uint16_t)h;
+    }
+    if (ax <= 0x33000000u) { /* <= 2^-25, half the smallest subnormal: ties to even gives 0 */
+        return sign;
+    }
+    /* subnormal half: the value in units of 2^-24 is mant * 2^(exp - 126), exp in [102, 112] */
+    uint32_t exp = ax >> 23;
+    uint32_t mant = (ax & 0x7fffffu) | 0x800000u;
+    uint32_t shift = 126 - exp; /* 14..24 */
+    uint32_t h = mant >> shift;
+    uint32_t rem = mant & ((1u << shift) - 1u);
+    uint32_t half = 1u << (shift - 1);
+    if (rem > half || (rem == half && (h & 1u))) {
+        h++; /* may carry into the smallest normal, 0x0400, which is the right encoding */
+    }
+    return sign | (uint16_t)h;
+}
+
+/* ---- bfloat16 <-> binary32 ------------------------------------------------------------------ */
+
+static inline float pyphi_bf16_to_fp32(uint16_t b) {
+    return pyphi_f32_from_bits((uint32_t)b << 16);
+}
+
+/* binary32 -> bfloat16, round to nearest even; a NaN keeps its top bits with the quiet bit set.
+ * This is ggml_compute_fp32_to_bf16 (ggml-impl.h), which gguf-py's BF16.quantize_blocks copies. */
+static inline uint16_t pyphi_fp32_to_bf16(float f) {
+    uint32_t x = pyphi_f32_bits(f);
+    if ((x & 0x7fffffffu) > 0x7f800000u) {
+        return (uint16_t)((x >> 16) | 64u);
+    }
+    /* cannot overflow 32 bits: the largest non-NaN pattern is 0xff800000 */
+    return (uint16_t)((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);
+}
+
+/* ---- numpy's float -> small integer casts --------------------------------------------------- */
+
+/* `ndarray.astype(np.int8 / np.uint8)` on x86-64 truncates toward zero to a 32-bit integer (NaN,
+ * inf and anything out of int32 range become INT32_MIN, the x86 "integer indefinite") and keeps
+ * the low byte. gguf-py relies on this for blocks whose scale under- or overflows (e.g. a block
+ * of tiny values gives an infinite inverse scale), so we reproduce it rather than C's undefined
+ * float -> int conversion. Measured on numpy 2.4 (NaN, +-inf, +-1e10 -> 0; 300 -> 44; -300 -> 212). */
+static inline uint8_t pyphi_numpy_f32_to_u8(float v) {
+    if (!(fabsf(v) < 2147483648.0f)) {
+        return 0; /* low byte of INT32_MIN */
+    }
+    return (uint8_t)(uint32_t)(int32_t)v;
+}
+
+/* ---- Scalar row codecs (quants.c) ----------------------------------------------------------- */
+
+/* x: (n,) float32 -> y: (n / 32) blocks. n must be a multiple of 32 (callers check). These are the
+ * reference quantizers: gguf.quants.quantize bit for bit. The Q8_0 one is also the scalar
+ * activation quantizer of the kernel table. */
+void pyphi_quantize_row_q8_0(const float *x, void *y, int64_t n);
+void pyphi_quantize_row_q4_0(const float *x, void *y, int64_t n);
+
+#endif /* PYPHI_QUANTS_H */
