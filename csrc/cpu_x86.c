@@ -74,6 +74,10 @@ const pyphi_kernels *pyphi_isa_kernels(int isa) {
     switch (isa) {
     case PYPHI_ISA_SCALAR:
         return &pyphi_kernels_scalar;
+    case PYPHI_ISA_AVX2:
+        return &pyphi_kernels_avx2;
+    case PYPHI_ISA_AVX512:
+        return &pyphi_kernels_avx512;
     default:
         return NULL;
     }

@@ -4,8 +4,10 @@
  * dequantizers to gguf.quants.dequantize. That code is numpy over float32, so this file keeps each
  * float32 operation, and its order, exactly as numpy evaluates it; the build passes
  * -ffp-contract=off so the compiler cannot fuse a multiply and an add into one rounding.
- * Not here: SIMD (kernels_*.c) and threading (matmul.c runs these rows on the pool).
+ * Not here: SIMD (kernels_*.c; pyphi_quantize_row hands Q8_0 rows to the current ISA's
+ * bit-identical quantizer) and threading (matmul.c runs these rows on the pool).
  */
+#include "kernels.h"
 #include "pyphi.h"
 #include "quants.h"
 
@@ -198,7 +200,9 @@ int pyphi_quantize_row(int type, const float *x, void *y, int64_t n) {
         quantize_row_bf16(x, y, n);
         break;
     case PYPHI_TYPE_Q8_0:
-        pyphi_quantize_row_q8_0(x, y, n);
+        /* the current ISA's activation quantizer: bit-identical to pyphi_quantize_row_q8_0 by
+         * contract (kernels.h), faster, and so testable against gguf through this function */
+        pyphi_kernels_current()->quantize_row_q8_0(x, y, n);
         break;
     case PYPHI_TYPE_Q4_0:
         pyphi_quantize_row_q4_0(x, y, n);

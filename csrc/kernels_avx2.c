@@ -1,0 +1,197 @@
+/* kernels_avx2.c: the kernel table for AVX2 + FMA + F16C cores (Haswell, Zen 1 and later).
+ *
+ * Compiled with -mavx2 -mfma -mf16c (CMakeLists.txt) and reached only through dispatch.c after
+ * CPUID/XGETBV said these instructions run, so no function here may be called directly from
+ * shared code. Each function computes what its scalar twin in kernels_scalar.c / quants.c defines
+ * (same name with _scalar, same signature); see kernels.h for how closely.
+ *
+ * Integer dots are exact for every possible block content (no saturating tricks that break on a
+ * -128 code): Q4_0 uses the unsigned nibble with maddubs and subtracts 8 * sum(a) separately;
+ * Q8_0 x Q8_0 widens to int16 and uses madd.
+ */
+#include "kernels.h"
+#include "pyphi.h"
+#include "quants.h"
+
+#include <immintrin.h>
+
+/* ---- Helpers ----------------------------------------------------------------------------- */
+
+static inline float hsum_ps(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* d_w * d_a of two blocks (exact in binary32), broadcast. F16C converts binary16 exactly. */
+static inline __m256 block_scale(uint16_t dw, uint16_t da) {
+    __m128 d = _mm_cvtph_ps(_mm_set_epi16(0, 0, 0, 0, 0, 0, (short)da, (short)dw));
+    return _mm256_set1_ps(_mm_cvtss_f32(d) * _mm_cvtss_f32(_mm_movehdup_ps(d)));
+}
+
+/* ---- Float weights x float32 activations ------------------------------------------------- */
+
+static inline __m256 load_f32(const float *p) {
+    return _mm256_loadu_ps(p);
+}
+
+static inline __m256 load_f16(const uint16_t *p) {
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+}
+
+/* bfloat16 is the top half of a binary32: widen to 32 bits and shift left by 16. */
+static inline __m256 load_bf16(const uint16_t *p) {
+    __m256i u = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(u, 16));
+}
+
+/* One body for the three float weight types: W is the element type, LOAD widens 8 of them to
+ * binary32 and TO_F32 one of them (the scalar twin's conversion) for the last n % 8 values.
+ * Four independent accumulators hide the FMA latency. */
+#define DEFINE_VEC_DOT_FLOAT(NAME, W, LOAD, TO_F32)                                              \
+    static void NAME(int64_t n, float *s, const void *vw, const void *va) {                      \
+        const W *w = vw;     /* (n,) */                                                           \
+        const float *a = va; /* (n,) */                                                           \
+        __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();                            \
+        __m256 acc2 = _mm256_setzero_ps(), acc3 = _mm256_setzero_ps();                            \
+        int64_t i = 0;                                                                            \
+        for (; i + 32 <= n; i += 32) {                                                            \
+            acc0 = _mm256_fmadd_ps(LOAD(w + i), _mm256_loadu_ps(a + i), acc0);                     \
+            acc1 = _mm256_fmadd_ps(LOAD(w + i + 8), _mm256_loadu_ps(a + i + 8), acc1);             \
+            acc2 = _mm256_fmadd_ps(LOAD(w + i + 16), _mm256_loadu_ps(a + i + 16), acc2);           \
+            acc3 = _mm256_fmadd_ps(LOAD(w + i + 24), _mm256_loadu_ps(a + i + 24), acc3);           \
+        }                                                                                         \
+        for (; i + 8 <= n; i += 8) {                                                              \
+            acc0 = _mm256_fmadd_ps(LOAD(w + i), _mm256_loadu_ps(a + i), acc0);                     \
+        }                                                                                         \
+        float sum = hsum_ps(_mm256_add_ps(_mm256_add_ps(acc0, acc1), _mm256_add_ps(acc2, acc3))); \
+        for (; i < n; i++) {                                                                      \
+            sum += TO_F32(w[i]) * a[i];                                                           \
+        }                                                                                         \
+        *s = sum;                                                                                 \
+    }
+
+static inline float f32_identity(float v) {
+    return v;
+}
+
+DEFINE_VEC_DOT_FLOAT(vec_dot_f32_avx2, float, load_f32, f32_identity)
+DEFINE_VEC_DOT_FLOAT(vec_dot_f16_avx2, uint16_t, load_f16, pyphi_fp16_to_fp32)
+DEFINE_VEC_DOT_FLOAT(vec_dot_bf16_avx2, uint16_t, load_bf16, pyphi_bf16_to_fp32)
+
+/* ---- Quantized weights x Q8_0 activations ------------------------------------------------ */
+
+/* The 32 codes 0..15 of a Q4_0 block in value order: low nibbles (values 0..15) in the low
+ * 128-bit lane, high nibbles (values 16..31) in the high lane. */
+static inline __m256i unpack_q4_0(const uint8_t *qs) {
+    __m128i packed = _mm_loadu_si128((const __m128i *)qs); /* (16,) bytes */
+    __m128i mask = _mm_set1_epi8(0x0f);
+    __m128i lo = _mm_and_si128(packed, mask);
+    __m128i hi = _mm_and_si128(_mm_srli_epi16(packed, 4), mask);
+    return _mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1);
+}
+
+static void vec_dot_q4_0_q8_0_avx2(int64_t n, float *s, const void *vw, const void *va) {
+    const block_q4_0 *w = vw; /* (n / 32,) */
+    const block_q8_0 *a = va; /* (n / 32,) */
+    const __m256i eight = _mm256_set1_epi8(8);
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t b = 0; b < n / PYPHI_QK4_0; b++) {
+        __m256i q = unpack_q4_0(w[b].qs);                             /* (32,) u8 in 0..15 */
+        __m256i y = _mm256_loadu_si256((const __m256i *)a[b].qs);     /* (32,) s8 */
+        /* sum (q - 8) y = sum q y - sum 8 y; pairwise int16 sums stay within +-3840 and +-2048 */
+        __m256i qy = _mm256_maddubs_epi16(q, y);
+        __m256i ey = _mm256_maddubs_epi16(eight, y);
+        __m256i sum32 = _mm256_madd_epi16(_mm256_sub_epi16(qy, ey), ones); /* (8,) int32 */
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum32), block_scale(w[b].d, a[b].d), acc);
+    }
+    *s = hsum_ps(acc);
+}
+
+/* 16 signed bytes widened to int16, times 16 others, summed pairwise to (8,) int32: exact. */
+static inline __m256i dot16_s8(const int8_t *x, const int8_t *y) {
+    __m256i x16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)x));
+    __m256i y16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)y));
+    return _mm256_madd_epi16(x16, y16);
+}
+
+static void vec_dot_q8_0_q8_0_avx2(int64_t n, float *s, const void *vw, const void *va) {
+    const block_q8_0 *w = vw; /* (n / 32,) */
+    const block_q8_0 *a = va; /* (n / 32,) */
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t b = 0; b < n / PYPHI_QK8_0; b++) {
+        __m256i sum32 = _mm256_add_epi32(dot16_s8(w[b].qs, a[b].qs),
+                                         dot16_s8(w[b].qs + 16, a[b].qs + 16)); /* (8,) int32 */
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum32), block_scale(w[b].d, a[b].d), acc);
+    }
+    *s = hsum_ps(acc);
+}
+
+/* ---- Activation quantizer: float32 -> Q8_0, bit-identical to pyphi_quantize_row_q8_0 ------ */
+
+/* round-half-away-from-zero(v * id) as int32, and 0 where the product is not finite (numpy's
+ * cast of NaN/inf, see quants.h). Exact: floor and the 0.5 test see the exact fraction. */
+static inline __m256i round_scaled(__m256 v, __m256 id) {
+    const __m256 sign_bit = _mm256_set1_ps(-0.0f);
+    __m256 t = _mm256_mul_ps(v, id);
+    __m256 mag = _mm256_andnot_ps(sign_bit, t);
+    __m256 fl = _mm256_floor_ps(mag);
+    __m256 up = _mm256_cmp_ps(_mm256_sub_ps(mag, fl), _mm256_set1_ps(0.5f), _CMP_GE_OQ);
+    __m256 r = _mm256_add_ps(fl, _mm256_and_ps(up, _mm256_set1_ps(1.0f)));
+    __m256 finite = _mm256_cmp_ps(mag, _mm256_set1_ps(INFINITY), _CMP_LT_OQ);
+    r = _mm256_and_ps(finite, _mm256_or_ps(r, _mm256_and_ps(sign_bit, t))); /* copy the sign */
+    return _mm256_cvttps_epi32(r); /* finite |r| <= 127 here, see pyphi_quantize_row_q8_0 */
+}
+
+static void quantize_row_q8_0_avx2(const float *x, void *vy, int64_t n) {
+    block_q8_0 *y = vy;
+    const __m256 sign_bit = _mm256_set1_ps(-0.0f);
+    for (int64_t b = 0; b < n / PYPHI_QK8_0; b++) {
+        const float *xb = x + b * PYPHI_QK8_0; /* (32,) */
+        __m256 v0 = _mm256_loadu_ps(xb), v1 = _mm256_loadu_ps(xb + 8);
+        __m256 v2 = _mm256_loadu_ps(xb + 16), v3 = _mm256_loadu_ps(xb + 24);
+        __m256 nan = _mm256_or_ps(_mm256_or_ps(_mm256_cmp_ps(v0, v0, _CMP_UNORD_Q),
+                                               _mm256_cmp_ps(v1, v1, _CMP_UNORD_Q)),
+                                  _mm256_or_ps(_mm256_cmp_ps(v2, v2, _CMP_UNORD_Q),
+                                               _mm256_cmp_ps(v3, v3, _CMP_UNORD_Q)));
+        if (_mm256_movemask_ps(nan)) {
+            /* which NaN becomes the scale is defined by the scalar scan order */
+            pyphi_quantize_row_q8_0(xb, &y[b], PYPHI_QK8_0);
+            continue;
+        }
+        __m256 m = _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign_bit, v0), _mm256_andnot_ps(sign_bit, v1)),
+                                 _mm256_max_ps(_mm256_andnot_ps(sign_bit, v2), _mm256_andnot_ps(sign_bit, v3)));
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+        float amax = _mm_cvtss_f32(m4);
+        float d = amax / 127.0f;
+        float id = d == 0.0f ? 0.0f : 1.0f / d;
+        /* d is not NaN here, and F16C rounds to nearest even like pyphi_fp32_to_fp16 */
+        y[b].d = (uint16_t)_cvtss_sh(d, _MM_FROUND_TO_NEAREST_INT);
+        __m256 idv = _mm256_set1_ps(id);
+        __m256i i0 = round_scaled(v0, idv), i1 = round_scaled(v1, idv);
+        __m256i i2 = round_scaled(v2, idv), i3 = round_scaled(v3, idv);
+        /* int32 -> int8 (values within +-127, so saturation never triggers); the two packs work
+         * per 128-bit lane, and the final permute restores value order (as ggml does) */
+        __m256i i16 = _mm256_packs_epi32(i0, i1);
+        __m256i j16 = _mm256_packs_epi32(i2, i3);
+        __m256i i8 = _mm256_packs_epi16(i16, j16);
+        i8 = _mm256_permutevar8x32_epi32(i8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256((__m256i *)y[b].qs, i8);
+    }
+}
+
+const pyphi_kernels pyphi_kernels_avx2 = {
+    .isa = PYPHI_ISA_AVX2,
+    .vec_dot = {
+        [PYPHI_TYPE_F32] = vec_dot_f32_avx2,
+        [PYPHI_TYPE_F16] = vec_dot_f16_avx2,
+        [PYPHI_TYPE_BF16] = vec_dot_bf16_avx2,
+        [PYPHI_TYPE_Q8_0] = vec_dot_q8_0_q8_0_avx2,
+        [PYPHI_TYPE_Q4_0] = vec_dot_q4_0_q8_0_avx2,
+    },
+    .quantize_row_q8_0 = quantize_row_q8_0_avx2,
+};

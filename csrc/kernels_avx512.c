@@ -1,0 +1,216 @@
+/* kernels_avx512.c: the kernel table for AVX-512 F/BW/VL/DQ + VNNI cores (Ice Lake, Zen 4 and
+ * later).
+ *
+ * Compiled with -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mfma -mf16c
+ * (CMakeLists.txt) and reached only through dispatch.c after CPUID/XGETBV said these run. Each
+ * function computes what its scalar twin (kernels_scalar.c / quants.c) defines; see kernels.h.
+ *
+ * Integer dots use VNNI's vpdpbusd (unsigned bytes x signed bytes, four products summed into each
+ * int32 lane). Both weight formats are made unsigned so every block content stays exact:
+ *   Q4_0: sum (q - 8) a = dpbusd(q, a) - dpbusd(8, a), q the raw nibble in 0..15;
+ *   Q8_0: sum w a = dpbusd(w + 128, a) - dpbusd(128, a), w + 128 being w XOR 0x80 as unsigned.
+ * Two blocks fill one 512-bit register: lanes 0-7 hold block b, lanes 8-15 block b + 1.
+ * Float rows end with a masked load rather than a scalar loop.
+ */
+#include "kernels.h"
+#include "pyphi.h"
+#include "quants.h"
+
+#include <immintrin.h>
+
+/* ---- Float weights x float32 activations ------------------------------------------------- */
+
+static inline __mmask16 tail_mask(int64_t remaining) {
+    return (__mmask16)((1u << remaining) - 1u); /* remaining in 0..15 */
+}
+
+static inline __m512 load_f16(const uint16_t *p) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
+}
+
+static inline __m512 load_f16_masked(const uint16_t *p, __mmask16 m) {
+    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p));
+}
+
+/* bfloat16 is the top half of a binary32: widen to 32 bits and shift left by 16. */
+static inline __m512 load_bf16(const uint16_t *p) {
+    __m512i u = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(u, 16));
+}
+
+static inline __m512 load_bf16_masked(const uint16_t *p, __mmask16 m) {
+    __m512i u = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(u, 16));
+}
+
+static inline __m512 load_f32(const float *p) {
+    return _mm512_loadu_ps(p);
+}
+
+static inline __m512 load_f32_masked(const float *p, __mmask16 m) {
+    return _mm512_maskz_loadu_ps(m, p);
+}
+
+/* One body for the three float weight types: W is the element type, LOAD / LOAD_MASKED widen 16
+ * of them to binary32. Four accumulators hide the FMA latency. */
+#define DEFINE_VEC_DOT_FLOAT(NAME, W, LOAD, LOAD_MASKED)                                         \
+    static void NAME(int64_t n, float *s, const void *vw, const void *va) {                      \
+        const W *w = vw;     /* (n,) */                                                           \
+        const float *a = va; /* (n,) */                                                           \
+        __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();                            \
+        __m512 acc2 = _mm512_setzero_ps(), acc3 = _mm512_setzero_ps();                            \
+        int64_t i = 0;                                                                            \
+        for (; i + 64 <= n; i += 64) {                                                            \
+            acc0 = _mm512_fmadd_ps(LOAD(w + i), _mm512_loadu_ps(a + i), acc0);                     \
+            acc1 = _mm512_fmadd_ps(LOAD(w + i + 16), _mm512_loadu_ps(a + i + 16), acc1);           \
+            acc2 = _mm512_fmadd_ps(LOAD(w + i + 32), _mm512_loadu_ps(a + i + 32), acc2);           \
+            acc3 = _mm512_fmadd_ps(LOAD(w + i + 48), _mm512_loadu_ps(a + i + 48), acc3);           \
+        }                                                                                         \
+        for (; i + 16 <= n; i += 16) {                                                            \
+            acc0 = _mm512_fmadd_ps(LOAD(w + i), _mm512_loadu_ps(a + i), acc0);                     \
+        }                                                                                         \
+        if (i < n) {                                                                              \
+            __mmask16 m = tail_mask(n - i);                                                       \
+            acc1 = _mm512_fmadd_ps(LOAD_MASKED(w + i, m), _mm512_maskz_loadu_ps(m, a + i), acc1);  \
+        }                                                                                         \
+        *s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc0, acc1), _mm512_add_ps(acc2, acc3))); \
+    }
+
+DEFINE_VEC_DOT_FLOAT(vec_dot_f32_avx512, float, load_f32, load_f32_masked)
+DEFINE_VEC_DOT_FLOAT(vec_dot_f16_avx512, uint16_t, load_f16, load_f16_masked)
+DEFINE_VEC_DOT_FLOAT(vec_dot_bf16_avx512, uint16_t, load_bf16, load_bf16_masked)
+
+/* ---- Quantized weights x Q8_0 activations ------------------------------------------------ */
+
+/* d_w * d_a of blocks b and b + 1 (each product exact in binary32), broadcast to lanes 0-7 and
+ * 8-15. F16C converts binary16 exactly. */
+static inline __m512 pair_scale(uint16_t dw0, uint16_t dw1, uint16_t da0, uint16_t da1) {
+    __m128 d = _mm_cvtph_ps(_mm_setr_epi16((short)dw0, (short)dw1, (short)da0, (short)da1, 0, 0, 0, 0));
+    __m128 dd = _mm_mul_ps(d, _mm_movehl_ps(d, d)); /* (dw0 * da0, dw1 * da1, ., .) */
+    const __m512i idx = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+    return _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(dd));
+}
+
+/* The codes of Q8_0 blocks b and b + 1: (64,) s8, or (32,) then zeros when only b exists. */
+static inline __m512i load_q8_0_pair(const block_q8_0 *a) {
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)a[0].qs)),
+                              _mm256_loadu_si256((const __m256i *)a[1].qs), 1);
+}
+
+static inline __m512i load_q8_0_one(const block_q8_0 *a) {
+    return _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)a[0].qs));
+}
+
+/* The 32 codes 0..15 of one Q4_0 block in value order: low nibbles are values 0..15, high
+ * nibbles values 16..31. */
+static inline __m256i unpack_q4_0(const uint8_t *qs) {
+    __m128i packed = _mm_loadu_si128((const __m128i *)qs); /* (16,) bytes */
+    __m128i mask = _mm_set1_epi8(0x0f);
+    __m128i lo = _mm_and_si128(packed, mask);
+    __m128i hi = _mm_and_si128(_mm_srli_epi16(packed, 4), mask);
+    return _mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1);
+}
+
+/* sum (q - 8) a per 4-byte group, (16,) int32; q unsigned 0..15, a signed. */
+static inline __m512i dot_q4_0(__m512i q, __m512i a) {
+    __m512i qa = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, a);
+    __m512i ea = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(8), a);
+    return _mm512_sub_epi32(qa, ea);
+}
+
+static void vec_dot_q4_0_q8_0_avx512(int64_t n, float *s, const void *vw, const void *va) {
+    const block_q4_0 *w = vw; /* (n / 32,) */
+    const block_q8_0 *a = va; /* (n / 32,) */
+    int64_t nb = n / PYPHI_QK4_0;
+    __m512 acc = _mm512_setzero_ps();
+    int64_t b = 0;
+    for (; b + 2 <= nb; b += 2) {
+        __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(unpack_q4_0(w[b].qs)),
+                                       unpack_q4_0(w[b + 1].qs), 1);
+        __m512i sum32 = dot_q4_0(q, load_q8_0_pair(&a[b]));
+        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum32),
+                              pair_scale(w[b].d, w[b + 1].d, a[b].d, a[b + 1].d), acc);
+    }
+    if (b < nb) { /* odd block count: the upper half is zero, so its scale does not matter */
+        __m512i q = _mm512_zextsi256_si512(unpack_q4_0(w[b].qs));
+        __m512i sum32 = dot_q4_0(q, load_q8_0_one(&a[b]));
+        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum32), pair_scale(w[b].d, 0, a[b].d, 0), acc);
+    }
+    *s = _mm512_reduce_add_ps(acc);
+}
+
+/* sum w a per 4-byte group, (16,) int32, both signed: bias w to unsigned, remove 128 sum a. */
+static inline __m512i dot_q8_0(__m512i w, __m512i a) {
+    const __m512i bias = _mm512_set1_epi8((char)0x80);
+    __m512i wa = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_xor_si512(w, bias), a);
+    __m512i ba = _mm512_dpbusd_epi32(_mm512_setzero_si512(), bias, a);
+    return _mm512_sub_epi32(wa, ba);
+}
+
+static void vec_dot_q8_0_q8_0_avx512(int64_t n, float *s, const void *vw, const void *va) {
+    const block_q8_0 *w = vw; /* (n / 32,) */
+    const block_q8_0 *a = va; /* (n / 32,) */
+    int64_t nb = n / PYPHI_QK8_0;
+    __m512 acc = _mm512_setzero_ps();
+    int64_t b = 0;
+    for (; b + 2 <= nb; b += 2) {
+        __m512i sum32 = dot_q8_0(load_q8_0_pair(&w[b]), load_q8_0_pair(&a[b]));
+        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum32),
+                              pair_scale(w[b].d, w[b + 1].d, a[b].d, a[b + 1].d), acc);
+    }
+    if (b < nb) {
+        __m512i sum32 = dot_q8_0(load_q8_0_one(&w[b]), load_q8_0_one(&a[b]));
+        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum32), pair_scale(w[b].d, 0, a[b].d, 0), acc);
+    }
+    *s = _mm512_reduce_add_ps(acc);
+}
+
+/* ---- Activation quantizer: float32 -> Q8_0, bit-identical to pyphi_quantize_row_q8_0 ------ */
+
+/* round-half-away-from-zero(v * id) as 16 bytes, 0 where the product is not finite (numpy's cast
+ * of NaN/inf, see quants.h). Exact: floor and the 0.5 test see the exact fraction. */
+static inline __m128i round_scaled(__m512 v, __m512 id) {
+    __m512 t = _mm512_mul_ps(v, id);
+    __m512 mag = _mm512_abs_ps(t);
+    __m512 fl = _mm512_roundscale_ps(mag, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+    __mmask16 up = _mm512_cmp_ps_mask(_mm512_sub_ps(mag, fl), _mm512_set1_ps(0.5f), _CMP_GE_OQ);
+    __m512 r = _mm512_mask_add_ps(fl, up, fl, _mm512_set1_ps(1.0f));
+    __mmask16 finite = _mm512_cmp_ps_mask(mag, _mm512_set1_ps(INFINITY), _CMP_LT_OQ);
+    __mmask16 negative = _mm512_cmp_ps_mask(t, _mm512_setzero_ps(), _CMP_LT_OQ);
+    __m512i i = _mm512_maskz_cvttps_epi32(finite, r); /* finite |r| <= 127 here */
+    i = _mm512_mask_sub_epi32(i, negative, _mm512_setzero_si512(), i);
+    return _mm512_cvtepi32_epi8(i); /* truncating narrow; values fit */
+}
+
+static void quantize_row_q8_0_avx512(const float *x, void *vy, int64_t n) {
+    block_q8_0 *y = vy;
+    for (int64_t b = 0; b < n / PYPHI_QK8_0; b++) {
+        const float *xb = x + b * PYPHI_QK8_0; /* (32,) */
+        __m512 v0 = _mm512_loadu_ps(xb), v1 = _mm512_loadu_ps(xb + 16);
+        if (_mm512_cmp_ps_mask(v0, v0, _CMP_UNORD_Q) | _mm512_cmp_ps_mask(v1, v1, _CMP_UNORD_Q)) {
+            /* which NaN becomes the scale is defined by the scalar scan order */
+            pyphi_quantize_row_q8_0(xb, &y[b], PYPHI_QK8_0);
+            continue;
+        }
+        float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+        float d = amax / 127.0f;
+        float id = d == 0.0f ? 0.0f : 1.0f / d;
+        /* d is not NaN here, and F16C rounds to nearest even like pyphi_fp32_to_fp16 */
+        y[b].d = (uint16_t)_cvtss_sh(d, _MM_FROUND_TO_NEAREST_INT);
+        __m512 idv = _mm512_set1_ps(id);
+        _mm_storeu_si128((__m128i *)y[b].qs, round_scaled(v0, idv));
+        _mm_storeu_si128((__m128i *)(y[b].qs + 16), round_scaled(v1, idv));
+    }
+}
+
+const pyphi_kernels pyphi_kernels_avx512 = {
+    .isa = PYPHI_ISA_AVX512,
+    .vec_dot = {
+        [PYPHI_TYPE_F32] = vec_dot_f32_avx512,
+        [PYPHI_TYPE_F16] = vec_dot_f16_avx512,
+        [PYPHI_TYPE_BF16] = vec_dot_bf16_avx512,
+        [PYPHI_TYPE_Q8_0] = vec_dot_q8_0_q8_0_avx512,
+        [PYPHI_TYPE_Q4_0] = vec_dot_q4_0_q8_0_avx512,
+    },
+    .quantize_row_q8_0 = quantize_row_q8_0_avx512,
+};
