@@ -13,8 +13,8 @@ A leaf module: it imports only `gguf_format`, numpy and the standard library.
 
 Why our own reader rather than `gguf.GGUFReader` (gguf-py 0.19.0, the ecosystem's reference): it
 builds numpy views for every part of every metadata string, so a Phi-4-mini-sized vocabulary
-(200,064 tokens and 199,742 merges) took 9.5-16 s to open on our 2-core dev box; this reader
-decodes each string with one slice in a tight loop and opens the same file in 0.14 s.
+(200,064 tokens and 199,742 merges) took 9.5-15 s to open on our shared 2-core dev box; this
+reader decodes each string with one slice in a tight loop and opens the same file in 0.14-0.28 s.
 
 Layout and limits follow ggml's `gguf.cpp` (the loader llama.cpp uses) and docs/gguf.md; where this
 reader differs from ggml, the function that checks says so.
@@ -289,8 +289,8 @@ def _read_shape(cur: _Cursor, what: str) -> tuple[int, ...]:
     """n_dims in 1..MAX_DIMS, each dim >= 1, the element count within int64.
 
     Stricter than ggml, which lets n_dims be 0 (a scalar) and dims be 0: no model tensor has
-    either, ggml's own overflow check divides by ne[1..3] so a zero there cannot load in llama.cpp
-    anyway, and an empty tensor has no byte range for the alignment and overlap checks to check.
+    either, gguf.cpp's own overflow check divides INT64_MAX by ne[1..3] so llama.cpp cannot load a
+    zero there anyway, and an empty tensor has no byte range for the overlap check to check.
     """
     where = cur.pos
     n_dims = cur.u32(what, "n_dims")
