@@ -5,6 +5,7 @@ Good files come from `gguf.GGUFWriter` (the independent reference writer). Bad f
 byte by byte here, because the reference writer refuses to write most of them.
 """
 
+import os
 import struct
 import time
 
@@ -467,8 +468,9 @@ def test_every_truncation_raises(reference, tmp_path):
         header_end = f.data_offset
     cuts = list(range(header_end + 1)) + rng.integers(header_end, data_end, 200).tolist()
     path = tmp_path / "cut.gguf"
-    for cut in cuts:
-        path.write_bytes(data[:cut])
+    path.write_bytes(data)
+    for cut in sorted(cuts, reverse=True):  # shrink one file rather than write hundreds
+        os.truncate(path, cut)
         with pytest.raises(GGUFError) as e:
             GGUFFile(path)
         assert str(e.value).startswith(f"{path}: "), cut
