@@ -21,8 +21,15 @@
  * Quantized types: each block's dot is an exact int32, scaled by d_w * d_a (that product of two
  * binary16 numbers is exact in binary32) and summed in float, as ggml does; summation order is
  * each ISA's own. Float types: products and sums in float32, order again each ISA's own.
- * A test bound that holds for every order: |error| <= gamma(k) * sum |w[i] * a[i]|, with
- * gamma(k) = k u / (1 - k u), u = 2^-24, k = number of blocks + 1 (quantized) or n (float). */
+ * Error bound, for every ISA (Higham, Accuracy and Stability of Numerical Algorithms, 2nd ed.,
+ * sec. 3.1): |*s - exact dot of the decoded values| <= gamma(k) * sum |w[i] * a[i]|, with
+ * gamma(k) = k u / (1 - k u), u = 2^-24 and k = m + 10, where m is the number of terms (n for
+ * float types, the number of blocks for quantized ones). A term is rounded once when formed (a
+ * block's int32 sum is exact and d_w * d_a is exact, so only their product rounds; a fused
+ * multiply-add rounds product and sum once) and once per addition on its way to the result;
+ * the longest such path is the m - 1 sequential additions of the scalar twin, or in the SIMD
+ * versions m / lanes per lane plus at most 10 more (remainder loops, combining the accumulators,
+ * the horizontal reduction of up to 16 lanes). */
 typedef void (*pyphi_vec_dot_fn)(int64_t n, float *s, const void *w, const void *a);
 
 /* x: (n,) float32 -> y: (n / 32) block_q8_0; n a multiple of 32. Every ISA's version is

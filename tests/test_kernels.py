@@ -1,0 +1,280 @@
+"""Dot products and matmul of every weight type on every ISA, against numpy float64.
+
+Reference: the exact dot of the decoded operands. Weights and Q8_0 activations are encoded and
+decoded with gguf-py (gguf.quants), not with our code, and the decoded values multiply exactly
+in float64 (24-bit significands), so numpy's float64 result is exact up to ~1e-16 relative.
+
+Tolerance (derived in csrc/kernels.h, after Higham sec. 3.1): every ISA's result r satisfies
+    |r - exact| <= gamma(m + 10) * sum |w_i a_i|,   gamma(k) = k u / (1 - k u),  u = 2^-24,
+m = number of terms (n_in for float weights, n_in / 32 blocks for quantized ones). So two ISAs
+may differ by twice that. Where every partial sum is an integer below 2^24 (integer-valued data,
+unit scales) no rounding happens in any order and all ISAs must agree bit for bit, with numpy's
+integer dot too. Thread counts never change a bit.
+"""
+
+from __future__ import annotations
+
+import gguf
+import numpy as np
+import pytest
+
+from pyphi import cpu, kernels, quants
+from pyphi._native import NativeError, ffi, lib
+from pyphi.threadpool import ThreadPool, physical_core_count
+
+G = gguf.GGMLQuantizationType
+U = 2.0**-24
+TYPE_NAME = quants.type_names().get
+WTYPES = [lib.PYPHI_TYPE_F32, lib.PYPHI_TYPE_F16, lib.PYPHI_TYPE_BF16, lib.PYPHI_TYPE_Q8_0, lib.PYPHI_TYPE_Q4_0]
+GGUF_TYPE = {
+    lib.PYPHI_TYPE_F32: G.F32,
+    lib.PYPHI_TYPE_F16: G.F16,
+    lib.PYPHI_TYPE_BF16: G.BF16,
+    lib.PYPHI_TYPE_Q8_0: G.Q8_0,
+    lib.PYPHI_TYPE_Q4_0: G.Q4_0,
+}
+QUANTIZED = (lib.PYPHI_TYPE_Q8_0, lib.PYPHI_TYPE_Q4_0)
+N_IN = [32 * k for k in (1, 3, 7, 31, 97)]  # odd block counts: never a multiple of a SIMD width
+N_OUT = [1, 3, 17, 257]
+N_TOKENS = [1, 2, 7]
+ISAS = cpu.supported_isas()
+
+
+def gguf_encode(x: np.ndarray, t: int) -> np.ndarray:
+    """float32 (rows, n) -> the rows' bytes in type t, by gguf-py: (rows, row_bytes) uint8."""
+    q = gguf.quants.quantize(np.ascontiguousarray(x, dtype=np.float32), GGUF_TYPE[t])
+    return np.ascontiguousarray(q).view(np.uint8).reshape(x.shape[0], -1)
+
+
+def gguf_decode(data: np.ndarray, t: int, n: int) -> np.ndarray:
+    """(rows, row_bytes) uint8 in type t -> float64 (rows, n), by gguf-py."""
+    if t in (lib.PYPHI_TYPE_F32, lib.PYPHI_TYPE_F16):
+        data = data.view(np.float32 if t == lib.PYPHI_TYPE_F32 else np.float16)
+    return gguf.quants.dequantize(data, GGUF_TYPE[t]).astype(np.float64).reshape(-1, n)
+
+
+def decoded_activations(x: np.ndarray, wtype: int) -> np.ndarray:
+    """What the kernels really multiply the weights with: x, or x through Q8_0 (float64)."""
+    if wtype in QUANTIZED:
+        return gguf_decode(gguf_encode(x, lib.PYPHI_TYPE_Q8_0), lib.PYPHI_TYPE_Q8_0, x.shape[1])
+    return x.astype(np.float64)
+
+
+def gamma(k: int) -> float:
+    return k * U / (1 - k * U)
+
+
+def n_terms(wtype: int, n_in: int) -> int:
+    return n_in // 32 if wtype in QUANTIZED else n_in
+
+
+def bound(wtype: int, w: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """(T, n_out) error bound for y = a . w^T (float64 w (n_out, n), a (T, n))."""
+    return gamma(n_terms(wtype, w.shape[1]) + 10) * (np.abs(a) @ np.abs(w).T) * (1 + 1e-12)
+
+
+def random_case(rng: np.random.Generator, wtype: int, n_out: int, n_in: int, n_tokens: int):
+    w = rng.standard_normal((n_out, n_in)).astype(np.float32)
+    w[:, rng.integers(0, n_in)] *= 50  # an outlier column, as real weights have
+    x = rng.standard_normal((n_tokens, n_in)).astype(np.float32)
+    return gguf_encode(w, wtype), x
+
+
+# ---- vec_dot and matmul vs numpy float64 ----------------------------------------------------
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("wtype", WTYPES, ids=TYPE_NAME)
+def test_matmul_within_bound_of_exact(wtype, isa):
+    rng = np.random.default_rng(wtype)
+    with cpu.forced_isa(isa):
+        for n_in in N_IN:
+            for n_out in N_OUT if n_in < 1024 else N_OUT[:3]:  # keep the run short
+                n_tokens = N_TOKENS[(n_in + n_out) % len(N_TOKENS)]
+                wq, x = random_case(rng, wtype, n_out, n_in, n_tokens)
+                w64 = gguf_decode(wq, wtype, n_in)
+                a64 = decoded_activations(x, wtype)
+                exact = a64 @ w64.T
+                y = kernels.matmul(None, wtype, wq, x)
+                assert y.shape == (n_tokens, n_out) and y.dtype == np.float32
+                err = np.abs(y - exact)
+                tol = bound(wtype, w64, a64)
+                assert (err <= tol).all(), f"n_in={n_in} n_out={n_out}: max err/tol {np.max(err / tol)}"
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("wtype", WTYPES, ids=TYPE_NAME)
+def test_vec_dot_within_bound_and_equal_to_matmul(wtype, isa):
+    rng = np.random.default_rng(100 + wtype)
+    with cpu.forced_isa(isa):
+        for n_in in N_IN:
+            wq, x = random_case(rng, wtype, 1, n_in, 1)
+            w64, a64 = gguf_decode(wq, wtype, n_in), decoded_activations(x, wtype)
+            got = kernels.vec_dot(wtype, wq[0], x[0])
+            exact = float(a64[0] @ w64[0])
+            assert abs(got - exact) <= bound(wtype, w64, a64)[0, 0]
+            # the same kernel computes each matmul element
+            assert np.float32(got) == kernels.matmul(None, wtype, wq, x)[0, 0]
+            # activations given already encoded, by gguf
+            if wtype in QUANTIZED:
+                assert kernels.vec_dot(wtype, wq[0], gguf_encode(x, lib.PYPHI_TYPE_Q8_0)[0]) == got
+
+
+def integer_case(rng: np.random.Generator, wtype: int, n_out: int, n_in: int, n_tokens: int):
+    """Operands whose every partial dot sum is an integer below 2^24 in magnitude, so no ISA
+    rounds: quantized blocks with scale 1.0 and arbitrary codes (Q8_0's -128 included), or
+    small integers for float types. Returns (weight bytes, activation rows in the activation
+    format, int64 weights (n_out, n), int64 activations (T, n))."""
+    if wtype in QUANTIZED:
+        one = np.frombuffer(np.float16(1.0).tobytes(), np.uint8)
+        nb = n_in // 32
+        wcodes = rng.integers(-128, 128, (n_out, nb, 32)) if wtype == lib.PYPHI_TYPE_Q8_0 else rng.integers(0, 16, (n_out, nb, 32))
+        acodes = rng.integers(-128, 128, (n_tokens, nb, 32))
+        if wtype == lib.PYPHI_TYPE_Q8_0:
+            wq = np.concatenate([np.broadcast_to(one, (n_out, nb, 2)), wcodes.astype(np.int8).view(np.uint8)], axis=2)
+            wint = wcodes
+        else:
+            packed = (wcodes[..., :16] | (wcodes[..., 16:] << 4)).astype(np.uint8)
+            wq = np.concatenate([np.broadcast_to(one, (n_out, nb, 2)), packed], axis=2)
+            wint = wcodes - 8
+        aq = np.concatenate([np.broadcast_to(one, (n_tokens, nb, 2)), acodes.astype(np.int8).view(np.uint8)], axis=2)
+        return (wq.reshape(n_out, -1), aq.reshape(n_tokens, -1), wint.reshape(n_out, n_in), acodes.reshape(n_tokens, n_in))
+    wint = rng.integers(-8, 9, (n_out, n_in))
+    aint = rng.integers(-8, 9, (n_tokens, n_in))
+    return gguf_encode(wint.astype(np.float32), wtype), aint.astype(np.float32), wint, aint
+
+
+@pytest.mark.parametrize("wtype", WTYPES, ids=TYPE_NAME)
+def test_every_isa_exact_on_integer_data(wtype):
+    rng = np.random.default_rng(200 + wtype)
+    for n_in in N_IN:
+        wq, aq, wint, aint = integer_case(rng, wtype, 3, n_in, 2)
+        exact = (aint @ wint.T).astype(np.float32)
+        for isa in ISAS:
+            with cpu.forced_isa(isa):
+                for i in range(3):
+                    for t in range(2):
+                        assert kernels.vec_dot(wtype, wq[i], aq[t]) == exact[t, i], (isa, n_in, i, t)
+
+
+@pytest.mark.parametrize("wtype", WTYPES, ids=TYPE_NAME)
+def test_isas_agree_with_scalar_twin(wtype):
+    """Bit-identical activation codes (through Q8_0 weights with unit scale, which are exact) and
+    results within twice the bound of each other."""
+    rng = np.random.default_rng(300 + wtype)
+    n_in, n_out, n_tokens = 32 * 31, 17, 7
+    wq, x = random_case(rng, wtype, n_out, n_in, n_tokens)
+    w64, a64 = gguf_decode(wq, wtype, n_in), decoded_activations(x, wtype)
+    with cpu.forced_isa("scalar"):
+        ref = kernels.matmul(None, wtype, wq, x)
+    for isa in ISAS:
+        with cpu.forced_isa(isa):
+            y = kernels.matmul(None, wtype, wq, x)
+        assert (np.abs(y.astype(np.float64) - ref) <= 2 * bound(wtype, w64, a64)).all(), isa
+
+
+# ---- threads ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_matmul_bit_identical_for_any_thread_count(isa):
+    rng = np.random.default_rng(400)
+    pools = [ThreadPool(n) for n in (1, 2, 3)]
+    try:
+        with cpu.forced_isa(isa):
+            for wtype in WTYPES:
+                for n_in, n_out, n_tokens in [(32 * 7, 257, 7), (32 * 3, 1, 2), (32 * 97, 17, 1)]:
+                    wq, x = random_case(rng, wtype, n_out, n_in, n_tokens)
+                    ys = [kernels.matmul(p, wtype, wq, x) for p in [None, *pools]]
+                    for y in ys[1:]:
+                        assert np.array_equal(y.view(np.uint32), ys[0].view(np.uint32)), (wtype, n_in, n_out)
+    finally:
+        for p in pools:
+            p.close()
+
+
+def test_pool_is_reusable_and_closes():
+    with ThreadPool(3) as pool:
+        assert lib.pyphi_pool_size(pool.handle) == 3
+        wq, x = random_case(np.random.default_rng(5), lib.PYPHI_TYPE_Q4_0, 64, 64, 3)
+        first = kernels.matmul(pool, lib.PYPHI_TYPE_Q4_0, wq, x)
+        for _ in range(200):  # many short jobs: workers spin, sleep and wake without losing one
+            assert np.array_equal(kernels.matmul(pool, lib.PYPHI_TYPE_Q4_0, wq, x), first)
+    with pytest.raises(ValueError):
+        pool.handle
+    assert lib.pyphi_pool_create(0) == ffi.NULL
+    assert lib.pyphi_pool_size(ffi.NULL) == 1
+    lib.pyphi_pool_destroy(ffi.NULL)
+    assert physical_core_count() >= 1
+    with pytest.raises(ValueError):
+        ThreadPool(0)
+
+
+# ---- bad arguments ---------------------------------------------------------------------------
+
+
+def test_matmul_and_vec_dot_reject_bad_arguments():
+    q4, f32 = lib.PYPHI_TYPE_Q4_0, lib.PYPHI_TYPE_F32
+    w = np.zeros((4, 36), np.uint8)  # 4 rows of 64 Q4_0 values
+    x = np.zeros((2, 64), np.float32)
+    y = np.zeros((2, 4), np.float32)
+    wp, xp, yp = (ffi.from_buffer("uint8_t[]", w), ffi.from_buffer("float[]", x), ffi.from_buffer("float[]", y))
+    mm = lib.pyphi_matmul
+    assert mm(ffi.NULL, q4, wp, 4, 64, xp, 2, yp) == lib.PYPHI_OK
+    assert mm(ffi.NULL, 6, wp, 4, 64, xp, 2, yp) == lib.PYPHI_E_TYPE
+    assert mm(ffi.NULL, -1, wp, 4, 64, xp, 2, yp) == lib.PYPHI_E_TYPE
+    assert mm(ffi.NULL, q4, ffi.NULL, 4, 64, xp, 2, yp) == lib.PYPHI_E_ARG
+    assert mm(ffi.NULL, q4, wp, 4, 64, ffi.NULL, 2, yp) == lib.PYPHI_E_ARG
+    assert mm(ffi.NULL, q4, wp, 4, 64, xp, 2, ffi.NULL) == lib.PYPHI_E_ARG
+    assert mm(ffi.NULL, q4, wp, 4, 48, xp, 2, yp) == lib.PYPHI_E_SHAPE  # not whole blocks
+    assert mm(ffi.NULL, q4, wp, -4, 64, xp, 2, yp) == lib.PYPHI_E_SHAPE
+    assert mm(ffi.NULL, q4, wp, 4, -64, xp, 2, yp) == lib.PYPHI_E_SHAPE
+    assert mm(ffi.NULL, q4, wp, 4, 64, xp, -2, yp) == lib.PYPHI_E_SHAPE
+    assert mm(ffi.NULL, q4, wp, 2**62, 64, xp, 2, yp) == lib.PYPHI_E_SHAPE  # bytes overflow
+    assert mm(ffi.NULL, f32, wp, 4, 2**61, xp, 2, yp) == lib.PYPHI_E_SHAPE
+    assert mm(ffi.NULL, q4, wp, 4, 64, xp, 2**58, yp) == lib.PYPHI_E_SHAPE  # x bytes overflow
+    assert mm(ffi.NULL, q4, wp, 4, 64, xp, 2, xp + 4) == lib.PYPHI_E_ARG  # y overlaps x
+    assert mm(ffi.NULL, q4, wp, 4, 64, xp, 2, ffi.cast("float *", wp)) == lib.PYPHI_E_ARG  # y overlaps w
+    assert mm(ffi.NULL, q4, wp + 1, 4, 64, xp, 2, yp) == lib.PYPHI_E_ARG  # misaligned
+    assert mm(ffi.NULL, q4, wp, 0, 64, xp, 2, yp) == lib.PYPHI_OK  # empty output
+    out = ffi.new("float *")
+    assert lib.pyphi_vec_dot(q4, wp, wp, 64, out) == lib.PYPHI_OK
+    assert lib.pyphi_vec_dot(q4, wp, wp, 65, out) == lib.PYPHI_E_SHAPE
+    assert lib.pyphi_vec_dot(q4, wp, wp, 64, ffi.NULL) == lib.PYPHI_E_ARG
+    assert lib.pyphi_vec_dot(q4, ffi.NULL, wp, 64, out) == lib.PYPHI_E_ARG
+    assert lib.pyphi_vec_dot(3, wp, wp, 64, out) == lib.PYPHI_E_TYPE
+    assert lib.pyphi_vec_dot(f32, xp, xp, 0, out) == lib.PYPHI_OK and out[0] == 0.0
+    assert lib.pyphi_vec_dot_type(q4) == lib.PYPHI_TYPE_Q8_0
+    assert lib.pyphi_vec_dot_type(lib.PYPHI_TYPE_BF16) == lib.PYPHI_TYPE_F32
+    assert lib.pyphi_vec_dot_type(4) == lib.PYPHI_E_TYPE
+    with pytest.raises(ValueError):
+        kernels.matmul(None, q4, w, np.zeros((2, 96), np.float32))  # 144 bytes: not rows of 96
+    with pytest.raises(ValueError):
+        kernels.vec_dot_type(7)  # not a pyphi_type
+    with pytest.raises(NativeError):
+        kernels.matmul(None, q4, w, np.zeros((2, 48), np.float32))  # n_in not whole blocks
+
+
+# ---- ISA selection ---------------------------------------------------------------------------
+
+
+def test_isa_selection():
+    info = cpu.system_info()
+    assert info["isa_current"] in info["isa_supported"] and info["isa_best"] == info["isa_supported"][-1]
+    assert info["version"] and "scalar" in info["isa_supported"]
+    assert cpu.isa_names() == ["scalar", "avx2", "avx512"]
+    assert lib.pyphi_isa_set(lib.PYPHI_ISA_COUNT) == lib.PYPHI_E_ISA
+    assert lib.pyphi_isa_set(-1) == lib.PYPHI_E_ISA
+    assert ffi.string(lib.pyphi_isa_name(42)) == b"unknown"
+    before = cpu.current_isa()
+    with cpu.forced_isa("scalar"):
+        assert cpu.current_isa() == "scalar" and lib.pyphi_isa_current() == lib.PYPHI_ISA_SCALAR
+    assert cpu.current_isa() == before
+    with pytest.raises(ValueError):
+        cpu.set_isa("neon")
+    features = lib.pyphi_cpu_features()
+    for isa in range(lib.PYPHI_ISA_COUNT):  # an ISA is offered only with its features present
+        needs = {lib.PYPHI_ISA_AVX2: lib.PYPHI_CPU_AVX2 | lib.PYPHI_CPU_FMA | lib.PYPHI_CPU_F16C,
+                 lib.PYPHI_ISA_AVX512: lib.PYPHI_CPU_AVX512F | lib.PYPHI_CPU_AVX512BW | lib.PYPHI_CPU_AVX512VNNI}
+        if lib.pyphi_isa_supported(isa) and isa in needs:
+            assert features & needs[isa] == needs[isa]
