@@ -159,9 +159,8 @@ def _derive_merges(ranks):
     return merges
 
 
-def _vocab_strings(ranks):
+def _vocab_strings(ranks, to_unicode):
     """Token strings for ids 0..VOCAB_SIZE-1 (SPEC §6.1)."""
-    to_unicode = _byte_to_unicode()
     strings = [None] * VOCAB_SIZE
     for token, rank in ranks.items():
         strings[rank] = "".join(to_unicode[b] for b in token)
@@ -177,13 +176,11 @@ def _derive_files(ranks):
     """{file name: text} for vocab.json, merges.txt and tokenizer.json."""
     if len(ranks) != N_RANKS or any(bytes([b]) not in ranks for b in range(256)):
         raise ValueError("o200k_base ranks must hold all 256 single bytes and 199,998 tokens")
-    strings = _vocab_strings(ranks)
     to_unicode = _byte_to_unicode()
-
-    def text(token):
-        return "".join(to_unicode[b] for b in token)
-
-    merges = [(text(a), text(b)) for a, b in _derive_merges(ranks)]
+    strings = _vocab_strings(ranks, to_unicode)
+    merges = [
+        ("".join(to_unicode[x] for x in a), "".join(to_unicode[x] for x in b)) for a, b in _derive_merges(ranks)
+    ]
     vocab = {s: i for i, s in enumerate(strings)}
     if len(vocab) != VOCAB_SIZE:
         raise ValueError("duplicate token strings in the vocabulary")
