@@ -85,10 +85,10 @@ DEFINE_VEC_DOT_FLOAT(vec_dot_bf16_avx512, uint16_t, load_bf16, load_bf16_masked)
 /* d_w * d_a of blocks b and b + 1 (each product exact in binary32), broadcast to lanes 0-7 and
  * 8-15. F16C converts binary16 exactly. */
 static inline __m512 pair_scale(uint16_t dw0, uint16_t dw1, uint16_t da0, uint16_t da1) {
-    __m128 d = _mm_cvtph_ps(_mm_setr_epi16((short)dw0, (short)dw1, (short)da0, (short)da1, 0, 0, 0, 0));
-    __m128 dd = _mm_mul_ps(d, _mm_movehl_ps(d, d)); /* (dw0 * da0, dw1 * da1, ., .) */
+    __m128 dw = _mm_cvtph_ps(_mm_cvtsi32_si128((int)(dw0 | ((uint32_t)dw1 << 16))));
+    __m128 da = _mm_cvtph_ps(_mm_cvtsi32_si128((int)(da0 | ((uint32_t)da1 << 16))));
     const __m512i idx = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
-    return _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(dd));
+    return _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(_mm_mul_ps(dw, da)));
 }
 
 /* The codes of Q8_0 blocks b and b + 1: (64,) s8, or (32,) then zeros when only b exists. */
@@ -101,14 +101,25 @@ static inline __m512i load_q8_0_one(const block_q8_0 *a) {
     return _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)a[0].qs));
 }
 
-/* The 32 codes 0..15 of one Q4_0 block in value order: low nibbles are values 0..15, high
- * nibbles values 16..31. */
-static inline __m256i unpack_q4_0(const uint8_t *qs) {
-    __m128i packed = _mm_loadu_si128((const __m128i *)qs); /* (16,) bytes */
+/* The 64 codes 0..15 of Q4_0 blocks b and b + 1 in value order. In a block, low nibbles are
+ * values 0..15 and high nibbles values 16..31, so split both blocks' bytes at once into
+ * (lo b, lo b+1, hi b, hi b+1) 128-bit lanes, then swap the middle two lanes. */
+static inline __m512i unpack_q4_0_pair(const block_q4_0 *w) {
+    __m256i packed = _mm256_loadu2_m128i((const __m128i *)w[1].qs, (const __m128i *)w[0].qs);
+    __m256i mask = _mm256_set1_epi8(0x0f);
+    __m256i lo = _mm256_and_si256(packed, mask);
+    __m256i hi = _mm256_and_si256(_mm256_srli_epi16(packed, 4), mask);
+    __m512i lanes = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+    return _mm512_shuffle_i64x2(lanes, lanes, _MM_SHUFFLE(3, 1, 2, 0));
+}
+
+/* The same for block b alone, codes in the low 256 bits, zeros above. */
+static inline __m512i unpack_q4_0_one(const block_q4_0 *w) {
+    __m128i packed = _mm_loadu_si128((const __m128i *)w[0].qs);
     __m128i mask = _mm_set1_epi8(0x0f);
     __m128i lo = _mm_and_si128(packed, mask);
     __m128i hi = _mm_and_si128(_mm_srli_epi16(packed, 4), mask);
-    return _mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1);
+    return _mm512_zextsi256_si512(_mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1));
 }
 
 /* sum (q - 8) a per 4-byte group, (16,) int32; q unsigned 0..15, a signed. */
@@ -125,15 +136,12 @@ static void vec_dot_q4_0_q8_0_avx512(int64_t n, float *s, const void *vw, const 
     __m512 acc = _mm512_setzero_ps();
     int64_t b = 0;
     for (; b + 2 <= nb; b += 2) {
-        __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(unpack_q4_0(w[b].qs)),
-                                       unpack_q4_0(w[b + 1].qs), 1);
-        __m512i sum32 = dot_q4_0(q, load_q8_0_pair(&a[b]));
+        __m512i sum32 = dot_q4_0(unpack_q4_0_pair(&w[b]), load_q8_0_pair(&a[b]));
         acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum32),
                               pair_scale(w[b].d, w[b + 1].d, a[b].d, a[b + 1].d), acc);
     }
     if (b < nb) { /* odd block count: the upper half is zero, so its scale does not matter */
-        __m512i q = _mm512_zextsi256_si512(unpack_q4_0(w[b].qs));
-        __m512i sum32 = dot_q4_0(q, load_q8_0_one(&a[b]));
+        __m512i sum32 = dot_q4_0(unpack_q4_0_one(&w[b]), load_q8_0_one(&a[b]));
         acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum32), pair_scale(w[b].d, 0, a[b].d, 0), acc);
     }
     *s = _mm512_reduce_add_ps(acc);
