@@ -36,6 +36,7 @@ struct worker {
 struct pyphi_pool {
     int n_threads;
     struct worker *workers; /* (n_threads - 1,) */
+    pthread_mutex_t run_lock; /* one job at a time, even if several threads share the pool */
     pthread_mutex_t mutex;
     pthread_cond_t wake; /* broadcast when a job is posted, or at shutdown */
     pthread_cond_t done; /* signalled by the last worker to finish a job */
@@ -120,6 +121,7 @@ void pyphi_pool_run(pyphi_pool *pool, pyphi_chunk_fn fn, void *ctx, int64_t n_ch
         }
         return;
     }
+    pthread_mutex_lock(&pool->run_lock);
     pool->fn = fn;
     pool->ctx = ctx;
     pool->n_chunks = n_chunks;
@@ -133,6 +135,7 @@ void pyphi_pool_run(pyphi_pool *pool, pyphi_chunk_fn fn, void *ctx, int64_t n_ch
 
     run_chunks(pool, 0);
     wait_for_workers(pool);
+    pthread_mutex_unlock(&pool->run_lock);
 }
 
 /* Stops and joins the first n_started workers, then frees the pool. */
@@ -147,6 +150,7 @@ static void pool_shutdown(pyphi_pool *pool, int n_started) {
     pthread_cond_destroy(&pool->done);
     pthread_cond_destroy(&pool->wake);
     pthread_mutex_destroy(&pool->mutex);
+    pthread_mutex_destroy(&pool->run_lock);
     free(pool->workers);
     free(pool);
 }
@@ -165,6 +169,7 @@ pyphi_pool *pyphi_pool_create(int n_threads) {
         return NULL;
     }
     pool->n_threads = n_threads;
+    pthread_mutex_init(&pool->run_lock, NULL);
     pthread_mutex_init(&pool->mutex, NULL);
     pthread_cond_init(&pool->wake, NULL);
     pthread_cond_init(&pool->done, NULL);

@@ -17,8 +17,8 @@
 typedef void (*pyphi_chunk_fn)(void *ctx, int64_t chunk, int thread);
 
 /* Runs fn over chunks [0, n_chunks) on the pool and waits for all of them. pool may be NULL: the
- * caller then runs every chunk itself, as thread 0. One job at a time per pool: a pool must not
- * be run from two threads at once, nor from inside one of its own chunks. */
+ * caller then runs every chunk itself, as thread 0. Several threads may share a pool: their jobs
+ * run one after the other. A chunk must not run a job on its own pool (that would deadlock). */
 void pyphi_pool_run(pyphi_pool *pool, pyphi_chunk_fn fn, void *ctx, int64_t n_chunks);
 
 #endif /* PYPHI_THREADPOOL_H */

@@ -193,6 +193,33 @@ def test_matmul_bit_identical_for_any_thread_count(isa):
             p.close()
 
 
+def test_pool_shared_by_python_threads():
+    """cffi releases the GIL during C calls, so two Python threads can run jobs on one pool at
+    once; the pool serialises them and both get the right answer."""
+    import threading
+
+    rng = np.random.default_rng(6)
+    cases = [random_case(rng, wtype, 1025, 32 * 15, 3) for wtype in (lib.PYPHI_TYPE_Q4_0, lib.PYPHI_TYPE_F16)]
+    expected = [kernels.matmul(None, wtype, wq, x) for wtype, (wq, x) in zip((lib.PYPHI_TYPE_Q4_0, lib.PYPHI_TYPE_F16), cases)]
+    failures = []
+    with ThreadPool(2) as pool:
+
+        def work(i: int, wtype: int) -> None:
+            wq, x = cases[i]
+            for _ in range(30):
+                if not np.array_equal(kernels.matmul(pool, wtype, wq, x), expected[i]):
+                    failures.append(i)
+
+        wtypes = (lib.PYPHI_TYPE_Q4_0, lib.PYPHI_TYPE_F16)
+        threads = [threading.Thread(target=work, args=(i, t), daemon=True) for i, t in enumerate(wtypes)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)  # an unserialised pool can deadlock here rather than fail
+        assert not any(t.is_alive() for t in threads), "pool deadlocked"
+    assert not failures
+
+
 def test_pool_is_reusable_and_closes():
     with ThreadPool(3) as pool:
         assert lib.pyphi_pool_size(pool.handle) == 3
