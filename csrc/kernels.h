@@ -47,7 +47,8 @@ extern const pyphi_kernels pyphi_kernels_scalar;
 extern const pyphi_kernels pyphi_kernels_avx2;
 extern const pyphi_kernels pyphi_kernels_avx512;
 
-/* The scalar twins, named so SIMD files and tests of the table can refer to them. */
+/* The scalar twins (kernels_scalar.c): the definitions every ISA's vec_dot entry follows, named
+ * here so that later kernels (e.g. a blocked GEMM's reference) can be written in terms of them. */
 void pyphi_vec_dot_f32_scalar(int64_t n, float *s, const void *w, const void *a);
 void pyphi_vec_dot_f16_scalar(int64_t n, float *s, const void *w, const void *a);
 void pyphi_vec_dot_bf16_scalar(int64_t n, float *s, const void *w, const void *a);

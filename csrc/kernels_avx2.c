@@ -2,8 +2,8 @@
  *
  * Compiled with -mavx2 -mfma -mf16c (CMakeLists.txt) and reached only through dispatch.c after
  * CPUID/XGETBV said these instructions run, so no function here may be called directly from
- * shared code. Each function computes what its scalar twin in kernels_scalar.c / quants.c defines
- * (same name with _scalar, same signature); see kernels.h for how closely.
+ * shared code. Each function computes what the same table entry of pyphi_kernels_scalar
+ * (kernels_scalar.c, quants.c) defines, with the same signature; see kernels.h for how closely.
  *
  * Integer dots are exact for every possible block content (no saturating tricks that break on a
  * -128 code): Q4_0 uses the unsigned nibble with maddubs and subtracts 8 * sum(a) separately;

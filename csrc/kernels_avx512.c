@@ -3,7 +3,7 @@
  *
  * Compiled with -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mfma -mf16c
  * (CMakeLists.txt) and reached only through dispatch.c after CPUID/XGETBV said these run. Each
- * function computes what its scalar twin (kernels_scalar.c / quants.c) defines; see kernels.h.
+ * function computes what the same table entry of pyphi_kernels_scalar defines; see kernels.h.
  *
  * Integer dots use VNNI's vpdpbusd (unsigned bytes x signed bytes, four products summed into each
  * int32 lane). Both weight formats are made unsigned so every block content stays exact:
