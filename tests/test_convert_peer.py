@@ -1,0 +1,141 @@
+"""pyphi-convert's files against llama.cpp itself (marker `peer`; slower).
+
+1. llama.cpp (PyPI llama-cpp-python 0.3.36) loads every converted type, tokenizes SPEC §7's chat
+   example to SPEC's ids, reports both stop tokens, and evaluates tokens to finite logits.
+2. llama.cpp's own converter (`convert_hf_to_gguf.py` from the same sdist, llama.cpp 0c1e57098,
+   run as a separate program) converts the same checkpoint; both files must agree key by key,
+   in key order, tensor by tensor and byte by byte, except for the one key pyphi adds
+   (`tokenizer.ggml.eot_token_id`). llama.cpp's converter writes no q4_0, so that type is
+   compared against gguf-py in test_convert.py only. The sdist comes from pip's download (and
+   cache); without it, those tests are skipped.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_convert import open_gguf  # gguf-py's reader, sped up for 200k-entry vocabularies
+
+from pyphi.testing import checkpoint as ckpt
+
+pytestmark = pytest.mark.peer
+
+OUT_TYPES = ["f32", "f16", "bf16", "q8_0", "q4_0"]
+LLAMA_CPP_TYPES = ["f32", "f16", "bf16", "q8_0"]  # what convert_hf_to_gguf.py --outtype offers of ours
+SDIST = "llama_cpp_python-0.3.36.tar.gz"
+SDIST_ROOT = "llama_cpp_python-0.3.36/vendor/llama.cpp/"
+CONVERTER_FILES = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/")
+OUR_EXTRA_KEYS = {"tokenizer.ggml.eot_token_id"}
+
+# SPEC §7: the rendered [system, user, assistant, user] conversation and its token ids.
+CHAT = ("<|system|>You are a helpful AI assistant.<|end|><|user|>Hi!<|end|><|assistant|>Hello.<|end|>"
+        "<|user|>2x + 3 = 7?<|end|><|assistant|>")
+CHAT_IDS = [200022, 3575, 553, 261, 10297, 20837, 29186, 13, 200020, 200021, 12194, 0, 200020, 200019,
+            13225, 13, 200020, 200021, 17, 87, 659, 220, 18, 314, 220, 22, 30, 200020, 200019]
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return ckpt.write_size(tmp_path_factory.mktemp("phi4-tiny-peer"), "tiny", seed=4)
+
+
+@pytest.fixture(scope="module")
+def ours(tiny_dir, tmp_path_factory):
+    out_dir = tmp_path_factory.mktemp("ours")
+    exe = shutil.which("pyphi-convert")
+    assert exe, "pyphi-convert is not on PATH: install the package"
+    files = {}
+    for out_type in OUT_TYPES:
+        files[out_type] = out_dir / f"tiny-{out_type}.gguf"
+        subprocess.run([exe, str(tiny_dir), "-o", str(files[out_type]), "--type", out_type, "--no-progress"],
+                       check=True, timeout=600)
+    return files
+
+
+# ---- llama.cpp loads and runs our files ------------------------------------------------------
+
+
+@pytest.mark.parametrize("out_type", OUT_TYPES)
+def test_llama_cpp_loads_and_evaluates(ours, out_type):
+    llama_cpp = pytest.importorskip("llama_cpp")
+    llm = llama_cpp.Llama(model_path=str(ours[out_type]), n_ctx=64, verbose=False)
+    assert llm.n_vocab() == 200064
+    assert llm.token_eos() == 199999
+    assert llm._model.token_eot() == 200020  # our tokenizer.ggml.eot_token_id
+    tokens = llm.tokenize(CHAT.encode(), add_bos=False, special=True)
+    assert tokens == CHAT_IDS
+    llm.eval(tokens[:8])
+    logits = np.asarray(llm.scores[llm.n_tokens - 1])
+    assert logits.shape == (200064,) and np.isfinite(logits).all()
+
+
+# ---- llama.cpp's own converter on the same checkpoint -----------------------------------------
+
+
+def _sdist(cache: Path) -> Path:
+    path = cache / SDIST
+    if not path.is_file():
+        cache.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+             "llama-cpp-python==0.3.36", "-d", str(cache)],
+            capture_output=True, text=True, timeout=900,
+        )
+        if proc.returncode != 0 or not path.is_file():
+            pytest.skip(f"cannot get {SDIST} (offline?): {proc.stderr.strip()[-200:]}")
+    return path
+
+
+@pytest.fixture(scope="module")
+def llama_cpp_converter(tmp_path_factory):
+    """convert_hf_to_gguf.py with its conversion/ package and gguf-py, extracted from the sdist."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pyphi-tests"
+    out = tmp_path_factory.mktemp("llama.cpp")
+    with tarfile.open(_sdist(cache)) as tar:
+        members = [m for m in tar.getmembers()
+                   if m.name.startswith(SDIST_ROOT) and m.name[len(SDIST_ROOT):].startswith(CONVERTER_FILES)]
+        for m in members:
+            m.name = m.name[len(SDIST_ROOT):]
+        tar.extractall(out, members=members, filter="data")
+    return out
+
+
+@pytest.fixture(scope="module")
+def theirs(tiny_dir, llama_cpp_converter, tmp_path_factory):
+    out_dir = tmp_path_factory.mktemp("theirs")
+    env = dict(os.environ, PYTHONPATH=str(llama_cpp_converter / "gguf-py"))
+    files = {}
+    for out_type in LLAMA_CPP_TYPES:
+        files[out_type] = out_dir / f"tiny-{out_type}.gguf"
+        proc = subprocess.run(
+            [sys.executable, str(llama_cpp_converter / "convert_hf_to_gguf.py"), str(tiny_dir),
+             "--outfile", str(files[out_type]), "--outtype", out_type],
+            capture_output=True, text=True, env=env, timeout=900,
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    return files
+
+
+def _key_values(path):
+    reader = open_gguf(path)
+    kv = {k: (tuple(f.types), f.contents()) for k, f in reader.fields.items() if not k.startswith("GGUF.")}
+    return reader, kv
+
+
+@pytest.mark.parametrize("out_type", LLAMA_CPP_TYPES)
+def test_same_file_as_llama_cpp_converter(ours, theirs, out_type):
+    our_reader, our_kv = _key_values(ours[out_type])
+    their_reader, their_kv = _key_values(theirs[out_type])
+    assert set(our_kv) - set(their_kv) == OUR_EXTRA_KEYS
+    assert [k for k in our_kv if k not in OUR_EXTRA_KEYS] == list(their_kv)  # same keys, same order
+    for key, value in their_kv.items():
+        assert our_kv[key] == value, key
+    assert [t.name for t in our_reader.tensors] == [t.name for t in their_reader.tensors]
+    for a, b in zip(our_reader.tensors, their_reader.tensors):
+        assert a.tensor_type == b.tensor_type and list(a.shape) == list(b.shape), a.name
+        assert np.asarray(a.data).tobytes() == np.asarray(b.data).tobytes(), a.name
