@@ -175,8 +175,10 @@ class Checkpoint:
 
     def __init__(self, hf_dir: str | os.PathLike):
         self.dir = Path(hf_dir)
+        if not self.dir.exists():
+            raise ConvertError(self.dir, "does not exist")
         if not self.dir.is_dir():
-            raise ConvertError(self.dir, "not a directory")
+            raise ConvertError(self.dir, "is not a directory")
         self.config_path = self.dir / CONFIG_FILE
         self.config = read_json(self.config_path)
         self._files: dict[Path, SafetensorsFile] = {}

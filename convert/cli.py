@@ -8,6 +8,7 @@ with status 1, also as one line. No traceback either way, and no output file is 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from . import OUT_TYPES, ConvertError, convert
@@ -17,6 +18,15 @@ DEFAULT_TYPE = "bf16"  # lossless for the bf16 checkpoints of this model family
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL = 1
 EXIT_INTERRUPTED = 130
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split("\n"))
+
+
+def _terminate(signum, frame):
+    """SIGTERM unwinds like Ctrl-C, so that the temporary output file is removed."""
+    raise KeyboardInterrupt
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -40,18 +50,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads is not None and args.threads < 1:
         print(f"{PROG}: error: --threads must be at least 1, got {args.threads}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    signal.signal(signal.SIGTERM, _terminate)
     try:
-        convert(args.hf_dir, args.outfile, args.type, force=args.force, n_threads=args.threads,
-                progress=not args.no_progress)
+        out = convert(args.hf_dir, args.outfile, args.type, force=args.force, n_threads=args.threads,
+                      progress=not args.no_progress)
     except ConvertError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
+        print(f"{PROG}: error: {_one_line(e)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as e:  # a bug: say what it was in one line, as for bad input
-        print(f"{PROG}: internal error: {type(e).__name__}: {e}", file=sys.stderr)
+        print(f"{PROG}: internal error: {type(e).__name__}: {_one_line(e)}", file=sys.stderr)
         return EXIT_INTERNAL
+    print(f"{PROG}: wrote {out} ({args.type}, {out.stat().st_size / 1e9:.2f} GB)", file=sys.stderr)
     return 0
 
 

@@ -54,6 +54,7 @@ class Phi3:
 
     def __init__(self, config: dict, config_path: Path):
         self._config, self._path = config, config_path
+        self._rope_key, self._rope = self._rope_parameters()
         self.n_embd = self._int("hidden_size")
         self.n_head = self._int("num_attention_heads")
         self.n_head_kv = self._int("num_key_value_heads", default=self.n_head)
@@ -61,13 +62,13 @@ class Phi3:
         self.n_ff = self._int("intermediate_size")
         self.n_vocab = self._int("vocab_size")
         self.n_ctx = self._int("max_position_embeddings")
-        self.n_ctx_orig = self._int("original_max_position_embeddings", default=self.n_ctx)
+        self.n_ctx_orig = self._int("original_max_position_embeddings", default=self.n_ctx, rope=True)
         self.rms_eps = self._float("rms_norm_eps")
-        self.rope_theta = self._float("rope_theta", default=DEFAULT_ROPE_THETA)
+        self.rope_theta = self._float("rope_theta", default=DEFAULT_ROPE_THETA, rope=True)
         self.sliding_window = self._int("sliding_window", default=0, allow_zero=True)
         self.tied = config.get("tie_word_embeddings", False) is True
         self._check_heads()
-        partial = self._float("partial_rotary_factor", default=DEFAULT_PARTIAL_ROTARY_FACTOR)
+        partial = self._float("partial_rotary_factor", default=DEFAULT_PARTIAL_ROTARY_FACTOR, rope=True)
         # llama.cpp: int(partial_rotary_factor * n_embd) // n_head (phi.py); HF: int(head_dim * factor).
         self.n_rot = int(partial * self.n_embd) // self.n_head
         if self.n_rot % 2 or not 0 < self.n_rot <= self.head_dim:
@@ -76,27 +77,43 @@ class Phi3:
 
     # ---- config fields -----------------------------------------------------------------------
 
+    def _rope_parameters(self) -> tuple[str, dict]:
+        """The RoPE settings object: `rope_parameters` (configs saved by transformers >= 5) or
+        `rope_scaling`. Like llama.cpp (conversion/base.py), a value there wins over the same
+        top-level key (rope_theta, partial_rotary_factor, original_max_position_embeddings)."""
+        key = "rope_parameters" if "rope_parameters" in self._config else "rope_scaling"
+        rope = self._config.get(key)
+        if rope is not None and not isinstance(rope, dict):
+            self._fail(key, f"is {rope!r}, expected an object")
+        return key, rope or {}
+
     def _fail(self, key: str, what: str):
         raise ConvertError(self._path, f"{key!r} {what}")
 
-    def _int(self, key: str, default: int | None = None, allow_zero: bool = False) -> int:
-        value = self._config.get(key)
+    def _get(self, key: str, rope: bool) -> tuple[object, str]:
+        """The value of `key` and the field name to report it under."""
+        if rope and key in self._rope:
+            return self._rope[key], f"{self._rope_key}.{key}"
+        return self._config.get(key), key
+
+    def _int(self, key: str, default: int | None = None, allow_zero: bool = False, rope: bool = False) -> int:
+        value, field = self._get(key, rope)
         if value is None and default is not None:
             return default
         if value is None:
-            self._fail(key, "is missing")
+            self._fail(field, "is missing")
         if type(value) is not int or value < 0 or (value == 0 and not allow_zero):
-            self._fail(key, f"is {value!r}, expected a positive integer")
+            self._fail(field, f"is {value!r}, expected a positive integer")
         return value
 
-    def _float(self, key: str, default: float | None = None) -> float:
-        value = self._config.get(key)
+    def _float(self, key: str, default: float | None = None, rope: bool = False) -> float:
+        value, field = self._get(key, rope)
         if value is None and default is not None:
             return default
         if value is None:
-            self._fail(key, "is missing")
+            self._fail(field, "is missing")
         if type(value) not in (int, float) or not value > 0:
-            self._fail(key, f"is {value!r}, expected a positive number")
+            self._fail(field, f"is {value!r}, expected a positive number")
         return float(value)
 
     @property
@@ -115,22 +132,19 @@ class Phi3:
 
     def _rope_factors(self) -> tuple[list[float], list[float]] | None:
         """LongRoPE (long, short) factor lists, one per rotated pair (SPEC §4.6); None without
-        rope_scaling. llama.cpp refuses lists whose length is not n_rot / 2 (phi.py)."""
-        scaling = self._config.get("rope_scaling")
-        if scaling is None:
+        them (plain RoPE). llama.cpp refuses lists whose length is not n_rot / 2 (phi.py)."""
+        if not self._rope.get("long_factor"):
             return None
-        if not isinstance(scaling, dict):
-            self._fail("rope_scaling", f"is {scaling!r}, expected an object")
-        kind = scaling.get("type", scaling.get("rope_type"))
+        kind = self._rope.get("rope_type", self._rope.get("type"))
         if kind not in LONGROPE_TYPES:
-            self._fail("rope_scaling", f"type is {kind!r}, expected one of {', '.join(LONGROPE_TYPES)}")
+            self._fail(f"{self._rope_key}.type", f"is {kind!r}, expected one of {', '.join(LONGROPE_TYPES)}")
         factors = []
         for key in ("long_factor", "short_factor"):
-            values = scaling.get(key)
+            values, field = self._rope.get(key), f"{self._rope_key}.{key}"
             if not (isinstance(values, list) and all(type(v) in (int, float) and v > 0 for v in values)):
-                self._fail(f"rope_scaling.{key}", f"is {values!r}, expected a list of positive numbers")
+                self._fail(field, f"is {values!r}, expected a list of positive numbers")
             if len(values) != self.n_rot // 2:
-                self._fail(f"rope_scaling.{key}", f"has {len(values)} entries, expected {self.n_rot // 2} (one per rotated pair of the {self.n_rot} rotary dims)")
+                self._fail(field, f"has {len(values)} entries, expected {self.n_rot // 2} (one per rotated pair of the {self.n_rot} rotary dims)")
             factors.append([float(v) for v in values])
         return factors[0], factors[1]
 

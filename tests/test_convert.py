@@ -12,8 +12,10 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import gguf
 import numpy as np
@@ -355,6 +357,21 @@ def test_phi3_style_config(tmp_path):
     assert raw(tensors["output.weight"]) == gguf.quants.quantize(lm_head, Q.Q8_0).tobytes()
 
 
+def test_rope_parameters_config_of_transformers_5(tiny_dir, converted, tmp_path):
+    """A config saved by transformers >= 5 keeps the RoPE settings in `rope_parameters`; the
+    converted file is the same."""
+    config = json.loads((tiny_dir / "config.json").read_text())
+    rope = config.pop("rope_scaling")
+    rope |= {"rope_type": rope.pop("type"), "rope_theta": config.pop("rope_theta"),
+             "partial_rotary_factor": config.pop("partial_rotary_factor"),
+             "original_max_position_embeddings": config.pop("original_max_position_embeddings")}
+    config["rope_parameters"] = rope
+    hf_dir = clone(tiny_dir, tmp_path / "in", skip={"config.json"})
+    (hf_dir / "config.json").write_text(json.dumps(config, indent=2))
+    out = convert_ok(hf_dir, tmp_path / "out.gguf", "q4_0")
+    assert out.read_bytes() == converted["q4_0"].read_bytes()
+
+
 # ---- re-conversion and the output file --------------------------------------------------------
 
 
@@ -365,6 +382,29 @@ def test_reconvert_with_force(tiny_dir, converted, tmp_path):
     assert out.read_bytes() == converted["q4_0"].read_bytes()
     assert os.listdir(tmp_path) == ["again.gguf"]  # no temporary file left
     assert (os.stat(out).st_mode & 0o777) == 0o666 & ~_umask()
+
+
+def test_result_does_not_depend_on_thread_count(tiny_dir, converted, tmp_path):
+    out = convert_ok(tiny_dir, tmp_path / "one-thread.gguf", "q4_0", "--threads", "1")
+    assert out.read_bytes() == converted["q4_0"].read_bytes()
+
+
+def test_sigterm_leaves_no_file(head128, tmp_path):
+    """Killed mid-conversion (SIGTERM), pyphi-convert removes its temporary file."""
+    hf_dir, _, _ = head128
+    exe = shutil.which("pyphi-convert")
+    proc = subprocess.Popen([exe, str(hf_dir), "-o", str(tmp_path / "out.gguf"), "--type", "f32", "--no-progress"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not any(name.endswith(".tmp") for name in os.listdir(tmp_path)) and proc.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    if proc.returncode == 0:
+        pytest.skip("the conversion finished before the signal arrived")
+    assert proc.returncode == 130, stderr
+    assert os.listdir(tmp_path) == []
 
 
 def _umask():
