@@ -21,6 +21,8 @@ import os
 import struct
 from pathlib import Path
 
+import numpy as np
+
 from pyphi.gguf_format import GGML_TYPE_NAMES
 
 from .errors import ConvertError
@@ -71,6 +73,10 @@ class TensorInfo:
         return DTYPES[self.dtype][0]
 
     @property
+    def nbytes(self) -> int:
+        return self.end - self.begin
+
+    @property
     def row_bytes(self) -> int:
         return DTYPES[self.dtype][1] * (self.shape[-1] if self.shape else 1)
 
@@ -87,8 +93,8 @@ class SafetensorsFile:
         try:
             with open(path, "rb") as f:
                 size = os.fstat(f.fileno()).st_size
-                header = self._read_header(f, size)
-                data_start = _HEADER_LENGTH.size + self._header_length
+                header_length, header = self._read_header(f, size)
+                data_start = _HEADER_LENGTH.size + header_length
                 infos = [
                     self._tensor_info(name, entry, data_start, size)
                     for name, entry in header.items()
@@ -102,23 +108,24 @@ class SafetensorsFile:
         # In file order, so that reading the tensors in turn reads the file front to back.
         self.tensors = {info.name: info for info in sorted(infos, key=lambda info: info.begin)}
 
-    def _read_header(self, f, size: int) -> dict:
+    def _read_header(self, f, size: int) -> tuple[int, dict]:
+        """(length, parsed JSON) of the header of the file `f` of `size` bytes."""
         if size < _HEADER_LENGTH.size:
             raise ConvertError(self.path, f"truncated: {size} bytes, shorter than the 8-byte header length")
-        (self._header_length,) = _HEADER_LENGTH.unpack(f.read(_HEADER_LENGTH.size))
-        if _HEADER_LENGTH.size + self._header_length > size:
+        (length,) = _HEADER_LENGTH.unpack(f.read(_HEADER_LENGTH.size))
+        if _HEADER_LENGTH.size + length > size:
             raise ConvertError(
                 self.path,
-                f"truncated: the header length says {self._header_length} bytes of JSON, "
+                f"truncated: the header length says {length} bytes of JSON, "
                 f"the file has {size - _HEADER_LENGTH.size} after the length",
             )
         try:
-            header = json.loads(f.read(self._header_length).decode("utf-8"))
+            header = json.loads(f.read(length).decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ConvertError(self.path, f"header is not valid JSON: {e}") from None
         if not isinstance(header, dict):
             raise ConvertError(self.path, "header is not a JSON object")
-        return header
+        return length, header
 
     def _tensor_info(self, name: str, entry, data_start: int, size: int) -> TensorInfo:
         def bad(what: str) -> ConvertError:
@@ -144,10 +151,10 @@ class SafetensorsFile:
             )
         return TensorInfo(name, self.path, dtype, tuple(shape), data_start + begin, data_start + end)
 
-    def rows(self, info: TensorInfo, first: int, count: int) -> memoryview:
-        """Raw bytes of rows [first, first + count) of `info` (a view into the mapping)."""
-        begin = info.begin + first * info.row_bytes
-        return memoryview(self._map)[begin : begin + count * info.row_bytes]
+    def rows(self, info: TensorInfo, first: int, count: int) -> np.ndarray:
+        """Raw bytes of rows [first, first + count) of `info`: a uint8 view of the mapping."""
+        offset = info.begin + first * info.row_bytes
+        return np.frombuffer(self._map, dtype=np.uint8, count=count * info.row_bytes, offset=offset)
 
     def release(self, info: TensorInfo, first: int, count: int) -> None:
         """Drop the pages of rows [first, first + count) from this process's resident set.
@@ -164,7 +171,10 @@ class SafetensorsFile:
             self._map.madvise(mmap.MADV_DONTNEED, start, length)
 
     def close(self) -> None:
-        self._map.close()
+        try:
+            self._map.close()
+        except BufferError:
+            pass  # a row view is still alive (an error unwound through a conversion); it frees the map
 
 
 class Checkpoint:
@@ -203,18 +213,24 @@ class Checkpoint:
         tensors = {}
         for shard_name in sorted(set(weight_map.values())):
             if Path(shard_name).name != shard_name:
-                raise ConvertError(index_path, f"'weight_map' names {shard_name!r}, not a file name in {self.dir}")
+                raise ConvertError(
+                    index_path, f"'weight_map' names {shard_name!r}, not a file name in {self.dir}"
+                )
             shard_path = self.dir / shard_name
             if not shard_path.is_file():
                 raise ConvertError(shard_path, f"missing (named in {INDEX_FILE} 'weight_map')")
             shard = self._open(shard_path)
             for name, info in shard.tensors.items():
                 if weight_map.get(name) != shard_name:
-                    raise ConvertError(shard_path, f"tensor {name!r} is not mapped to this file by {INDEX_FILE}")
+                    raise ConvertError(
+                        shard_path, f"tensor {name!r} is not mapped to this file by {INDEX_FILE}"
+                    )
                 tensors[name] = info
         for name, shard_name in weight_map.items():
             if name not in tensors:
-                raise ConvertError(self.dir / shard_name, f"tensor {name!r} (named in {INDEX_FILE}) is not in this file")
+                raise ConvertError(
+                    self.dir / shard_name, f"tensor {name!r} (named in {INDEX_FILE}) is not in this file"
+                )
         return tensors
 
     def _open(self, path: Path) -> SafetensorsFile:
@@ -222,7 +238,7 @@ class Checkpoint:
         self._files[path] = shard
         return shard
 
-    def rows(self, info: TensorInfo, first: int, count: int) -> memoryview:
+    def rows(self, info: TensorInfo, first: int, count: int) -> np.ndarray:
         return self._files[info.path].rows(info, first, count)
 
     def release(self, info: TensorInfo, first: int, count: int) -> None:

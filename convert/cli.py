@@ -36,11 +36,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("hf_dir", help="directory with config.json, the safetensors and the tokenizer files")
     parser.add_argument("-o", "--outfile", required=True, help="the GGUF file to write")
-    parser.add_argument("--type", choices=list(OUT_TYPES), default=DEFAULT_TYPE,
-                        help=f"weight type (default {DEFAULT_TYPE}); norms and 1-D tensors are always f32")
+    parser.add_argument(
+        "--type",
+        choices=list(OUT_TYPES),
+        default=DEFAULT_TYPE,
+        help=f"weight type (default {DEFAULT_TYPE}); norms and 1-D tensors are always f32",
+    )
     parser.add_argument("--force", action="store_true", help="overwrite the output file if it exists")
-    parser.add_argument("--threads", type=int, default=None, metavar="N",
-                        help="threads for quantization (default: one per physical core)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="threads for quantization (default: one per physical core)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
     return parser
 
@@ -52,8 +61,14 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     signal.signal(signal.SIGTERM, _terminate)
     try:
-        out = convert(args.hf_dir, args.outfile, args.type, force=args.force, n_threads=args.threads,
-                      progress=not args.no_progress)
+        out = convert(
+            args.hf_dir,
+            args.outfile,
+            args.type,
+            force=args.force,
+            n_threads=args.threads,
+            progress=not args.no_progress,
+        )
     except ConvertError as e:
         print(f"{PROG}: error: {_one_line(e)}", file=sys.stderr)
         return EXIT_BAD_INPUT

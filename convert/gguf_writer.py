@@ -46,7 +46,9 @@ def tensor_nbytes(ne: tuple[int, ...], ggml_type: int) -> int:
     """Bytes of a tensor of ggml shape `ne` (ne[0] contiguous) in `ggml_type`."""
     block_values, block_bytes = GGML_BLOCK_SIZES[ggml_type]
     if ne and ne[0] % block_values:
-        raise ValueError(f"rows of {ne[0]} values do not fill {GGML_TYPE_NAMES[ggml_type]} blocks of {block_values}")
+        raise ValueError(
+            f"rows of {ne[0]} values do not fill {GGML_TYPE_NAMES[ggml_type]} blocks of {block_values}"
+        )
     return math.prod(ne) // block_values * block_bytes
 
 
@@ -137,7 +139,9 @@ class GGUFWriter:
         """Check that the current tensor got all its bytes, pad, and move to the next one."""
         name, _, _, nbytes = self._tensors[self._current]
         if self._current_bytes != nbytes:
-            raise ValueError(f"tensor {name!r}: {self._current_bytes} bytes of data written, expected {nbytes}")
+            raise ValueError(
+                f"tensor {name!r}: {self._current_bytes} bytes of data written, expected {nbytes}"
+            )
         self._out.write(bytes(_pad(nbytes, self._alignment)))
         self._current += 1
         self._current_bytes = 0

@@ -43,10 +43,12 @@ class ModelName:
 
 
 def _title(text: str) -> str:
-    """"Phi-4-mini-instruct" -> "Phi 4 Mini Instruct": lower-case words are capitalized unless
+    """ "Phi-4-mini-instruct" -> "Phi 4 Mini Instruct": lower-case words are capitalized unless
     they are versions or start with a digit."""
     words = text.strip().replace("-", " ").split()
-    return " ".join(w.title() if w.islower() and not re.match(r"(v\d+(\.\d+)*|\d.*)$", w) else w for w in words)
+    return " ".join(
+        w.title() if w.islower() and not re.match(r"(v\d+(\.\d+)*|\d.*)$", w) else w for w in words
+    )
 
 
 def _size_part(part: str, total_params: int) -> tuple[str, str]:

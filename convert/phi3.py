@@ -72,7 +72,10 @@ class Phi3:
         # llama.cpp: int(partial_rotary_factor * n_embd) // n_head (phi.py); HF: int(head_dim * factor).
         self.n_rot = int(partial * self.n_embd) // self.n_head
         if self.n_rot % 2 or not 0 < self.n_rot <= self.head_dim:
-            self._fail("partial_rotary_factor", f"gives {self.n_rot} rotary dims of {self.head_dim}, expected an even number up to it")
+            self._fail(
+                "partial_rotary_factor",
+                f"gives {self.n_rot} rotary dims of {self.head_dim}, expected an even number up to it",
+            )
         self.rope_factors = self._rope_factors()
 
     # ---- config fields -----------------------------------------------------------------------
@@ -122,13 +125,21 @@ class Phi3:
 
     def _check_heads(self) -> None:
         if self.n_embd % self.n_head:
-            self._fail("hidden_size", f"{self.n_embd} is not a multiple of 'num_attention_heads' {self.n_head}")
+            self._fail(
+                "hidden_size", f"{self.n_embd} is not a multiple of 'num_attention_heads' {self.n_head}"
+            )
         if self.n_head % self.n_head_kv:
-            self._fail("num_attention_heads", f"{self.n_head} is not a multiple of 'num_key_value_heads' {self.n_head_kv}")
+            self._fail(
+                "num_attention_heads",
+                f"{self.n_head} is not a multiple of 'num_key_value_heads' {self.n_head_kv}",
+            )
         # HF Phi3Attention and llama.cpp's phi3 graph both use hidden_size // num_attention_heads.
         head_dim = self._config.get("head_dim")
         if head_dim is not None and head_dim != self.head_dim:
-            self._fail("head_dim", f"is {head_dim!r}, expected hidden_size / num_attention_heads = {self.head_dim}")
+            self._fail(
+                "head_dim",
+                f"is {head_dim!r}, expected hidden_size / num_attention_heads = {self.head_dim}",
+            )
 
     def _rope_factors(self) -> tuple[list[float], list[float]] | None:
         """LongRoPE (long, short) factor lists, one per rotated pair (SPEC §4.6); None without
@@ -144,7 +155,11 @@ class Phi3:
             if not (isinstance(values, list) and all(type(v) in (int, float) and v > 0 for v in values)):
                 self._fail(field, f"is {values!r}, expected a list of positive numbers")
             if len(values) != self.n_rot // 2:
-                self._fail(field, f"has {len(values)} entries, expected {self.n_rot // 2} (one per rotated pair of the {self.n_rot} rotary dims)")
+                self._fail(
+                    field,
+                    f"has {len(values)} entries, expected {self.n_rot // 2} "
+                    f"(one per rotated pair of the {self.n_rot} rotary dims)",
+                )
             factors.append([float(v) for v in values])
         return factors[0], factors[1]
 
@@ -221,11 +236,14 @@ class Phi3:
         for name, info in tensors.items():
             if name not in expected:
                 why = " ('tie_word_embeddings' is true)" if name == "lm_head.weight" else ""
-                raise ConvertError(info.path, f"tensor {name!r} is not part of a {self.HF_ARCHITECTURES[0]}{why}")
+                raise ConvertError(
+                    info.path, f"tensor {name!r} is not part of a {self.HF_ARCHITECTURES[0]}{why}"
+                )
             if info.shape != expected[name]:
                 raise ConvertError(
                     info.path,
-                    f"tensor {name!r} has shape {list(info.shape)}, expected {list(expected[name])} from config.json",
+                    f"tensor {name!r} has shape {list(info.shape)}, "
+                    f"expected {list(expected[name])} from config.json",
                 )
         for name in expected:
             if name not in tensors:

@@ -117,10 +117,11 @@ def load_vocab(hf_dir: Path, vocab_size: int, config: dict) -> Vocab:
         )
     tokenizer_json = read_json(hf_dir / TOKENIZER_FILE, required=False)
     if tokenizer_json is not None:
-        base, merges, source = _bpe_from_tokenizer_json(hf_dir / TOKENIZER_FILE, tokenizer_json)
+        source = hf_dir / TOKENIZER_FILE
+        base, merges = _bpe_from_tokenizer_json(source, tokenizer_json)
     else:
-        base, source = _vocab_json(hf_dir / VOCAB_FILE), hf_dir / VOCAB_FILE
-        merges = _merges_txt(hf_dir / MERGES_FILE)
+        source = hf_dir / VOCAB_FILE
+        base, merges = _vocab_json(source), _merges_txt(hf_dir / MERGES_FILE)
     added = _added_tokens(hf_dir, tokenizer_config, tokenizer_json, vocab_size)
 
     tokens, token_types = _token_list(base, added, vocab_size, source)
@@ -143,7 +144,7 @@ def _vocab_json(path: Path) -> dict[str, int]:
 
 
 def _merges_txt(path: Path) -> list[str]:
-    """"left right" lines in rank order; an optional "#version" header line is skipped."""
+    """ "left right" lines in rank order; an optional "#version" header line is skipped."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
@@ -161,7 +162,7 @@ def _merges_txt(path: Path) -> list[str]:
     return merges
 
 
-def _bpe_from_tokenizer_json(path: Path, tokenizer: dict) -> tuple[dict[str, int], list[str], Path]:
+def _bpe_from_tokenizer_json(path: Path, tokenizer: dict) -> tuple[dict[str, int], list[str]]:
     model = tokenizer.get("model")
     if not isinstance(model, dict) or model.get("type") != "BPE":
         found = model.get("type") if isinstance(model, dict) else model
@@ -171,7 +172,7 @@ def _bpe_from_tokenizer_json(path: Path, tokenizer: dict) -> tuple[dict[str, int
         raise ConvertError(path, "'model.vocab' is not an object of token -> non-negative integer id")
     if not isinstance(merges, list):
         raise ConvertError(path, "'model.merges' is not a list")
-    return vocab, [_merge_string(path, merge) for merge in merges], path
+    return vocab, [_merge_string(path, merge) for merge in merges]
 
 
 def _merge_string(path: Path, merge) -> str:
@@ -184,7 +185,9 @@ def _merge_string(path: Path, merge) -> str:
     raise ConvertError(path, f"'model.merges' entry {merge!r} is neither \"a b\" nor [a, b]")
 
 
-def _added_tokens(hf_dir: Path, tokenizer_config: dict, tokenizer_json: dict | None, vocab_size: int) -> dict[int, AddedToken]:
+def _added_tokens(
+    hf_dir: Path, tokenizer_config: dict, tokenizer_json: dict | None, vocab_size: int
+) -> dict[int, AddedToken]:
     """id -> added token from every file that lists some; the files must agree on the text."""
     added: dict[int, AddedToken] = {}
 
@@ -192,10 +195,16 @@ def _added_tokens(hf_dir: Path, tokenizer_config: dict, tokenizer_json: dict | N
         if type(token_id) is not int or token_id < 0 or not isinstance(content, str):
             raise ConvertError(path, f"added token {content!r} has id {token_id!r}")
         if token_id >= vocab_size:
-            raise ConvertError(path, f"added token {content!r} has id {token_id}, beyond the model's 'vocab_size' {vocab_size} (config.json)")
-        if token_id in added and added[token_id].content != content:
-            raise ConvertError(path, f"added token id {token_id} is {content!r}, another file says {added[token_id].content!r}")
+            raise ConvertError(
+                path,
+                f"added token {content!r} has id {token_id}, "
+                f"beyond the model's 'vocab_size' {vocab_size} (config.json)",
+            )
         previous = added.get(token_id)
+        if previous is not None and previous.content != content:
+            raise ConvertError(
+                path, f"added token id {token_id} is {content!r}, another file says {previous.content!r}"
+            )
         added[token_id] = AddedToken(content, bool(special) or (previous is not None and previous.special))
 
     added_tokens_path = hf_dir / ADDED_TOKENS_FILE
@@ -221,10 +230,14 @@ def _token_list(base: dict[str, int], added: dict[int, AddedToken], vocab_size: 
     by_id: dict[int, str] = {}
     for text, token_id in base.items():
         if token_id in by_id:
-            raise ConvertError(source, f"token id {token_id} is given to both {by_id[token_id]!r} and {text!r}")
+            raise ConvertError(
+                source, f"token id {token_id} is given to both {by_id[token_id]!r} and {text!r}"
+            )
         by_id[token_id] = text
     if max(by_id, default=-1) >= vocab_size:
-        raise ConvertError(source, f"token id {max(by_id)} is beyond the model's 'vocab_size' {vocab_size} (config.json)")
+        raise ConvertError(
+            source, f"token id {max(by_id)} is beyond the model's 'vocab_size' {vocab_size} (config.json)"
+        )
     tokens, token_types = [], []
     for token_id in range(vocab_size):
         if token_id in added:
@@ -242,16 +255,22 @@ def _token_list(base: dict[str, int], added: dict[int, AddedToken], vocab_size: 
 
 def _pre_tokenizer(tokens: list[str], token_types: list[int], source: Path) -> str:
     for (n, digest), name in PRE_TOKENIZERS.items():
-        if len(tokens) >= n and all(t == NORMAL for t in token_types[:n]):
-            if hashlib.sha256("\n".join(tokens[:n]).encode("utf-8")).hexdigest() == digest:
-                return name
-    raise ConvertError(source, "unrecognized BPE vocabulary: its pre-tokenizer is unknown (supported: o200k_base, 'gpt-4o')")
+        if len(tokens) < n or any(t != NORMAL for t in token_types[:n]):
+            continue
+        if hashlib.sha256("\n".join(tokens[:n]).encode("utf-8")).hexdigest() == digest:
+            return name
+    raise ConvertError(
+        source, "unrecognized BPE vocabulary: its pre-tokenizer is unknown (supported: o200k_base, 'gpt-4o')"
+    )
 
 
-def _special_ids(tokenizer_config: dict, added: dict[int, AddedToken], config: dict, vocab_size: int) -> dict[str, int]:
+def _special_ids(
+    tokenizer_config: dict, added: dict[int, AddedToken], config: dict, vocab_size: int
+) -> dict[str, int]:
     """Special token ids: the `<kind>_token` text of tokenizer_config.json looked up among the
     added tokens, else config.json's `<kind>_token_id`; ids outside the vocabulary are skipped,
     as gguf-py does."""
+    # Highest id first, so that the lowest id wins when two added tokens share a text.
     ids_by_text = {token.content: token_id for token_id, token in sorted(added.items(), reverse=True)}
     special = {}
     for kind in SPECIAL_TOKEN_TYPES:
@@ -284,6 +303,7 @@ def _chat_template(hf_dir: Path, config_path: Path, tokenizer_config: dict) -> s
     if template is None and (hf_dir / "chat_template.jinja").is_file():
         template = (hf_dir / "chat_template.jinja").read_text(encoding="utf-8")
     if template is not None and not isinstance(template, str):
-        raise ConvertError(config_path, "'chat_template' is not a string (named template lists are not supported)")
+        raise ConvertError(
+            config_path, "'chat_template' is not a string (named template lists are not supported)"
+        )
     return template
-

@@ -103,7 +103,7 @@ ROPE_TENSORS = {"rope_factors_long.weight": "long_factor", "rope_factors_short.w
 def pyphi_convert(*args):
     exe = shutil.which("pyphi-convert")
     assert exe, "pyphi-convert is not on PATH: install the package"
-    return subprocess.run([exe, *map(str, args)], capture_output=True, text=True, timeout=600)
+    return subprocess.run([exe, *map(str, args)], capture_output=True, text=True, timeout=600, check=False)
 
 
 def convert_ok(hf_dir, out, out_type, *extra):
@@ -169,8 +169,13 @@ def peak_rss_of_conversion(hf_dir, out, out_type):
         "convert(sys.argv[1], sys.argv[2], sys.argv[3], force=True, progress=False); "
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
     )
-    proc = subprocess.run([sys.executable, "-c", code, str(hf_dir), str(out), out_type],
-                          capture_output=True, text=True, check=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(hf_dir), str(out), out_type],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
+    )
     return int(proc.stdout.split()[-1]) * 1024
 
 
@@ -254,8 +259,18 @@ def test_quantized_data_bit_identical_to_gguf_py(readers, sources, out_type):
 
 # ---- vocabulary vs SPEC §5.1 / §6.1 ----------------------------------------------------------
 
-ADDED = ["<|assistant|>", "<|end|>", "<|user|>", "<|system|>", "<|tool|>", "<|/tool|>",
-         "<|tool_call|>", "<|/tool_call|>", "<|tool_response|>", "<|tag|>"]  # ids 200019..200028
+ADDED = [
+    "<|assistant|>",
+    "<|end|>",
+    "<|user|>",
+    "<|system|>",
+    "<|tool|>",
+    "<|/tool|>",
+    "<|tool_call|>",
+    "<|/tool_call|>",
+    "<|tool_response|>",
+    "<|tag|>",
+]  # ids 200019..200028
 
 
 def test_vocabulary_matches_spec(readers, tiny_dir):
@@ -322,7 +337,10 @@ def test_head128_rotary_dims_and_factor_lists(head128):
         assert len(real[key]) == 48
         assert raw(tensors[name]) == np.array(real[key], dtype=np.float32).tobytes()
     sources = source_tensors(hf_dir)
-    assert raw(tensors["blk.1.attn_qkv.weight"]) == sources["model.layers.1.self_attn.qkv_proj.weight"].float().numpy().tobytes()
+    assert (
+        raw(tensors["blk.1.attn_qkv.weight"])
+        == sources["model.layers.1.self_attn.qkv_proj.weight"].float().numpy().tobytes()
+    )
     assert [int(n) for n in tensors["blk.1.attn_qkv.weight"].shape] == [256, 512]  # (2 + 2*1) * 128
 
 
@@ -339,11 +357,17 @@ def test_peak_rss_does_not_grow_with_the_checkpoint(head128, tiny_dir, tmp_path)
 
 def test_phi3_style_config(tmp_path):
     config = ckpt.size_config("tiny")
-    config.update(tie_word_embeddings=False, rope_scaling=None, sliding_window=2047,
-                  original_max_position_embeddings=4096, max_position_embeddings=4096)
+    config.update(
+        tie_word_embeddings=False,
+        rope_scaling=None,
+        sliding_window=2047,
+        original_max_position_embeddings=4096,
+        max_position_embeddings=4096,
+    )
     del config["partial_rotary_factor"]
-    hf_dir = ckpt.write_checkpoint(tmp_path / "phi3-style", config, seed=3,
-                                   max_shard_bytes=ckpt.MAX_SHARD_BYTES["tiny"])
+    hf_dir = ckpt.write_checkpoint(
+        tmp_path / "phi3-style", config, seed=3, max_shard_bytes=ckpt.MAX_SHARD_BYTES["tiny"]
+    )
     reader = open_gguf(convert_ok(hf_dir, tmp_path / "out.gguf", "q4_0"))
     got = fields(reader)
     assert scalar(got["phi3.rope.dimension_count"]) == (V.UINT32, 16)  # full rotary: head_dim
@@ -362,9 +386,12 @@ def test_rope_parameters_config_of_transformers_5(tiny_dir, converted, tmp_path)
     converted file is the same."""
     config = json.loads((tiny_dir / "config.json").read_text())
     rope = config.pop("rope_scaling")
-    rope |= {"rope_type": rope.pop("type"), "rope_theta": config.pop("rope_theta"),
-             "partial_rotary_factor": config.pop("partial_rotary_factor"),
-             "original_max_position_embeddings": config.pop("original_max_position_embeddings")}
+    rope |= {
+        "rope_type": rope.pop("type"),
+        "rope_theta": config.pop("rope_theta"),
+        "partial_rotary_factor": config.pop("partial_rotary_factor"),
+        "original_max_position_embeddings": config.pop("original_max_position_embeddings"),
+    }
     config["rope_parameters"] = rope
     hf_dir = clone(tiny_dir, tmp_path / "in", skip={"config.json"})
     (hf_dir / "config.json").write_text(json.dumps(config, indent=2))
@@ -393,8 +420,12 @@ def test_sigterm_leaves_no_file(head128, tmp_path):
     """Killed mid-conversion (SIGTERM), pyphi-convert removes its temporary file."""
     hf_dir, _, _ = head128
     exe = shutil.which("pyphi-convert")
-    proc = subprocess.Popen([exe, str(hf_dir), "-o", str(tmp_path / "out.gguf"), "--type", "f32", "--no-progress"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [exe, str(hf_dir), "-o", str(tmp_path / "out.gguf"), "--type", "f32", "--no-progress"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 60
     while not any(name.endswith(".tmp") for name in os.listdir(tmp_path)) and proc.poll() is None:
         assert time.monotonic() < deadline
@@ -450,8 +481,10 @@ def test_unsupported_architecture(tiny_dir, tmp_path):
     config["architectures"] = ["LlamaForCausalLM"]
     (hf_dir / "config.json").write_text(json.dumps(config))
     line = assert_fails_cleanly(hf_dir, tmp_path)
-    assert line == (f"pyphi-convert: error: {hf_dir / 'config.json'}: "
-                    "'architectures' is ['LlamaForCausalLM'], expected Phi3ForCausalLM")
+    assert line == (
+        f"pyphi-convert: error: {hf_dir / 'config.json'}: "
+        "'architectures' is ['LlamaForCausalLM'], expected Phi3ForCausalLM"
+    )
 
 
 def test_factor_list_of_wrong_length(tiny_dir, tmp_path):
@@ -459,7 +492,9 @@ def test_factor_list_of_wrong_length(tiny_dir, tmp_path):
     config = json.loads((tiny_dir / "config.json").read_text())
     config["rope_scaling"]["long_factor"] = config["rope_scaling"]["long_factor"][:5]
     (hf_dir / "config.json").write_text(json.dumps(config))
-    assert_fails_cleanly(hf_dir, tmp_path, hf_dir / "config.json", "'rope_scaling.long_factor'", "5", "expected 6")
+    assert_fails_cleanly(
+        hf_dir, tmp_path, hf_dir / "config.json", "'rope_scaling.long_factor'", "5", "expected 6"
+    )
 
 
 def test_truncated_shard(tiny_dir, tmp_path):
@@ -500,7 +535,8 @@ def test_generator_full_layout_reproduces_the_real_files():
     index (sha256 prefix/suffix from SPEC §1 and §3) without writing 7.7 GB."""
     config = ckpt.size_config("full")
     assert hashlib.sha256((json.dumps(config, indent=2) + "\n").encode()).hexdigest() == (
-        "ac65d86061d3d0d704ee2511fd0eb8713ef19eb6eedba17c3080a4165d5b933b")
+        "ac65d86061d3d0d704ee2511fd0eb8713ef19eb6eedba17c3080a4165d5b933b"
+    )
     shards = ckpt.shard_plan(ckpt.tensor_shapes(config), ckpt.MAX_SHARD_BYTES["full"])
     assert [len(s) for s in shards] == [111, 83]
     digest = hashlib.sha256(ckpt.index_text(shards, ckpt.shard_names(2)).encode()).hexdigest()

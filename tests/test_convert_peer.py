@@ -33,10 +33,41 @@ CONVERTER_FILES = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/")
 OUR_EXTRA_KEYS = {"tokenizer.ggml.eot_token_id"}
 
 # SPEC §7: the rendered [system, user, assistant, user] conversation and its token ids.
-CHAT = ("<|system|>You are a helpful AI assistant.<|end|><|user|>Hi!<|end|><|assistant|>Hello.<|end|>"
-        "<|user|>2x + 3 = 7?<|end|><|assistant|>")
-CHAT_IDS = [200022, 3575, 553, 261, 10297, 20837, 29186, 13, 200020, 200021, 12194, 0, 200020, 200019,
-            13225, 13, 200020, 200021, 17, 87, 659, 220, 18, 314, 220, 22, 30, 200020, 200019]
+CHAT = (
+    "<|system|>You are a helpful AI assistant.<|end|><|user|>Hi!<|end|><|assistant|>Hello.<|end|>"
+    "<|user|>2x + 3 = 7?<|end|><|assistant|>"
+)
+CHAT_IDS = [
+    200022,
+    3575,
+    553,
+    261,
+    10297,
+    20837,
+    29186,
+    13,
+    200020,
+    200021,
+    12194,
+    0,
+    200020,
+    200019,
+    13225,
+    13,
+    200020,
+    200021,
+    17,
+    87,
+    659,
+    220,
+    18,
+    314,
+    220,
+    22,
+    30,
+    200020,
+    200019,
+]
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +83,11 @@ def ours(tiny_dir, tmp_path_factory):
     files = {}
     for out_type in OUT_TYPES:
         files[out_type] = out_dir / f"tiny-{out_type}.gguf"
-        subprocess.run([exe, str(tiny_dir), "-o", str(files[out_type]), "--type", out_type, "--no-progress"],
-                       check=True, timeout=600)
+        subprocess.run(
+            [exe, str(tiny_dir), "-o", str(files[out_type]), "--type", out_type, "--no-progress"],
+            check=True,
+            timeout=600,
+        )
     return files
 
 
@@ -82,9 +116,22 @@ def _sdist(cache: Path) -> Path:
     if not path.is_file():
         cache.mkdir(parents=True, exist_ok=True)
         proc = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-             "llama-cpp-python==0.3.36", "-d", str(cache)],
-            capture_output=True, text=True, timeout=900,
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--no-binary",
+                ":all:",
+                "llama-cpp-python==0.3.36",
+                "-d",
+                str(cache),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=900,
+            check=False,
         )
         if proc.returncode != 0 or not path.is_file():
             pytest.skip(f"cannot get {SDIST} (offline?): {proc.stderr.strip()[-200:]}")
@@ -97,10 +144,13 @@ def llama_cpp_converter(tmp_path_factory):
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pyphi-tests"
     out = tmp_path_factory.mktemp("llama.cpp")
     with tarfile.open(_sdist(cache)) as tar:
-        members = [m for m in tar.getmembers()
-                   if m.name.startswith(SDIST_ROOT) and m.name[len(SDIST_ROOT):].startswith(CONVERTER_FILES)]
+        members = [
+            m
+            for m in tar.getmembers()
+            if m.name.startswith(SDIST_ROOT) and m.name[len(SDIST_ROOT) :].startswith(CONVERTER_FILES)
+        ]
         for m in members:
-            m.name = m.name[len(SDIST_ROOT):]
+            m.name = m.name[len(SDIST_ROOT) :]
         tar.extractall(out, members=members, filter="data")
     return out
 
@@ -113,9 +163,20 @@ def theirs(tiny_dir, llama_cpp_converter, tmp_path_factory):
     for out_type in LLAMA_CPP_TYPES:
         files[out_type] = out_dir / f"tiny-{out_type}.gguf"
         proc = subprocess.run(
-            [sys.executable, str(llama_cpp_converter / "convert_hf_to_gguf.py"), str(tiny_dir),
-             "--outfile", str(files[out_type]), "--outtype", out_type],
-            capture_output=True, text=True, env=env, timeout=900,
+            [
+                sys.executable,
+                str(llama_cpp_converter / "convert_hf_to_gguf.py"),
+                str(tiny_dir),
+                "--outfile",
+                str(files[out_type]),
+                "--outtype",
+                out_type,
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=900,
+            check=False,
         )
         assert proc.returncode == 0, proc.stderr[-2000:]
     return files

@@ -33,7 +33,12 @@ import numpy as np
 from .o200k import write_tokenizer_files
 
 REAL_FILES = Path(__file__).resolve().parent / "phi4_mini"
-COPIED_FILES = ("generation_config.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
+COPIED_FILES = (
+    "generation_config.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+)
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 SHARD_FILE = "model-{index:05d}-of-{count:05d}.safetensors"
@@ -48,10 +53,20 @@ CHUNK_VALUES = 1 << 22  # values generated at a time
 # partial rotary, LongRoPE, tied head, real vocabulary). "head128": head_dim 128, so the rotary
 # dims are the real 96 and the real 48-entry factor lists are used. "full": the real config.
 SIZES = {
-    "tiny": {"hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2,
-             "intermediate_size": 128, "num_hidden_layers": 2},
-    "head128": {"hidden_size": 256, "num_attention_heads": 2, "num_key_value_heads": 1,
-                "intermediate_size": 512, "num_hidden_layers": 2},
+    "tiny": {
+        "hidden_size": 64,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+    },
+    "head128": {
+        "hidden_size": 256,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "intermediate_size": 512,
+        "num_hidden_layers": 2,
+    },
     "full": {},
 }
 # Shard size caps. The real checkpoint was saved with 5 GB shards (SPEC §3); the small sizes get
@@ -80,7 +95,9 @@ def size_config(size: str) -> dict:
 
 def rotary_dims(config: dict) -> int:
     """int(partial_rotary_factor * hidden_size) // num_attention_heads, as llama.cpp computes it."""
-    return int(config.get("partial_rotary_factor", 1.0) * config["hidden_size"]) // config["num_attention_heads"]
+    return (
+        int(config.get("partial_rotary_factor", 1.0) * config["hidden_size"]) // config["num_attention_heads"]
+    )
 
 
 def tensor_shapes(config: dict) -> list[tuple[str, tuple[int, ...]]]:
@@ -148,7 +165,11 @@ def _safetensors_header(tensors) -> bytes:
     header = {"__metadata__": SAFETENSORS_METADATA}
     offset = 0
     for name, shape in sorted(tensors):
-        header[name] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [offset, offset + _nbytes(shape)]}
+        header[name] = {
+            "dtype": "BF16",
+            "shape": list(shape),
+            "data_offsets": [offset, offset + _nbytes(shape)],
+        }
         offset += _nbytes(shape)
     text = json.dumps(header, separators=(",", ":")).encode("utf-8")
     text += b" " * (-len(text) % 8)
@@ -187,8 +208,14 @@ def write_safetensors(path: Path, tensors, seed: int) -> None:
 # ---- the checkpoint directory ---------------------------------------------------------------
 
 
-def write_checkpoint(out_dir, config: dict, seed: int = 0, *, max_shard_bytes: int = MAX_SHARD_BYTES["full"],
-                     tokenizer_cache_dir=None) -> Path:
+def write_checkpoint(
+    out_dir,
+    config: dict,
+    seed: int = 0,
+    *,
+    max_shard_bytes: int = MAX_SHARD_BYTES["full"],
+    tokenizer_cache_dir=None,
+) -> Path:
     """Write a random-weight HF checkpoint of `config` (see size_config) into `out_dir`."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -212,8 +239,10 @@ def write_size(out_dir, size: str, seed: int = 0, **kwargs) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pyphi.testing.checkpoint",
-                                     description="Write a random-weight Phi-4-mini HF checkpoint.")
+    parser = argparse.ArgumentParser(
+        prog="python -m pyphi.testing.checkpoint",
+        description="Write a random-weight Phi-4-mini HF checkpoint.",
+    )
     parser.add_argument("out_dir")
     parser.add_argument("--size", choices=list(SIZES), default="tiny")
     parser.add_argument("--seed", type=int, default=0)
