@@ -74,7 +74,9 @@ def parse_model_id(model_id: str, total_params: int) -> ModelName:
     """Split "org/Base-Version-Size-Finetune" into its GGUF naming fields."""
     if " " in model_id:  # a human-readable name, not an id
         return ModelName(name=model_id)
-    org, _, full_name = model_id.rpartition("/")
+    org, slash, full_name = model_id.partition("/")
+    if not slash:
+        org, full_name = "", model_id
     organization = _title(org) if org and not org.startswith(".") else None
 
     parts = [p for p in full_name.split("-") if p]

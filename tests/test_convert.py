@@ -399,6 +399,37 @@ def test_rope_parameters_config_of_transformers_5(tiny_dir, converted, tmp_path)
     assert out.read_bytes() == converted["q4_0"].read_bytes()
 
 
+# ---- general.* naming keys vs gguf-py's heuristics -----------------------------------------------
+
+MODEL_IDS = [
+    "microsoft/Phi-4-mini-instruct",
+    "Phi-4-mini-instruct",
+    "microsoft/Phi-3-mini-4k-instruct",
+    "microsoft/Phi-3.5-mini-instruct",
+    "microsoft/Phi-3-medium-128k-instruct",
+    "mistralai/Mixtral-8x7B-Instruct-v0.1",
+    "bigscience/bloom-7b1",
+    "Qwen/Qwen2.5-0.5B-Instruct",
+    "some-model-Q4_K_M",
+    "Phi 4 Mini",
+    "tiny0",
+]
+
+
+@pytest.mark.parametrize("model_id", MODEL_IDS)
+@pytest.mark.parametrize("total_params", [3_836_021_760, 13_000_000])
+def test_model_name_heuristics_match_gguf_py(model_id, total_params):
+    from gguf.metadata import Metadata
+
+    from pyphi.convert.naming import parse_model_id
+
+    full, org, basename, finetune, version, size = Metadata.get_model_id_components(model_id, total_params)
+    title = Metadata.id_to_title
+    expected = (title(full), title(org) if org else None, basename, finetune, version, size)
+    got = parse_model_id(model_id, total_params)
+    assert (got.name, got.organization, got.basename, got.finetune, got.version, got.size_label) == expected
+
+
 # ---- re-conversion and the output file --------------------------------------------------------
 
 
