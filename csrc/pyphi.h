@@ -7,7 +7,8 @@
  * - matrices are row-major; a "row" is one contiguous run of n values in the stated type;
  * - counts are in values (elements) unless the name ends in _bytes;
  * - a function that can fail returns an int status: PYPHI_OK (0) or a negative pyphi_status;
- * - nothing here allocates memory the caller must free, except the pool (pyphi_pool_destroy).
+ * - nothing here allocates memory the caller must free, except the pool (pyphi_pool_destroy)
+ *   and the model (pyphi_model_free).
  */
 #ifndef PYPHI_H
 #define PYPHI_H
@@ -65,7 +66,8 @@ enum pyphi_status {
     PYPHI_E_SHAPE = -2, /* a count is negative, too large, or not a multiple of the block size */
     PYPHI_E_ISA = -3,   /* this CPU (or build) lacks the requested instruction set */
     PYPHI_E_NOMEM = -4, /* an allocation failed */
-    PYPHI_E_ARG = -5    /* a NULL pointer or otherwise invalid argument */
+    PYPHI_E_ARG = -5,   /* a NULL pointer or otherwise invalid argument */
+    PYPHI_E_CONTEXT = -6 /* the sequence would not fit in the model's n_ctx */
 };
 
 const char *pyphi_version(void);
@@ -120,6 +122,103 @@ int pyphi_vec_dot(int wtype, const void *w, const void *a, int64_t n, float *out
  * depend on the pool size. */
 int pyphi_matmul(pyphi_pool *pool, int wtype, const void *w, int64_t n_out, int64_t n_in,
                  const float *x, int64_t n_tokens, float *y);
+
+/* ---- Model: hyperparameters + weights in, logits out (model.c, ops.c, attention.c) ------- */
+
+/* One weight matrix (or vector) as the caller holds it: ne1 rows of ne0 values in `type`, rows
+ * contiguous (ggml's ne order: ne0 is the row length). The library never copies or frees `data`:
+ * it points into the caller's memory map of the GGUF file, which must outlive the model. A
+ * vector (norm weights) has ne1 = 1. data == NULL means "absent". */
+struct pyphi_tensor {
+    int32_t type; /* enum pyphi_type */
+    const void *data;
+    int64_t ne0, ne1;
+};
+
+/* The weights of one decoder layer. Projections come either fused (Phi-3: wqkv, ffn_gate_up)
+ * or separate (Llama: wq/wk/wv, ffn_gate/ffn_up); exactly one form must be present, the other
+ * left NULL. The forward pass is the same either way. */
+struct pyphi_layer_weights {
+    struct pyphi_tensor attn_norm;   /* (n_embd,) F32 */
+    struct pyphi_tensor wqkv;        /* (n_embd) -> (n_head + 2 n_head_kv) * head_dim: rows Q, K, V */
+    struct pyphi_tensor wq, wk, wv;  /* (n_embd) -> n_head * head_dim, n_head_kv * head_dim (x2) */
+    struct pyphi_tensor wo;          /* n_head * head_dim -> n_embd */
+    struct pyphi_tensor ffn_norm;    /* (n_embd,) F32 */
+    struct pyphi_tensor ffn_gate_up; /* (n_embd) -> 2 n_ff: rows gate, then up */
+    struct pyphi_tensor ffn_gate, ffn_up; /* (n_embd) -> n_ff each */
+    struct pyphi_tensor ffn_down;    /* n_ff -> n_embd */
+};
+
+/* A decoder-only transformer with pre-norm RMSNorm, GQA attention, NeoX ("rotate half") RoPE
+ * on the first n_rot dims of each head (optionally LongRoPE) and a SwiGLU MLP. The library
+ * copies the struct and the layers array; the tensors' data must stay valid. */
+struct pyphi_model_desc {
+    int64_t n_vocab, n_embd, n_layer, n_head, n_head_kv, head_dim, n_ff;
+    int64_t n_rot;          /* rotated dims per head, even, <= head_dim; pairs are (i, i + n_rot/2) */
+    int64_t n_ctx_train;    /* the longest sequence the model supports */
+    int64_t n_ctx_orig;     /* LongRoPE: long factors once the sequence is longer than this */
+    int64_t sliding_window; /* key j is visible to query i iff i - window < j <= i; 0: no window */
+    float rms_eps;
+    float rope_base;        /* theta base, 10000 for Phi-3 */
+    float rope_attn_factor; /* cos and sin are multiplied by this (LongRoPE's attention factor) */
+    const float *rope_factors_short; /* (n_rot / 2,) or NULL (all 1) */
+    const float *rope_factors_long;  /* (n_rot / 2,) or NULL: no LongRoPE switching */
+    struct pyphi_tensor tok_embd;    /* (n_vocab rows of n_embd) */
+    struct pyphi_tensor output_norm; /* (n_embd,) F32 */
+    struct pyphi_tensor output;      /* (n_vocab rows of n_embd); the tied head is tok_embd */
+    const struct pyphi_layer_weights *layers; /* (n_layer,) */
+};
+
+/* What happens to the cache when the LongRoPE factor set of the sequence changes (its length
+ * crosses n_ctx_orig, up or back down). REPREFILL recomputes the cached prefix from its tokens
+ * with the new factors: exactly what transformers computes for the whole sequence.
+ * REROTATE turns every cached key from the old rotation to the new one in place: cheap, exact
+ * for layer 0, but the keys and values of later layers keep what the old factors made of the
+ * layers below, so it only approximates transformers (see model.c). */
+enum pyphi_longrope_switch {
+    PYPHI_LONGROPE_REPREFILL = 0,
+    PYPHI_LONGROPE_REROTATE = 1
+};
+
+struct pyphi_model_params {
+    int64_t n_ctx;           /* cache capacity in positions, 1..n_ctx_train */
+    int64_t n_batch;         /* tokens per forward step of a long prompt (activation memory) */
+    int32_t kv_type;         /* PYPHI_TYPE_F16 or PYPHI_TYPE_F32 */
+    int32_t longrope_switch; /* enum pyphi_longrope_switch */
+};
+
+struct pyphi_model_sizes {
+    int64_t weights_bytes; /* the tensors of the description (mapped, not allocated) */
+    int64_t kv_bytes;      /* the KV cache: 2 n_layer n_ctx n_head_kv head_dim values */
+    int64_t scratch_bytes; /* activations of one n_batch step and the model's own state */
+};
+
+typedef struct pyphi_model pyphi_model;
+
+/* Checks desc and params (PYPHI_E_SHAPE naming nothing: the caller validates first with its
+ * own messages) and fills *sizes without allocating anything. */
+int pyphi_model_sizes(const struct pyphi_model_desc *desc, const struct pyphi_model_params *params,
+                      struct pyphi_model_sizes *sizes);
+/* Allocates the cache and activations up front; *out = the model (free with pyphi_model_free). */
+int pyphi_model_create(const struct pyphi_model_desc *desc, const struct pyphi_model_params *params,
+                       pyphi_model **out);
+void pyphi_model_free(pyphi_model *model); /* NULL is a no-op */
+
+/* Runs tokens (n_tokens,) at positions pos .. pos + n_tokens - 1 and appends them to the cache.
+ * pos <= n_past (pos < n_past first truncates the cache to pos); pos + n_tokens <= n_ctx, else
+ * PYPHI_E_CONTEXT. logits (n_logits, n_vocab) float32 receives the logits of the last n_logits
+ * tokens (1 <= n_logits <= n_tokens; or n_logits = 0 and logits NULL for none). The result does
+ * not depend on the pool size or on how a sequence is split into calls. */
+int pyphi_model_eval(pyphi_model *model, pyphi_pool *pool, const int32_t *tokens, int64_t n_tokens,
+                     int64_t pos, float *logits, int64_t n_logits);
+/* Keeps the first n positions of the cache (n <= n_past), O(1); a LongRoPE factor change this
+ * implies is applied by the next eval, which knows the new length. */
+int pyphi_model_truncate(pyphi_model *model, int64_t n);
+int64_t pyphi_model_n_past(const pyphi_model *model);
+/* 1 if the cached keys are rotated with the long LongRoPE factors, else 0. */
+int pyphi_model_rope_long(const pyphi_model *model);
+/* How many times the cache was re-rotated or re-prefilled for a factor change (tests, stats). */
+int64_t pyphi_model_rope_switches(const pyphi_model *model);
 
 /* PYPHI_CDEF_END */
 

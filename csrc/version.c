@@ -23,6 +23,8 @@ const char *pyphi_status_string(int status) {
         return "out of memory";
     case PYPHI_E_ARG:
         return "invalid argument (NULL pointer or overlapping buffers)";
+    case PYPHI_E_CONTEXT:
+        return "the sequence does not fit in the context (n_ctx)";
     default:
         return "unknown status";
     }

@@ -1,0 +1,124 @@
+/* kv_cache.c: allocation, row stores and loads, and in-place re-rotation of the KV cache
+ * (see kv_cache.h). */
+#include "kv_cache.h"
+
+#include "ops.h"
+#include "quants.h"
+#include "threadpool.h"
+
+#include <stdlib.h>
+
+int64_t pyphi_kv_bytes(int type, int64_t n_layer, int64_t n_ctx, int64_t row) {
+    if (type != PYPHI_TYPE_F16 && type != PYPHI_TYPE_F32) {
+        return PYPHI_E_TYPE;
+    }
+    int64_t bytes;
+    if (n_layer < 1 || n_ctx < 1 || row < 1 ||
+        __builtin_mul_overflow(n_layer, n_ctx, &bytes) ||
+        __builtin_mul_overflow(bytes, row, &bytes) ||
+        __builtin_mul_overflow(bytes, 2 * pyphi_type_block_bytes(type), &bytes)) {
+        return PYPHI_E_SHAPE;
+    }
+    return bytes;
+}
+
+int pyphi_kv_init(struct pyphi_kv_cache *c, int type, int64_t n_layer, int64_t n_ctx, int64_t row) {
+    int64_t bytes = pyphi_kv_bytes(type, n_layer, n_ctx, row);
+    if (bytes < 0) {
+        return (int)bytes;
+    }
+    c->type = type;
+    c->n_layer = n_layer;
+    c->n_ctx = n_ctx;
+    c->row = row;
+    c->row_bytes = (size_t)(row * pyphi_type_block_bytes(type));
+    /* calloc: the pages are committed as positions are first written, not all at once */
+    c->k = calloc(1, (size_t)bytes / 2);
+    c->v = calloc(1, (size_t)bytes / 2);
+    if (c->k == NULL || c->v == NULL) {
+        pyphi_kv_free(c);
+        return PYPHI_E_NOMEM;
+    }
+    return PYPHI_OK;
+}
+
+void pyphi_kv_free(struct pyphi_kv_cache *c) {
+    free(c->k);
+    free(c->v);
+    c->k = c->v = NULL;
+}
+
+static size_t offset(const struct pyphi_kv_cache *c, int64_t layer, int64_t pos) {
+    return ((size_t)layer * (size_t)c->n_ctx + (size_t)pos) * c->row_bytes;
+}
+
+const void *pyphi_kv_k(const struct pyphi_kv_cache *c, int64_t layer, int64_t pos) {
+    return c->k + offset(c, layer, pos);
+}
+
+const void *pyphi_kv_v(const struct pyphi_kv_cache *c, int64_t layer, int64_t pos) {
+    return c->v + offset(c, layer, pos);
+}
+
+static void row_from_f32(const struct pyphi_kv_cache *c, const float *src, void *dst) {
+    if (c->type == PYPHI_TYPE_F32) {
+        memcpy(dst, src, c->row_bytes);
+        return;
+    }
+    uint16_t *h = dst; /* (row,) binary16 */
+    for (int64_t i = 0; i < c->row; i++) {
+        h[i] = pyphi_fp32_to_fp16(src[i]);
+    }
+}
+
+void pyphi_kv_to_f32(const struct pyphi_kv_cache *c, const void *src, float *dst, int64_t n) {
+    if (c->type == PYPHI_TYPE_F32) {
+        memcpy(dst, src, (size_t)n * sizeof(float));
+        return;
+    }
+    const uint16_t *h = src; /* (n,) binary16 */
+    for (int64_t i = 0; i < n; i++) {
+        dst[i] = pyphi_fp16_to_fp32(h[i]);
+    }
+}
+
+void pyphi_kv_store(struct pyphi_kv_cache *c, int64_t layer, int64_t pos, const float *k,
+                    const float *v, int64_t n, int64_t stride) {
+    for (int64_t t = 0; t < n; t++) {
+        row_from_f32(c, k + t * stride, c->k + offset(c, layer, pos + t));
+        row_from_f32(c, v + t * stride, c->v + offset(c, layer, pos + t));
+    }
+}
+
+struct rerotate_job {
+    struct pyphi_kv_cache *c;
+    float *scratch; /* (pool size, row): one float32 key row per thread */
+    int64_t head_dim, n_rot;
+    const float *cs_from, *cs_to; /* (n_pos, n_rot) */
+};
+
+/* Chunk = one position, in every layer. */
+static void rerotate_position(void *ctx, int64_t pos, int thread) {
+    struct rerotate_job *job = ctx;
+    struct pyphi_kv_cache *c = job->c;
+    float *row = job->scratch + (size_t)thread * (size_t)c->row; /* (row,) */
+    for (int64_t layer = 0; layer < c->n_layer; layer++) {
+        uint8_t *k = c->k + offset(c, layer, pos);
+        pyphi_kv_to_f32(c, k, row, c->row);
+        pyphi_rope_rerotate(row, c->row / job->head_dim, job->head_dim, job->n_rot,
+                            job->cs_from + pos * job->n_rot, job->cs_to + pos * job->n_rot);
+        row_from_f32(c, row, k);
+    }
+}
+
+int pyphi_kv_rerotate(struct pyphi_kv_cache *c, pyphi_pool *pool, int64_t n_pos, int64_t head_dim,
+                      int64_t n_rot, const float *cs_from, const float *cs_to) {
+    struct rerotate_job job = {c, NULL, head_dim, n_rot, cs_from, cs_to};
+    job.scratch = malloc((size_t)pyphi_pool_size(pool) * (size_t)c->row * sizeof(float));
+    if (job.scratch == NULL) {
+        return PYPHI_E_NOMEM;
+    }
+    pyphi_pool_run(pool, rerotate_position, &job, n_pos);
+    free(job.scratch);
+    return PYPHI_OK;
+}

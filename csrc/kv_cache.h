@@ -1,0 +1,48 @@
+/* kv_cache.h: the key/value cache of a model (kv_cache.c).
+ *
+ * Internal to libpyphi. For every layer, keys and values of positions 0 .. n_ctx - 1 as rows of
+ * `row` values (n_head_kv heads of head_dim, head after head) in F16 or F32, allocated once.
+ * Keys are stored already rotated (RoPE), values as they are. The cache knows nothing about which
+ * positions are valid: the model counts them (truncation is just a smaller count).
+ */
+#ifndef PYPHI_KV_CACHE_H
+#define PYPHI_KV_CACHE_H
+
+#include "pyphi.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct pyphi_kv_cache {
+    int type;         /* PYPHI_TYPE_F16 or PYPHI_TYPE_F32 */
+    int64_t n_layer;
+    int64_t n_ctx;    /* positions per layer */
+    int64_t row;      /* values per position: n_head_kv * head_dim */
+    size_t row_bytes;
+    uint8_t *k;       /* (n_layer, n_ctx, row) in type */
+    uint8_t *v;       /* (n_layer, n_ctx, row) in type */
+};
+
+/* Bytes of keys and values together, or a negative status for a bad type or size. */
+int64_t pyphi_kv_bytes(int type, int64_t n_layer, int64_t n_ctx, int64_t row);
+int pyphi_kv_init(struct pyphi_kv_cache *c, int type, int64_t n_layer, int64_t n_ctx, int64_t row);
+void pyphi_kv_free(struct pyphi_kv_cache *c);
+
+/* Row of position pos in layer (row_bytes bytes). */
+const void *pyphi_kv_k(const struct pyphi_kv_cache *c, int64_t layer, int64_t pos);
+const void *pyphi_kv_v(const struct pyphi_kv_cache *c, int64_t layer, int64_t pos);
+
+/* Stores n float32 rows of keys and values as positions pos .. pos + n - 1 of layer, converted
+ * to the cache type (round to nearest even). Row t of k is at k + t * stride, likewise v. */
+void pyphi_kv_store(struct pyphi_kv_cache *c, int64_t layer, int64_t pos, const float *k,
+                    const float *v, int64_t n, int64_t stride);
+
+/* n values in the cache type (part of a row) -> float32. */
+void pyphi_kv_to_f32(const struct pyphi_kv_cache *c, const void *src, float *dst, int64_t n);
+
+/* Changes the rotation of the keys of positions 0 .. n_pos - 1 in every layer from the table
+ * cs_from to cs_to ((n_pos, n_rot) each, pyphi_rope_table), on the pool, a position per chunk. */
+int pyphi_kv_rerotate(struct pyphi_kv_cache *c, pyphi_pool *pool, int64_t n_pos, int64_t head_dim,
+                      int64_t n_rot, const float *cs_from, const float *cs_to);
+
+#endif /* PYPHI_KV_CACHE_H */

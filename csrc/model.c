@@ -1,0 +1,473 @@
+/* model.c: the transformer forward pass, the model's state (KV cache, token history, LongRoPE
+ * factor set) and its public API (pyphi.h, "Model").
+ *
+ * Reading order: the checks and sizes of a description, create/free, then forward() -- the
+ * whole forward pass of a batch of tokens, one stage per line -- and finally eval(), which
+ * splits a call into batches of at most n_batch tokens and handles LongRoPE factor changes.
+ *
+ * The maths is transformers' Phi3ForCausalLM (5.24.0, models/phi3/modeling_phi3.py; the
+ * project's SPEC §4): pre-norm decoder layers, fused QKV and gate-up projections, partial NeoX
+ * RoPE with LongRoPE factors, GQA, SwiGLU, tied output head.
+ *
+ * LongRoPE (modeling_rope_utils.py, longrope_frequency_update): transformers picks the factor set
+ * for a forward call from that call's sequence length, max(position) + 1: short factors up to
+ * n_ctx_orig tokens, long factors for every position once longer. So the logits of a sequence
+ * of more than n_ctx_orig tokens are those of the whole sequence run with long factors. We key
+ * the choice on the length after the call (pos + n_tokens), which is the same thing, and when it
+ * changes the factor set of what is cached:
+ * - REPREFILL (default) recomputes the cached prefix from its tokens with the new set, inside the
+ *   same call: the cache then holds exactly what a full forward with the new set computes. This
+ *   is what transformers' generate does when a sequence reaches n_ctx_orig + 1 tokens
+ *   (Phi3ForCausalLM.prepare_inputs_for_generation drops the cache), and what a full forward
+ *   of the truncated sequence computes when it goes back down.
+ * - REROTATE re-rotates the cached keys in place (undo the old rotation, apply the new one). RoPE
+ *   is a per-position rotation, so layer 0's keys become exactly right (up to rounding); but the
+ *   keys and values of layers 1.. were computed from hidden states that the old factors shaped
+ *   through the attention of the layers below, and stay so. It is cheap (no recomputation) and
+ *   close, not identical, to transformers; the tests measure how close.
+ */
+#include "attention.h"
+#include "kv_cache.h"
+#include "ops.h"
+#include "pyphi.h"
+#include "threadpool.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define TRY(call)                                                                                  \
+    do {                                                                                           \
+        int status_ = (call);                                                                      \
+        if (status_ < 0) {                                                                         \
+            return status_;                                                                        \
+        }                                                                                          \
+    } while (0)
+
+struct pyphi_model {
+    struct pyphi_model_desc d;
+    struct pyphi_layer_weights *layers; /* (n_layer,): a copy; d.layers points here */
+    struct pyphi_model_params p;
+    struct pyphi_kv_cache kv;
+    int32_t *tokens;     /* (n_ctx,): the tokens of the cached positions, for re-prefill */
+    int64_t n_past;      /* cached positions: 0 .. n_past - 1 */
+    int rope_long;       /* factor set of the cached keys: 1 long, 0 short */
+    int64_t rope_switches;
+    float *inv_freq[2];  /* (n_rot / 2,) each: [0] short factors, [1] long factors */
+
+    /* Activations of one batch of up to n_batch tokens. */
+    float *x;       /* (n_batch, n_embd): the residual stream */
+    float *xn;      /* (n_batch, n_embd): normalised input of a sublayer */
+    float *qkv;     /* (n_batch, q_dim + 2 kv_dim): q | k | v per token */
+    float *attn;    /* (n_batch, q_dim): attention output, heads concatenated */
+    float *gate_up; /* (n_batch, 2 n_ff): gate | up per token */
+    float *ffn;     /* (n_batch, n_ff): silu(gate) * up */
+    float *proj;    /* (n_batch, proj_cols): wo / ffn_down outputs; separate q/k/v, gate/up parts */
+    float *rope_cs; /* (n_batch, n_rot): cos | sin of the batch's positions */
+};
+
+/* ---- Description checks and sizes ----------------------------------------------------------- */
+
+static int64_t q_dim(const struct pyphi_model_desc *d) { return d->n_head * d->head_dim; }
+static int64_t kv_dim(const struct pyphi_model_desc *d) { return d->n_head_kv * d->head_dim; }
+static int64_t qkv_dim(const struct pyphi_model_desc *d) { return q_dim(d) + 2 * kv_dim(d); }
+static int uses_longrope(const struct pyphi_model_desc *d) {
+    return d->rope_factors_long != NULL && d->n_ctx_orig > 0;
+}
+
+static int64_t max3(int64_t a, int64_t b, int64_t c) {
+    int64_t m = a > b ? a : b;
+    return m > c ? m : c;
+}
+
+/* Columns of `proj`: the widest of wo's and ffn_down's outputs (n_embd) and, for separate
+ * projections, the widest part (q_dim, n_ff). */
+static int64_t proj_cols(const struct pyphi_model_desc *d) {
+    return max3(d->n_embd, q_dim(d), d->n_ff);
+}
+
+static int64_t tensor_bytes(const struct pyphi_tensor *t) {
+    if (t->data == NULL) {
+        return 0;
+    }
+    return pyphi_row_bytes(t->type, t->ne0) * t->ne1;
+}
+
+/* A matrix mapping n_in -> n_out that the matmul computes. */
+static int check_matrix(const struct pyphi_tensor *t, int64_t n_in, int64_t n_out) {
+    if (t->data == NULL) {
+        return PYPHI_E_ARG;
+    }
+    if (pyphi_vec_dot_type(t->type) < 0) {
+        return PYPHI_E_TYPE;
+    }
+    return t->ne0 == n_in && t->ne1 == n_out && pyphi_row_bytes(t->type, n_in) > 0 ? PYPHI_OK
+                                                                                   : PYPHI_E_SHAPE;
+}
+
+static int check_norm(const struct pyphi_tensor *t, int64_t n) {
+    if (t->data == NULL) {
+        return PYPHI_E_ARG;
+    }
+    if (t->type != PYPHI_TYPE_F32) {
+        return PYPHI_E_TYPE;
+    }
+    return t->ne0 == n && t->ne1 == 1 ? PYPHI_OK : PYPHI_E_SHAPE;
+}
+
+/* Either the fused matrix (n_in -> sum of outs) or every part (n_in -> outs[i]), not both. */
+static int check_projection(const struct pyphi_tensor *fused, const struct pyphi_tensor *parts,
+                            const int64_t *outs, int n_parts, int64_t n_in) {
+    int64_t total = 0;
+    int n_present = 0;
+    for (int i = 0; i < n_parts; i++) {
+        total += outs[i];
+        n_present += parts[i].data != NULL;
+    }
+    if (fused->data != NULL) {
+        return n_present == 0 ? check_matrix(fused, n_in, total) : PYPHI_E_ARG;
+    }
+    for (int i = 0; i < n_parts; i++) {
+        TRY(check_matrix(&parts[i], n_in, outs[i]));
+    }
+    return PYPHI_OK;
+}
+
+static int check_layer(const struct pyphi_model_desc *d, const struct pyphi_layer_weights *L) {
+    const struct pyphi_tensor qkv_parts[3] = {L->wq, L->wk, L->wv};
+    const int64_t qkv_outs[3] = {q_dim(d), kv_dim(d), kv_dim(d)};
+    const struct pyphi_tensor gate_up_parts[2] = {L->ffn_gate, L->ffn_up};
+    const int64_t gate_up_outs[2] = {d->n_ff, d->n_ff};
+    TRY(check_norm(&L->attn_norm, d->n_embd));
+    TRY(check_projection(&L->wqkv, qkv_parts, qkv_outs, 3, d->n_embd));
+    TRY(check_matrix(&L->wo, q_dim(d), d->n_embd));
+    TRY(check_norm(&L->ffn_norm, d->n_embd));
+    TRY(check_projection(&L->ffn_gate_up, gate_up_parts, gate_up_outs, 2, d->n_embd));
+    TRY(check_matrix(&L->ffn_down, d->n_ff, d->n_embd));
+    return PYPHI_OK;
+}
+
+static int check_desc(const struct pyphi_model_desc *d) {
+    if (d == NULL || d->layers == NULL) {
+        return PYPHI_E_ARG;
+    }
+    if (d->n_vocab < 1 || d->n_vocab > INT32_MAX || d->n_embd < 1 || d->n_layer < 1 ||
+        d->n_head < 1 || d->n_head_kv < 1 || d->n_head % d->n_head_kv != 0 || d->head_dim < 1 ||
+        d->n_ff < 1 || d->n_rot < 0 || d->n_rot % 2 != 0 || d->n_rot > d->head_dim ||
+        d->n_ctx_train < 1 || d->n_ctx_orig < 0 || d->sliding_window < 0 || !(d->rms_eps > 0) ||
+        !(d->rope_base > 0) || !(d->rope_attn_factor > 0)) {
+        return PYPHI_E_SHAPE;
+    }
+    /* the embedding is read a row at a time by the dequantizer, the head is a matmul */
+    if (d->tok_embd.data == NULL) {
+        return PYPHI_E_ARG;
+    }
+    if (pyphi_type_block_values(d->tok_embd.type) == 0) {
+        return PYPHI_E_TYPE;
+    }
+    if (d->tok_embd.ne0 != d->n_embd || d->tok_embd.ne1 != d->n_vocab ||
+        pyphi_row_bytes(d->tok_embd.type, d->n_embd) < 0) {
+        return PYPHI_E_SHAPE;
+    }
+    TRY(check_norm(&d->output_norm, d->n_embd));
+    TRY(check_matrix(&d->output, d->n_embd, d->n_vocab));
+    for (int64_t l = 0; l < d->n_layer; l++) {
+        TRY(check_layer(d, &d->layers[l]));
+    }
+    return PYPHI_OK;
+}
+
+static int check_params(const struct pyphi_model_desc *d, const struct pyphi_model_params *p) {
+    if (p == NULL) {
+        return PYPHI_E_ARG;
+    }
+    if (p->kv_type != PYPHI_TYPE_F16 && p->kv_type != PYPHI_TYPE_F32) {
+        return PYPHI_E_TYPE;
+    }
+    if (p->n_ctx < 1 || p->n_ctx > d->n_ctx_train || p->n_batch < 1 ||
+        (p->longrope_switch != PYPHI_LONGROPE_REPREFILL &&
+         p->longrope_switch != PYPHI_LONGROPE_REROTATE)) {
+        return PYPHI_E_ARG;
+    }
+    return PYPHI_OK;
+}
+
+/* Floats of the activation buffers for one batch of n_batch tokens. */
+static int64_t activation_floats(const struct pyphi_model_desc *d, int64_t n_batch) {
+    int64_t per_token = 2 * d->n_embd + qkv_dim(d) + q_dim(d) + 3 * d->n_ff + proj_cols(d) + d->n_rot;
+    return n_batch * per_token;
+}
+
+int pyphi_model_sizes(const struct pyphi_model_desc *d, const struct pyphi_model_params *p,
+                      struct pyphi_model_sizes *sizes) {
+    TRY(check_desc(d));
+    TRY(check_params(d, p));
+    if (sizes == NULL) {
+        return PYPHI_E_ARG;
+    }
+    int64_t weights = tensor_bytes(&d->tok_embd) + tensor_bytes(&d->output_norm);
+    if (d->output.data != d->tok_embd.data) { /* a tied head is the embedding itself */
+        weights += tensor_bytes(&d->output);
+    }
+    for (int64_t l = 0; l < d->n_layer; l++) {
+        const struct pyphi_layer_weights *L = &d->layers[l];
+        const struct pyphi_tensor *ts[] = {&L->attn_norm, &L->wqkv, &L->wq, &L->wk, &L->wv,
+                                           &L->wo, &L->ffn_norm, &L->ffn_gate_up, &L->ffn_gate,
+                                           &L->ffn_up, &L->ffn_down};
+        for (size_t i = 0; i < sizeof ts / sizeof ts[0]; i++) {
+            weights += tensor_bytes(ts[i]);
+        }
+    }
+    int64_t kv = pyphi_kv_bytes(p->kv_type, d->n_layer, p->n_ctx, kv_dim(d));
+    if (kv < 0) {
+        return (int)kv;
+    }
+    sizes->weights_bytes = weights;
+    sizes->kv_bytes = kv;
+    sizes->scratch_bytes = (activation_floats(d, p->n_batch) + d->n_rot) * (int64_t)sizeof(float) +
+                           p->n_ctx * (int64_t)sizeof(int32_t);
+    return PYPHI_OK;
+}
+
+/* ---- Create and free ------------------------------------------------------------------------ */
+
+void pyphi_model_free(pyphi_model *m) {
+    if (m == NULL) {
+        return;
+    }
+    pyphi_kv_free(&m->kv);
+    free(m->layers);
+    free(m->tokens);
+    free(m->inv_freq[0]);
+    free(m->x); /* one allocation holds every activation buffer */
+    free(m);
+}
+
+int pyphi_model_create(const struct pyphi_model_desc *desc, const struct pyphi_model_params *params,
+                       pyphi_model **out) {
+    struct pyphi_model_sizes sizes;
+    TRY(pyphi_model_sizes(desc, params, &sizes));
+    if (out == NULL) {
+        return PYPHI_E_ARG;
+    }
+    *out = NULL;
+    pyphi_model *m = calloc(1, sizeof *m);
+    if (m == NULL) {
+        return PYPHI_E_NOMEM;
+    }
+    m->d = *desc;
+    m->p = *params;
+    int64_t n = params->n_batch, half = desc->n_rot / 2;
+    m->layers = malloc((size_t)desc->n_layer * sizeof *m->layers);
+    m->tokens = malloc((size_t)params->n_ctx * sizeof *m->tokens);
+    m->inv_freq[0] = malloc((size_t)(2 * half + 1) * sizeof(float));
+    m->x = malloc((size_t)activation_floats(desc, n) * sizeof(float));
+    int status = m->layers && m->tokens && m->inv_freq[0] && m->x ? PYPHI_OK : PYPHI_E_NOMEM;
+    if (status == PYPHI_OK) {
+        status = pyphi_kv_init(&m->kv, params->kv_type, desc->n_layer, params->n_ctx, kv_dim(desc));
+    }
+    if (status < 0) {
+        pyphi_model_free(m);
+        return status;
+    }
+    memcpy(m->layers, desc->layers, (size_t)desc->n_layer * sizeof *m->layers);
+    m->d.layers = m->layers;
+    m->inv_freq[1] = m->inv_freq[0] + half;
+    pyphi_rope_inv_freq(m->inv_freq[0], desc->n_rot, desc->rope_base, desc->rope_factors_short);
+    pyphi_rope_inv_freq(m->inv_freq[1], desc->n_rot, desc->rope_base,
+                        uses_longrope(desc) ? desc->rope_factors_long : desc->rope_factors_short);
+    m->xn = m->x + n * desc->n_embd;
+    m->qkv = m->xn + n * desc->n_embd;
+    m->attn = m->qkv + n * qkv_dim(desc);
+    m->gate_up = m->attn + n * q_dim(desc);
+    m->ffn = m->gate_up + n * 2 * desc->n_ff;
+    m->proj = m->ffn + n * desc->n_ff;
+    m->rope_cs = m->proj + n * proj_cols(desc);
+    *out = m;
+    return PYPHI_OK;
+}
+
+/* ---- Forward pass --------------------------------------------------------------------------- */
+
+/* x (n, n_embd) = rows tokens[t] of the embedding, dequantized (no scaling, SPEC §4.1). */
+static void embed(const struct pyphi_tensor *tok_embd, const int32_t *tokens, int64_t n, float *x) {
+    size_t row_bytes = (size_t)pyphi_row_bytes(tok_embd->type, tok_embd->ne0);
+    for (int64_t t = 0; t < n; t++) {
+        const uint8_t *row = (const uint8_t *)tok_embd->data + (size_t)tokens[t] * row_bytes;
+        pyphi_dequantize_row(tok_embd->type, row, x + t * tok_embd->ne0, tok_embd->ne0);
+    }
+}
+
+static int matmul(pyphi_pool *pool, const struct pyphi_tensor *w, const float *x, int64_t n,
+                  float *y) {
+    return pyphi_matmul(pool, w->type, w->data, w->ne1, w->ne0, x, n, y);
+}
+
+/* y (n, sum of outputs) = x . [fused or parts]^T. Separate parts (Llama's q/k/v, gate/up) are
+ * multiplied one at a time into tmp and copied into their columns, so what follows sees the
+ * fused layout either way. */
+static int project(pyphi_pool *pool, const struct pyphi_tensor *fused,
+                   const struct pyphi_tensor *parts, int n_parts, const float *x, int64_t n,
+                   float *y, int64_t y_cols, float *tmp) {
+    if (fused->data != NULL) {
+        return matmul(pool, fused, x, n, y);
+    }
+    int64_t col = 0;
+    for (int i = 0; i < n_parts; i++) {
+        int64_t cols = parts[i].ne1;
+        TRY(matmul(pool, &parts[i], x, n, tmp)); /* (n, cols) */
+        for (int64_t t = 0; t < n; t++) {
+            memcpy(y + t * y_cols + col, tmp + t * cols, (size_t)cols * sizeof(float));
+        }
+        col += cols;
+    }
+    return PYPHI_OK;
+}
+
+static int project_qkv(pyphi_pool *pool, const struct pyphi_layer_weights *L,
+                       const struct pyphi_model_desc *d, const float *x, int64_t n, float *qkv,
+                       float *tmp) {
+    const struct pyphi_tensor parts[3] = {L->wq, L->wk, L->wv};
+    return project(pool, &L->wqkv, parts, 3, x, n, qkv, qkv_dim(d), tmp);
+}
+
+static int project_gate_up(pyphi_pool *pool, const struct pyphi_layer_weights *L,
+                           const struct pyphi_model_desc *d, const float *x, int64_t n,
+                           float *gate_up, float *tmp) {
+    const struct pyphi_tensor parts[2] = {L->ffn_gate, L->ffn_up};
+    return project(pool, &L->ffn_gate_up, parts, 2, x, n, gate_up, 2 * d->n_ff, tmp);
+}
+
+/* Rotates the q and k heads of every token of qkv (n, qkv_dim) in place, token t with row t of
+ * the batch's table. */
+static void rope_qk(const struct pyphi_model_desc *d, float *qkv, const float *cs, int64_t n) {
+    for (int64_t t = 0; t < n; t++) {
+        float *q = qkv + t * qkv_dim(d); /* (n_head, head_dim) */
+        float *k = q + q_dim(d);         /* (n_head_kv, head_dim) */
+        pyphi_rope_apply(q, d->n_head, d->head_dim, d->n_rot, cs + t * d->n_rot);
+        pyphi_rope_apply(k, d->n_head_kv, d->head_dim, d->n_rot, cs + t * d->n_rot);
+    }
+}
+
+/* Runs tokens (n,) at positions pos .. pos + n - 1 (n <= n_batch), appending their keys and
+ * values to the cache; if n_out > 0, logits (n_out, n_vocab) get the logits of the last n_out
+ * tokens. */
+static int forward(pyphi_model *m, pyphi_pool *pool, const int32_t *tokens, int64_t n,
+                   int64_t pos, float *logits, int64_t n_out) {
+    const struct pyphi_model_desc *d = &m->d;
+    const struct pyphi_layer_weights *L;
+    const int64_t E = d->n_embd, QKV = qkv_dim(d);
+    struct pyphi_attention_args attn = {
+        .q = m->qkv, .q_stride = QKV, .kv = &m->kv, .out = m->attn, .n_tokens = n, .pos = pos,
+        .n_head = d->n_head, .n_head_kv = d->n_head_kv, .head_dim = d->head_dim,
+        .window = d->sliding_window,
+    };
+
+    embed(&d->tok_embd, tokens, n, m->x);                                  /* x (n, E) */
+    pyphi_rope_table(m->rope_cs, pos, n, m->inv_freq[m->rope_long], d->n_rot,
+                     d->rope_attn_factor);                                 /* (n, n_rot) */
+    for (int64_t l = 0; l < d->n_layer; l++) {
+        L = &d->layers[l];
+        attn.layer = l;
+        pyphi_rms_norm(m->xn, m->x, L->attn_norm.data, n, E, d->rms_eps);  /* (n, E) */
+        TRY(project_qkv(pool, L, d, m->xn, n, m->qkv, m->proj));          /* (n, QKV) */
+        rope_qk(d, m->qkv, m->rope_cs, n);                                 /* q, k rotated */
+        pyphi_kv_store(&m->kv, l, pos, m->qkv + q_dim(d), m->qkv + q_dim(d) + kv_dim(d), n,
+                       QKV);                                               /* cache pos..pos+n */
+        TRY(pyphi_attention(pool, &attn));                                 /* attn (n, q_dim) */
+        TRY(matmul(pool, &L->wo, m->attn, n, m->proj));                    /* (n, E) */
+        pyphi_add(m->x, m->proj, n * E);                                   /* residual */
+        pyphi_rms_norm(m->xn, m->x, L->ffn_norm.data, n, E, d->rms_eps);   /* (n, E) */
+        TRY(project_gate_up(pool, L, d, m->xn, n, m->gate_up, m->proj));   /* (n, 2 n_ff) */
+        pyphi_swiglu(m->ffn, m->gate_up, n, d->n_ff);                      /* (n, n_ff) */
+        TRY(matmul(pool, &L->ffn_down, m->ffn, n, m->proj));               /* (n, E) */
+        pyphi_add(m->x, m->proj, n * E);                                   /* residual */
+    }
+    if (n_out > 0) {
+        const float *x_out = m->x + (n - n_out) * E;                       /* (n_out, E) */
+        pyphi_rms_norm(m->xn, x_out, d->output_norm.data, n_out, E, d->rms_eps);
+        TRY(matmul(pool, &d->output, m->xn, n_out, logits));               /* (n_out, n_vocab) */
+    }
+    return PYPHI_OK;
+}
+
+/* ---- LongRoPE factor changes ---------------------------------------------------------------- */
+
+/* Re-rotates the n_past cached keys from the current factor set to the other one. */
+static int rerotate_cache(pyphi_model *m, pyphi_pool *pool) {
+    const struct pyphi_model_desc *d = &m->d;
+    size_t table = (size_t)m->n_past * (size_t)d->n_rot;
+    float *cs = malloc(2 * table * sizeof(float)); /* (2, n_past, n_rot): from, to */
+    if (cs == NULL) {
+        return PYPHI_E_NOMEM;
+    }
+    pyphi_rope_table(cs, 0, m->n_past, m->inv_freq[m->rope_long], d->n_rot, d->rope_attn_factor);
+    pyphi_rope_table(cs + table, 0, m->n_past, m->inv_freq[!m->rope_long], d->n_rot,
+                     d->rope_attn_factor);
+    int status = pyphi_kv_rerotate(&m->kv, pool, m->n_past, d->head_dim, d->n_rot, cs, cs + table);
+    free(cs);
+    return status;
+}
+
+/* ---- Public API ----------------------------------------------------------------------------- */
+
+int pyphi_model_eval(pyphi_model *m, pyphi_pool *pool, const int32_t *tokens, int64_t n_tokens,
+                     int64_t pos, float *logits, int64_t n_logits) {
+    if (m == NULL || tokens == NULL || n_tokens < 1 || pos < 0 || pos > m->n_past ||
+        n_logits < 0 || n_logits > n_tokens || (n_logits > 0 && logits == NULL)) {
+        return PYPHI_E_ARG;
+    }
+    if (n_tokens > m->p.n_ctx - pos) {
+        return PYPHI_E_CONTEXT;
+    }
+    for (int64_t t = 0; t < n_tokens; t++) {
+        if (tokens[t] < 0 || tokens[t] >= m->d.n_vocab) {
+            return PYPHI_E_ARG;
+        }
+    }
+    int64_t end = pos + n_tokens;
+    int want_long = uses_longrope(&m->d) && end > m->d.n_ctx_orig;
+    int64_t start = pos; /* the first position this call computes */
+    m->n_past = pos;
+    if (m->n_past > 0 && want_long != m->rope_long) {
+        if (m->p.longrope_switch == PYPHI_LONGROPE_REROTATE) {
+            TRY(rerotate_cache(m, pool));
+        } else {
+            start = 0; /* recompute the cached prefix from its tokens */
+        }
+        m->rope_switches++;
+    }
+    m->rope_long = want_long;
+    memcpy(m->tokens + pos, tokens, (size_t)n_tokens * sizeof *tokens);
+    m->n_past = start;
+
+    for (int64_t b0 = start; b0 < end; b0 += m->p.n_batch) {
+        int64_t n = end - b0 < m->p.n_batch ? end - b0 : m->p.n_batch;
+        /* logits rows wanted: positions end - n_logits .. end - 1 */
+        int64_t first_wanted = end - n_logits > b0 ? end - n_logits : b0;
+        int64_t n_out = b0 + n - first_wanted > 0 ? b0 + n - first_wanted : 0;
+        float *out = n_out > 0 ? logits + (first_wanted - (end - n_logits)) * m->d.n_vocab : NULL;
+        TRY(forward(m, pool, m->tokens + b0, n, b0, out, n_out));
+        m->n_past = b0 + n;
+    }
+    return PYPHI_OK;
+}
+
+int pyphi_model_truncate(pyphi_model *m, int64_t n) {
+    if (m == NULL || n < 0 || n > m->n_past) {
+        return PYPHI_E_ARG;
+    }
+    m->n_past = n;
+    return PYPHI_OK;
+}
+
+int64_t pyphi_model_n_past(const pyphi_model *m) {
+    return m == NULL ? PYPHI_E_ARG : m->n_past;
+}
+
+int pyphi_model_rope_long(const pyphi_model *m) {
+    return m == NULL ? PYPHI_E_ARG : m->rope_long;
+}
+
+int64_t pyphi_model_rope_switches(const pyphi_model *m) {
+    return m == NULL ? PYPHI_E_ARG : m->rope_switches;
+}
