@@ -208,6 +208,9 @@ int pyphi_model_sizes(const struct pyphi_model_desc *d, const struct pyphi_model
     if (d->output.data != d->tok_embd.data) { /* a tied head is the embedding itself */
         weights += tensor_bytes(&d->output);
     }
+    int64_t factors_bytes = d->n_rot / 2 * (int64_t)sizeof(float);
+    weights += (d->rope_factors_short != NULL) * factors_bytes;
+    weights += (d->rope_factors_long != NULL) * factors_bytes;
     for (int64_t l = 0; l < d->n_layer; l++) {
         const struct pyphi_layer_weights *L = &d->layers[l];
         const struct pyphi_tensor *ts[] = {&L->attn_norm, &L->wqkv, &L->wq, &L->wk, &L->wv,

@@ -1,0 +1,67 @@
+"""Shared fixtures of the model tests: random-weight Phi-3-family checkpoints (written by
+pyphi.testing.checkpoint), converted to GGUF by pyphi.convert, and transformers models over them.
+
+Everything is made once per test session under one temporary directory, on first use:
+`model_zoo.hf_dir(name)`, `model_zoo.gguf(name, out_type)`, `model_zoo.hf_model(name)`.
+Checkpoint names: the generator's sizes ("tiny", "head128") and variants of "tiny" defined here.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+
+from pyphi.testing import checkpoint as ckpt
+
+
+def _one_layer(config: dict) -> dict:
+    """tiny with a single decoder layer: its cached keys and values depend on no attention."""
+    return {**config, "num_hidden_layers": 1}
+
+
+def _phi3_mini_4k_like(config: dict) -> dict:
+    """The shape of a Phi-3-mini-4k config on tiny sizes: full rotary, no LongRoPE, and a
+    sliding window short enough (48 tokens) for a test prompt to exceed it."""
+    config = {key: value for key, value in config.items()
+              if key not in ("rope_scaling", "original_max_position_embeddings")}
+    return {**config, "partial_rotary_factor": 1.0, "max_position_embeddings": 4096,
+            "sliding_window": 48, "num_hidden_layers": 3, "hidden_size": 96,
+            "num_attention_heads": 6, "num_key_value_heads": 3, "intermediate_size": 160}
+
+
+VARIANTS = {"one_layer": _one_layer, "phi3_mini_4k_like": _phi3_mini_4k_like}
+
+
+class ModelZoo:
+    def __init__(self, root):
+        self.root = root
+
+    @functools.cache
+    def hf_dir(self, name: str):
+        out = self.root / f"{name}-hf"
+        if name in ckpt.SIZES:
+            ckpt.write_size(out, name, seed=0)
+        else:
+            ckpt.write_checkpoint(out, VARIANTS[name](ckpt.size_config("tiny")), seed=0)
+        return out
+
+    @functools.cache
+    def gguf(self, name: str, out_type: str):
+        from pyphi.convert import convert
+
+        return convert(self.hf_dir(name), self.root / f"{name}-{out_type}.gguf", out_type, progress=False)
+
+    @functools.cache
+    def hf_model(self, name: str):
+        """transformers' Phi3ForCausalLM in float32 (the bf16 weights upcast exactly)."""
+        import torch
+        import transformers
+
+        model = transformers.Phi3ForCausalLM.from_pretrained(self.hf_dir(name), dtype=torch.float32)
+        return model.eval()
+
+
+@pytest.fixture(scope="session")
+def model_zoo(tmp_path_factory):
+    return ModelZoo(tmp_path_factory.mktemp("model_zoo"))

@@ -1,0 +1,258 @@
+"""pyphi.model against transformers' Phi3ForCausalLM (float32) on random-weight checkpoints.
+
+Sizes: "tiny" (head_dim 16, 12 rotary dims, 6-entry factor lists) and "head128" (head_dim 128:
+the real 96 rotary dims and 48-entry factor lists), both with the real 200064-token vocabulary
+and tied head. The checkpoints are bf16, so F32 and BF16 GGUFs hold exactly transformers'
+float32 upcast, and F16 too (every bf16 value of these weights is a binary16 number).
+
+Bounds, and what was measured when they were set (prompt of 80 tokens, seed 1):
+- F32/F16/BF16 weights, f32 KV cache: max |diff| <= 1e-4 max |logit| (measured 3.3e-7 tiny,
+  4.6e-7 head128: only the summation order differs). With the default f16 KV cache the keys and
+  values are rounded to binary16: bound 5e-4 (measured 1.2e-4, 2.0e-4).
+- Q8_0 / Q4_0: top-1 agreement with transformers and mean KL(transformers || pyphi) per token,
+  bounds in QUANT_BOUNDS. Random weights make nearly flat distributions (tiny KLs, fragile
+  top-1), so the figures are specific to these checkpoints; see the comments there.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pyphi._native import ffi, lib
+from pyphi.model import ContextTooLargeError, Model, model_sizes
+
+SIZES = ["tiny", "head128"]
+PROMPT_LEN = 80
+EXACT_RATIO = 1e-4
+F16_KV_RATIO = 5e-4
+# (size, type) -> (minimum top-1 agreement, maximum mean KL in nats); measured:
+# tiny q8_0 1.000 / 1.4e-6, tiny q4_0 1.000 / 5.9e-5, head128 q8_0 0.963 / 1.7e-5,
+# head128 q4_0 0.725 / 1.6e-3 (f32 KV cache; the f16 cache moves these by a few percent).
+QUANT_BOUNDS = {
+    ("tiny", "q8_0"): (0.98, 3e-6),
+    ("tiny", "q4_0"): (0.95, 1e-4),
+    ("head128", "q8_0"): (0.93, 3e-5),
+    ("head128", "q4_0"): (0.65, 2.5e-3),
+}
+
+
+def prompt(n: int = PROMPT_LEN, seed: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 200_000, n).astype(np.int32)
+
+
+def hf_logits(model, tokens, keep: int = 0) -> np.ndarray:
+    """transformers' logits of the whole sequence `tokens` (the last `keep`, 0 = all)."""
+    with torch.no_grad():
+        out = model(torch.tensor(np.asarray(tokens, dtype=np.int64)[None]), logits_to_keep=keep)
+    return out.logits[0].numpy()
+
+
+def ratio(ours: np.ndarray, ref: np.ndarray) -> float:
+    return float(np.abs(ours - ref).max() / np.abs(ref).max())
+
+
+def mean_kl(ref: np.ndarray, ours: np.ndarray) -> float:
+    """Mean over positions of KL(softmax(ref) || softmax(ours)), in float64."""
+    p = torch.log_softmax(torch.tensor(ref, dtype=torch.float64), -1)
+    q = torch.log_softmax(torch.tensor(ours, dtype=torch.float64), -1)
+    return float((p.exp() * (p - q)).sum(-1).mean())
+
+
+@pytest.fixture(scope="module")
+def reference(model_zoo):
+    """size -> transformers' logits (PROMPT_LEN, n_vocab) of prompt()."""
+    return {size: hf_logits(model_zoo.hf_model(size), prompt()) for size in SIZES}
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("out_type", ["f32", "f16", "bf16"])
+def test_float_weights_match_transformers(model_zoo, reference, size, out_type):
+    ref = reference[size]
+    for kv_type, bound in (("f32", EXACT_RATIO), ("f16", F16_KV_RATIO)):
+        with Model(model_zoo.gguf(size, out_type), n_ctx=256, kv_type=kv_type) as model:
+            ours = model.eval(prompt(), logits="all")
+        r = ratio(ours, ref)
+        print(f"{size} {out_type} kv={kv_type}: max|diff|/max|logit| = {r:.3g}")
+        assert r <= bound
+        np.testing.assert_array_equal(ours.argmax(-1), ref.argmax(-1))
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("out_type", ["q8_0", "q4_0"])
+def test_quantized_weights_top1_and_kl(model_zoo, reference, size, out_type):
+    ref = reference[size]
+    with Model(model_zoo.gguf(size, out_type), n_ctx=256, kv_type="f32") as model:
+        ours = model.eval(prompt(), logits="all")
+    top1 = float((ours.argmax(-1) == ref.argmax(-1)).mean())
+    kl = mean_kl(ref, ours)
+    print(f"{size} {out_type}: top-1 agreement {top1:.3f}, mean KL {kl:.3g}, ratio {ratio(ours, ref):.3g}")
+    min_top1, max_kl = QUANT_BOUNDS[size, out_type]
+    assert top1 >= min_top1
+    assert kl <= max_kl
+
+
+@pytest.mark.parametrize("kv_type", ["f16", "f32"])
+def test_decode_equals_prefill(model_zoo, kv_type):
+    """Token-by-token decode, a prefill in batches of 7, and one prefill give the same logits:
+    each token's keys and values go to the cache before attention reads them back, so nothing
+    depends on how the sequence is split (bit-identical in practice; 1e-5 is the contract)."""
+    tokens = prompt(40)
+    with Model(model_zoo.gguf("head128", "q8_0"), n_ctx=64, kv_type=kv_type) as model:
+        whole = model.eval(tokens, logits="all")
+        model.reset()
+        steps = np.stack([model.eval(tokens[i : i + 1]) for i in range(len(tokens))])
+    with Model(model_zoo.gguf("head128", "q8_0"), n_ctx=64, kv_type=kv_type, n_batch=7) as model:
+        batched = model.eval(tokens, logits="all")
+    assert ratio(steps, whole) <= 1e-5
+    assert ratio(batched, whole) <= 1e-5
+    print(f"decode vs prefill: {ratio(steps, whole):.3g}, n_batch 7 vs 256: {ratio(batched, whole):.3g}")
+
+
+@pytest.mark.parametrize("out_type", ["f32", "q4_0"])
+def test_thread_count_does_not_change_logits(model_zoo, out_type):
+    tokens = prompt(30)
+    results = []
+    for n_threads in (1, 2, 3):
+        with Model(model_zoo.gguf("head128", out_type), n_ctx=64, n_threads=n_threads) as model:
+            prefill = model.eval(tokens[:-1], logits="all")
+            decode = model.eval(tokens[-1:])
+        results.append((prefill, decode))
+    for prefill, decode in results[1:]:
+        np.testing.assert_array_equal(prefill, results[0][0])
+        np.testing.assert_array_equal(decode, results[0][1])
+
+
+def test_truncate_and_position_argument(model_zoo):
+    tokens = prompt(30)
+    other = prompt(10, seed=7)
+    with Model(model_zoo.gguf("tiny", "q8_0"), n_ctx=64) as model:
+        first = model.eval(tokens, logits="all")
+        model.eval(other)
+        assert model.n_past == 40
+        model.truncate(20)
+        assert model.n_past == 20
+        again = model.eval(tokens[20:], logits="all")
+        np.testing.assert_array_equal(again, first[20:])
+        # pos below n_past truncates there first
+        np.testing.assert_array_equal(model.eval(tokens[25:], pos=25, logits=2), first[-2:])
+        model.reset()
+        assert model.n_past == 0
+        np.testing.assert_array_equal(model.eval(tokens[:5], logits=None) is None, True)
+
+
+def test_logits_written_in_place(model_zoo):
+    with Model(model_zoo.gguf("tiny", "q8_0"), n_ctx=64) as model:
+        out = np.full((3, model.n_vocab), np.nan, dtype=np.float32)
+        result = model.eval(prompt(5), logits=3, out=out)
+        assert result is out and np.isfinite(out).all()
+        with pytest.raises(ValueError, match="out must be"):
+            model.eval(prompt(2), logits=1, out=out)
+        assert model.timings.n_evals == 1 and model.timings.n_tokens == 5
+
+
+def test_eval_argument_errors(model_zoo):
+    with Model(model_zoo.gguf("tiny", "q8_0"), n_ctx=16) as model:
+        with pytest.raises(ValueError, match="do not fit in n_ctx 16"):
+            model.eval(prompt(17))
+        with pytest.raises(ValueError, match="token id 200064"):
+            model.eval([1, 200064])
+        with pytest.raises(ValueError, match="pos 3 must be in 0 .. n_past"):
+            model.eval([1], pos=3)
+        with pytest.raises(ValueError, match="logits="):
+            model.eval([1, 2], logits=3)
+        assert model.n_past == 0
+        # the C core refuses the same calls on its own
+        logits = ffi.new("float[]", model.n_vocab)
+        too_long = ffi.new("int32_t[]", [1] * 17)
+        assert lib.pyphi_model_eval(model.handle, ffi.NULL, too_long, 17, 0, logits, 1) == lib.PYPHI_E_CONTEXT
+        bad = ffi.new("int32_t[]", [200064])
+        assert lib.pyphi_model_eval(model.handle, ffi.NULL, bad, 1, 0, logits, 1) == lib.PYPHI_E_ARG
+
+
+def test_sizes_reported_before_allocation(model_zoo):
+    path = model_zoo.gguf("head128", "q8_0")
+    # head128: 2 layers, 1 KV head of 128 dims: keys and values of 2 * 1 * 128 values per
+    # position and layer
+    sizes = model_sizes(path, n_ctx=4096)
+    assert sizes.kv_bytes == 2 * 2 * 4096 * 128 * 2
+    assert model_sizes(path, n_ctx=4096, kv_type="f32").kv_bytes == 2 * sizes.kv_bytes
+    with Model(path, n_ctx=4096) as model:
+        assert model.sizes == sizes
+        from pyphi.gguf_reader import GGUFFile
+
+        with GGUFFile(path) as f:
+            assert sizes.weights_bytes == sum(t.nbytes for t in f.tensors.values())
+    print(sizes)
+
+
+def test_context_beyond_memory_is_refused(model_zoo, monkeypatch):
+    path = model_zoo.gguf("tiny", "q8_0")
+    with pytest.raises(ValueError, match=r"n_ctx 131073: expected 1 \.\. 131072"):
+        Model(path, n_ctx=131073)
+    monkeypatch.setattr("pyphi.model.available_memory_bytes", lambda: 40 << 20)
+    with pytest.raises(ContextTooLargeError, match=r"n_ctx=131072 needs 0\.03 GiB of f16 KV cache"):
+        Model(path, n_ctx=131072)
+    Model(path, n_ctx=4096).close()
+
+
+def test_separate_projections_compute_the_same(model_zoo):
+    """The description's separate q/k/v and gate/up form (Llama's layout) gives the same logits
+    as the fused one: here the fused matrices are cut into row ranges of the same mapping."""
+    from pyphi.model_file import ModelFile
+    from pyphi.threadpool import ThreadPool
+
+    tokens = prompt(20)
+    with ModelFile(model_zoo.gguf("head128", "q4_0")) as mf, ThreadPool(2) as pool:
+        fused = _run_desc(mf.desc, tokens, pool)
+        h = mf.hparams
+        for i in range(h.n_layer):
+            layer = mf.desc.layers[i]
+            q, kv = h.n_head * h.head_dim, h.n_head_kv * h.head_dim
+            layer.wq, layer.wk, layer.wv = _row_slices(layer.wqkv, [q, kv, kv])
+            layer.ffn_gate, layer.ffn_up = _row_slices(layer.ffn_gate_up, [h.n_ff, h.n_ff])
+            layer.wqkv.data = layer.ffn_gate_up.data = ffi.NULL
+        separate = _run_desc(mf.desc, tokens, pool)
+    np.testing.assert_array_equal(separate, fused)
+
+
+def _row_slices(t, rows: list[int]):
+    row_bytes = lib.pyphi_row_bytes(t.type, t.ne0)
+    parts, first = [], 0
+    for n in rows:
+        part = ffi.new("struct pyphi_tensor *")
+        part.type, part.ne0, part.ne1 = t.type, t.ne0, n
+        part.data = ffi.cast("const uint8_t *", t.data) + first * row_bytes
+        parts.append(part[0])
+        first += n
+    return parts
+
+
+def _run_desc(desc, tokens, pool) -> np.ndarray:
+    params = ffi.new("struct pyphi_model_params *", {"n_ctx": 64, "n_batch": 64, "kv_type": lib.PYPHI_TYPE_F16})
+    out = ffi.new("pyphi_model **")
+    assert lib.pyphi_model_create(desc, params, out) == 0
+    model = ffi.gc(out[0], lib.pyphi_model_free)
+    logits = np.empty((len(tokens), desc.n_vocab), dtype=np.float32)
+    ids = np.ascontiguousarray(tokens, dtype=np.int32)
+    status = lib.pyphi_model_eval(model, pool.handle, ffi.from_buffer("int32_t[]", ids), len(ids), 0,
+                                  ffi.from_buffer("float[]", logits, require_writable=True), len(ids))
+    assert status == 0
+    return logits
+
+
+def test_phi3_mini_4k_like_model_loads_and_matches(model_zoo):
+    """Other sizes and no LongRoPE (a Phi-3-mini-4k-shaped config: full rotary, no factor
+    tensors, sliding window 48) load from the phi3.* keys alone; a 100-token prompt exercises the
+    sliding-window mask, which transformers applies."""
+    tokens = prompt(100)
+    ref = hf_logits(model_zoo.hf_model("phi3_mini_4k_like"), tokens)
+    with Model(model_zoo.gguf("phi3_mini_4k_like", "f32"), n_ctx=128, kv_type="f32") as model:
+        h = model.hparams
+        assert (h.n_embd, h.n_head, h.n_head_kv, h.head_dim, h.n_rot, h.n_layer) == (96, 6, 3, 16, 16, 3)
+        assert (h.has_longrope, h.sliding_window, h.rope_attn_factor) == (False, 48, 1.0)
+        ours = model.eval(tokens, logits="all")
+    print(f"phi3-mini-4k-like: ratio {ratio(ours, ref):.3g}")
+    assert ratio(ours, ref) <= EXACT_RATIO
+    np.testing.assert_array_equal(ours.argmax(-1), ref.argmax(-1))
