@@ -1,7 +1,8 @@
 """pyphi-convert's files against llama.cpp itself (marker `peer`; slower).
 
 1. llama.cpp (PyPI llama-cpp-python 0.3.36) loads every converted type, tokenizes SPEC §7's chat
-   example to SPEC's ids, reports both stop tokens, and evaluates tokens to finite logits.
+   example to SPEC's ids, reports both stop tokens, and evaluates it to finite logits that agree
+   across types (f16, bf16, q8_0, q4_0 vs f32) within what the weight types allow.
 2. llama.cpp's own converter (`convert_hf_to_gguf.py` from the same sdist, llama.cpp 0c1e57098,
    run as a separate program) converts the same checkpoint; both files must agree key by key,
    in key order, tensor by tensor and byte by byte, except for the one key pyphi adds
@@ -37,37 +38,11 @@ CHAT = (
     "<|system|>You are a helpful AI assistant.<|end|><|user|>Hi!<|end|><|assistant|>Hello.<|end|>"
     "<|user|>2x + 3 = 7?<|end|><|assistant|>"
 )
-CHAT_IDS = [
-    200022,
-    3575,
-    553,
-    261,
-    10297,
-    20837,
-    29186,
-    13,
-    200020,
-    200021,
-    12194,
-    0,
-    200020,
-    200019,
-    13225,
-    13,
-    200020,
-    200021,
-    17,
-    87,
-    659,
-    220,
-    18,
-    314,
-    220,
-    22,
-    30,
-    200020,
-    200019,
-]
+CHAT_IDS = [200022, 3575, 553, 261, 10297, 20837, 29186, 13, 200020, 200021, 12194, 0, 200020, 200019,
+            13225, 13, 200020, 200021, 17, 87, 659, 220, 18, 314, 220, 22, 30, 200020, 200019]  # fmt: skip
+# Relative RMS difference of llama.cpp's logits from those of the f32 file: f16/bf16 round the
+# activations too; the Q8_0/Q4_0 bounds are loose multiples of what Q8_0/Q4_0 weights give.
+MAX_LOGIT_ERROR = {"f16": 0.01, "bf16": 0.01, "q8_0": 0.05, "q4_0": 0.3}
 
 
 @pytest.fixture(scope="module")
@@ -94,18 +69,37 @@ def ours(tiny_dir, tmp_path_factory):
 # ---- llama.cpp loads and runs our files ------------------------------------------------------
 
 
-@pytest.mark.parametrize("out_type", OUT_TYPES)
-def test_llama_cpp_loads_and_evaluates(ours, out_type):
+@pytest.fixture(scope="module")
+def llama_logits(ours):
+    """out type -> llama.cpp's logits (n_tokens, 200064) for CHAT_IDS, with a few facts of the
+    loaded vocabulary."""
     llama_cpp = pytest.importorskip("llama_cpp")
-    llm = llama_cpp.Llama(model_path=str(ours[out_type]), n_ctx=64, verbose=False)
-    assert llm.n_vocab() == 200064
-    assert llm.token_eos() == 199999
-    assert llm._model.token_eot() == 200020  # our tokenizer.ggml.eot_token_id
-    tokens = llm.tokenize(CHAT.encode(), add_bos=False, special=True)
-    assert tokens == CHAT_IDS
-    llm.eval(tokens[:8])
-    logits = np.asarray(llm.scores[llm.n_tokens - 1])
-    assert logits.shape == (200064,) and np.isfinite(logits).all()
+    results = {}
+    for out_type, path in ours.items():
+        llm = llama_cpp.Llama(model_path=str(path), n_ctx=64, verbose=False, logits_all=True)
+        vocab = (llm.n_vocab(), llm.token_eos(), llm._model.token_eot())
+        tokens = llm.tokenize(CHAT.encode(), add_bos=False, special=True)
+        llm.eval(CHAT_IDS)
+        results[out_type] = vocab, tokens, np.array(llm.scores[: llm.n_tokens])
+        llm.close()
+    return results
+
+
+@pytest.mark.parametrize("out_type", OUT_TYPES)
+def test_llama_cpp_loads_and_evaluates(llama_logits, out_type):
+    vocab, tokens, logits = llama_logits[out_type]
+    assert vocab == (200064, 199999, 200020)  # eot: our tokenizer.ggml.eot_token_id
+    assert tokens == CHAT_IDS  # llama.cpp's gpt-4o pre-tokenizer on our vocabulary and merges
+    assert logits.shape == (len(CHAT_IDS), 200064)
+    assert np.isfinite(logits).all() and logits.std() > 0.05  # 0.02 * sqrt(64) = 0.16 expected
+
+
+@pytest.mark.parametrize("out_type", list(MAX_LOGIT_ERROR))
+def test_llama_cpp_logits_agree_across_types(llama_logits, out_type):
+    reference = llama_logits["f32"][2]
+    logits = llama_logits[out_type][2]
+    error = np.sqrt(np.mean((logits - reference) ** 2) / np.mean(reference**2))
+    assert error < MAX_LOGIT_ERROR[out_type]
 
 
 # ---- llama.cpp's own converter on the same checkpoint -----------------------------------------
