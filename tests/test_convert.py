@@ -14,7 +14,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import gguf
@@ -163,20 +162,15 @@ def expected_type(gguf_name, out_type, ne, tied=True):
 
 
 def peak_rss_of_conversion(hf_dir, out, out_type):
-    """Peak RSS (bytes) of a fresh process running one conversion."""
-    code = (
-        "import resource, sys; from pyphi.convert import convert; "
-        "convert(sys.argv[1], sys.argv[2], sys.argv[3], force=True, progress=False); "
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", code, str(hf_dir), str(out), out_type],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=600,
-    )
-    return int(proc.stdout.split()[-1]) * 1024
+    """Peak RSS (bytes) of one `pyphi-convert` run."""
+    exe = shutil.which("pyphi-convert")
+    args = [exe, str(hf_dir), "-o", str(out), "--type", out_type, "--force", "--no-progress"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, so tell Popen
+    assert proc.returncode == 0, proc.stderr.read()
+    proc.stderr.close()
+    return usage.ru_maxrss * 1024
 
 
 # ---- fixtures --------------------------------------------------------------------------------
@@ -420,7 +414,6 @@ MODEL_IDS = [
 @pytest.mark.parametrize("total_params", [3_836_021_760, 13_000_000])
 def test_model_name_heuristics_match_gguf_py(model_id, total_params):
     from gguf.metadata import Metadata
-
     from pyphi.convert.naming import parse_model_id
 
     full, org, basename, finetune, version, size = Metadata.get_model_id_components(model_id, total_params)
