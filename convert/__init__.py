@@ -23,7 +23,7 @@ import numpy as np
 
 from pyphi.gguf_format import GGML_BLOCK_SIZES, GGML_TYPE_NAMES
 
-from . import naming
+from . import model_card, naming
 from .checkpoint import Checkpoint, TensorInfo
 from .errors import ConvertError
 from .gguf_writer import GGUFWriter
@@ -154,6 +154,7 @@ def _add_header(
     writer.add_string("general.type", "model")
     total_params = sum(math.prod(t.ne) for t in plan)
     naming.add_to(writer, naming.model_name(checkpoint.config, checkpoint.dir, total_params))
+    model_card.add_to(writer, model_card.read_model_card(checkpoint.dir))
     model.add_hparams(writer, OUT_TYPES[out_type][1])
     writer.add_uint32("general.quantization_version", GGML_QUANT_VERSION)
     vocab.add_to(writer)

@@ -10,8 +10,8 @@ falls back to the parameter count ("3.8B").
 For Phi-4-mini, `_name_or_path` "Phi-4-mini-instruct" gives name "Phi 4 Mini Instruct", basename
 "Phi-4", size label "mini", finetune "instruct" (SPEC §5.1 quotes the name from real files).
 
-Not done here: the model card (README.md front matter: license, tags, languages, base models),
-which would need a YAML parser; those optional keys are not written.
+Not done here: the naming fields a model card's front matter may carry (`model_name`,
+`basename`, ...); the card's license, tags and languages are model_card.py's.
 """
 
 from __future__ import annotations

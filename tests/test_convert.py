@@ -55,6 +55,12 @@ TINY_METADATA = {
     "general.basename": (V.STRING, "Phi-4"),
     "general.finetune": (V.STRING, "instruct"),
     "general.size_label": (V.STRING, "mini"),
+    # From the model card's front matter (R1 README.md), which the generator writes.
+    "general.license": (V.STRING, "mit"),
+    "general.license.link": (
+        V.STRING,
+        "https://huggingface.co/microsoft/Phi-4-mini-instruct/resolve/main/LICENSE",
+    ),
     "general.quantization_version": (V.UINT32, 2),
     "phi3.context_length": (V.UINT32, 131072),
     "phi3.rope.scaling.original_context_length": (V.UINT32, 4096),
@@ -80,6 +86,7 @@ TINY_METADATA = {
     "tokenizer.chat_template": (V.STRING, CHAT_TEMPLATE),
 }
 ARRAY_KEYS = {"tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.merges"}
+CARD_ARRAYS = {"general.tags": ["nlp", "code", "text-generation"], "general.languages": ["multilingual"]}
 
 # SPEC §5.2: GGUF name -> (HF name, ggml shape) for the tiny config; qkv rows (4 + 2*2) * 16 = 128.
 TINY_TENSORS = {"token_embd.weight": ("model.embed_tokens.weight", [64, 200064])}
@@ -204,7 +211,9 @@ def sources(tiny_dir):
 def test_metadata_matches_spec(readers, out_type):
     got = fields(readers[out_type])
     expected = TINY_METADATA | {"general.file_type": (V.UINT32, int(FILE_TYPE[out_type]))}
-    assert set(got) == set(expected) | ARRAY_KEYS
+    assert set(got) == set(expected) | ARRAY_KEYS | set(CARD_ARRAYS)
+    for key, items in CARD_ARRAYS.items():
+        assert got[key].types == [V.ARRAY, V.STRING] and got[key].contents() == items, key
     for key, (value_type, value) in expected.items():
         got_type, got_value = scalar(got[key])
         assert got_type == value_type, key
@@ -421,6 +430,23 @@ def test_model_name_heuristics_match_gguf_py(model_id, total_params):
     expected = (title(full), title(org) if org else None, basename, finetune, version, size)
     got = parse_model_id(model_id, total_params)
     assert (got.name, got.organization, got.basename, got.finetune, got.version, got.size_label) == expected
+
+
+def test_model_card_front_matter_subset():
+    from pyphi.convert.model_card import front_matter
+
+    card = front_matter(ckpt.MODEL_CARD)
+    assert card == {
+        "license": "mit",
+        "license_link": "https://huggingface.co/microsoft/Phi-4-mini-instruct/resolve/main/LICENSE",
+        "language": ["multilingual"],
+        "pipeline_tag": "text-generation",
+        "tags": ["nlp", "code"],
+        "library_name": "transformers",
+    }  # `widget` (nested) is skipped
+    text = "---\nlicense: 'apache-2.0'\ntags: [a, \"b\"]\nlanguage:\n  - en\n  - fr\nx: |\n  y\n---\nlicense: no\n"
+    assert front_matter(text) == {"license": "apache-2.0", "tags": ["a", "b"], "language": ["en", "fr"]}
+    assert front_matter("no front matter\n---\n") == {}
 
 
 # ---- re-conversion and the output file --------------------------------------------------------

@@ -2,7 +2,7 @@
 
 `write_checkpoint(out_dir, size_config("tiny"), seed=0)` writes what the real
 microsoft/Phi-4-mini-instruct repository holds (SPEC §3): config.json (the real one, with sizes
-changed unless the size is "full"), generation_config.json, tokenizer_config.json,
+changed unless the size is "full"), README.md (the real card's front matter), generation_config.json, tokenizer_config.json,
 special_tokens_map.json, added_tokens.json, vocab.json + merges.txt + tokenizer.json (from the
 authentic o200k_base ranks, pyphi.testing.o200k), and bf16 safetensors shards with the real tensor
 names, split the way transformers' `save_pretrained` splits them, plus the
@@ -42,6 +42,28 @@ COPIED_FILES = (
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 SHARD_FILE = "model-{index:05d}-of-{count:05d}.safetensors"
+
+# README.md: the real model card's YAML front matter (R1, verbatim), which llama.cpp's converter
+# turns into general.license, .license.link, .tags and .languages; the body says what this is.
+MODEL_CARD = """---
+license: mit
+license_link: https://huggingface.co/microsoft/Phi-4-mini-instruct/resolve/main/LICENSE
+language:
+- multilingual
+pipeline_tag: text-generation
+tags:
+- nlp
+- code
+widget:
+- messages:
+  - role: user
+    content: Can you provide ways to eat combinations of bananas and dragonfruits?
+library_name: transformers
+---
+
+Random-weight stand-in for microsoft/Phi-4-mini-instruct, written by pyphi.testing.checkpoint.
+The weights are noise: this is not the model.
+"""
 
 WEIGHT_STD = 0.02
 NORM_STD = 0.02  # norms are 1 + this much noise
@@ -220,6 +242,7 @@ def write_checkpoint(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    (out_dir / "README.md").write_text(MODEL_CARD, encoding="utf-8")
     for name in COPIED_FILES:
         shutil.copyfile(REAL_FILES / name, out_dir / name)
     write_tokenizer_files(out_dir, cache_dir=tokenizer_cache_dir)
