@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 import time
 
 import numpy as np
@@ -150,12 +151,15 @@ class Model:
     n_ctx: cache capacity in tokens (default 4096, at most the model's context length);
     kv_type: "f16" (default) or "f32"; n_batch: tokens per forward step of a long prompt;
     longrope_switch: "reprefill" (default) or "rerotate", see the module docstring.
+    Calls from several threads are serialised (the C model has one cache and one set of
+    activation buffers).
     """
 
     def __init__(self, path, *, n_ctx: int = DEFAULT_N_CTX, n_threads: int | None = None,
                  kv_type: str = DEFAULT_KV_TYPE, n_batch: int = DEFAULT_N_BATCH,
                  longrope_switch: str = DEFAULT_LONGROPE_SWITCH, check_memory: bool = True):
         self._handle = None
+        self._lock = threading.Lock()
         self._file = ModelFile(path)
         try:
             self.path = self._file.path
@@ -214,18 +218,19 @@ class Model:
         n = ids.size
         if n == 0:
             raise ValueError("eval: no tokens")
-        pos = self.n_past if pos is None else pos
         n_logits, shape = self._logits_shape(logits, n)
         if out is None and n_logits:
             out = np.empty(shape, dtype=np.float32)
         elif out is not None and (out.shape != shape or out.dtype != np.float32 or not out.flags.c_contiguous):
             raise ValueError(f"eval: out must be a C-contiguous float32 array of shape {shape}")
-        self._check_eval(ids, pos)
         logits_ptr = ffi.from_buffer("float[]", out, require_writable=True) if n_logits else ffi.NULL
-        start = time.perf_counter()
-        check(lib.pyphi_model_eval(self.handle, self.pool.handle, ffi.from_buffer("int32_t[]", ids), n,
-                                   pos, logits_ptr, n_logits), "eval")
-        self._record(n, time.perf_counter() - start)
+        with self._lock:
+            pos = self.n_past if pos is None else pos
+            self._check_eval(ids, pos)
+            start = time.perf_counter()
+            check(lib.pyphi_model_eval(self.handle, self.pool.handle, ffi.from_buffer("int32_t[]", ids), n,
+                                       pos, logits_ptr, n_logits), "eval")
+            self._record(n, time.perf_counter() - start)
         return out if n_logits else None
 
     def _logits_shape(self, logits, n: int) -> tuple[int, tuple[int, ...]]:
@@ -259,9 +264,10 @@ class Model:
 
     def truncate(self, n: int) -> None:
         """Keep the first n positions of the cache (O(1))."""
-        if not 0 <= n <= self.n_past:
-            raise ValueError(f"truncate: n {n!r} must be in 0 .. n_past ({self.n_past})")
-        check(lib.pyphi_model_truncate(self.handle, n), "truncate")
+        with self._lock:
+            if not 0 <= n <= self.n_past:
+                raise ValueError(f"truncate: n {n!r} must be in 0 .. n_past ({self.n_past})")
+            check(lib.pyphi_model_truncate(self.handle, n), "truncate")
 
     def reset(self) -> None:
         """Empty the cache."""
@@ -271,11 +277,12 @@ class Model:
 
     def close(self) -> None:
         """Free the cache and the pool and unmap the file (idempotent)."""
-        if self._handle is not None:
-            ffi.release(self._handle)
-            self._handle = None
-            self.pool.close()
-            self._file.close()
+        with self._lock:
+            if self._handle is not None:
+                ffi.release(self._handle)
+                self._handle = None
+                self.pool.close()
+                self._file.close()
 
     def __enter__(self) -> Model:
         return self

@@ -256,3 +256,25 @@ def test_phi3_mini_4k_like_model_loads_and_matches(model_zoo):
     print(f"phi3-mini-4k-like: ratio {ratio(ours, ref):.3g}")
     assert ratio(ours, ref) <= EXACT_RATIO
     np.testing.assert_array_equal(ours.argmax(-1), ref.argmax(-1))
+
+
+def _rss_anon_bytes() -> int:
+    with open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    pytest.skip("no RssAnon in /proc/self/status")
+
+
+def test_weights_are_mapped_not_copied(model_zoo):
+    """Loading and running head128 F32 (205 MB of weights, the head reads all of them) grows
+    the process's anonymous memory by the cache and activations only: the weights are file
+    pages of the mapping."""
+    path = model_zoo.gguf("head128", "f32")
+    before = _rss_anon_bytes()
+    with Model(path, n_ctx=64) as model:
+        model.eval(prompt(8))
+        grown = _rss_anon_bytes() - before
+        weights = model.sizes.weights_bytes
+    print(f"anonymous memory grew {grown / 2**20:.1f} MiB for {weights / 2**20:.0f} MiB of weights")
+    assert grown < weights / 10
