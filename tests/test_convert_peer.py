@@ -6,11 +6,15 @@
 2. llama.cpp's own converter (`convert_hf_to_gguf.py` from the same sdist, llama.cpp 0c1e57098,
    run as a separate program) converts the same checkpoint; both files must agree key by key,
    in key order, tensor by tensor and byte by byte, except for the one key pyphi adds
-   (`tokenizer.ggml.eot_token_id`). llama.cpp's converter writes no q4_0, so that type is
-   compared against gguf-py in test_convert.py only. The sdist comes from pip's download (and
-   cache); without it, those tests are skipped.
+   (`tokenizer.ggml.eot_token_id`).
+3. q4_0, which llama.cpp's converter does not write, against llama-quantize (the installed
+   llama.cpp's `llama_model_quantize`) of that converter's f32 file: the same, tensor by tensor
+   (its tensor order differs). At this size llama-quantize's Q6_K for the tied token_embd does
+   not fit 64-value rows and falls back to Q8_0, our choice; at full size it would be Q6_K.
+The sdist comes from pip's download (and cache); without it, tests 2 and 3 are skipped.
 """
 
+import ctypes
 import os
 import shutil
 import subprocess
@@ -18,6 +22,7 @@ import sys
 import tarfile
 from pathlib import Path
 
+import gguf
 import numpy as np
 import pytest
 from test_convert import open_gguf  # gguf-py's reader, sped up for 200k-entry vocabularies
@@ -176,6 +181,19 @@ def theirs(tiny_dir, llama_cpp_converter, tmp_path_factory):
     return files
 
 
+@pytest.fixture(scope="module")
+def their_q4_0(theirs, tmp_path_factory):
+    llama_cpp = pytest.importorskip("llama_cpp")
+    out = tmp_path_factory.mktemp("theirs-q4_0") / "tiny-q4_0.gguf"
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = int(gguf.LlamaFileType.MOSTLY_Q4_0)
+    status = llama_cpp.llama_model_quantize(
+        str(theirs["f32"]).encode(), str(out).encode(), ctypes.byref(params)
+    )
+    assert status == 0
+    return out
+
+
 def _key_values(path):
     reader = open_gguf(path)
     kv = {k: (tuple(f.types), f.contents()) for k, f in reader.fields.items() if not k.startswith("GGUF.")}
@@ -192,5 +210,19 @@ def test_same_file_as_llama_cpp_converter(ours, theirs, out_type):
         assert our_kv[key] == value, key
     assert [t.name for t in our_reader.tensors] == [t.name for t in their_reader.tensors]
     for a, b in zip(our_reader.tensors, their_reader.tensors):
+        assert a.tensor_type == b.tensor_type and list(a.shape) == list(b.shape), a.name
+        assert np.asarray(a.data).tobytes() == np.asarray(b.data).tobytes(), a.name
+
+
+def test_q4_0_same_as_llama_quantize(ours, their_q4_0):
+    our_reader, our_kv = _key_values(ours["q4_0"])
+    their_reader, their_kv = _key_values(their_q4_0)
+    assert set(our_kv) - set(their_kv) == OUR_EXTRA_KEYS
+    for key, value in their_kv.items():
+        assert our_kv[key] == value, key
+    their_tensors = {t.name: t for t in their_reader.tensors}
+    assert sorted(their_tensors) == sorted(t.name for t in our_reader.tensors)
+    for a in our_reader.tensors:
+        b = their_tensors[a.name]
         assert a.tensor_type == b.tensor_type and list(a.shape) == list(b.shape), a.name
         assert np.asarray(a.data).tobytes() == np.asarray(b.data).tobytes(), a.name
