@@ -92,29 +92,35 @@ void pyphi_kv_store(struct pyphi_kv_cache *c, int64_t layer, int64_t pos, const 
 
 struct rerotate_job {
     struct pyphi_kv_cache *c;
-    float *scratch; /* (pool size, row): one float32 key row per thread */
+    float *scratch; /* (pool size, row + 2 n_rot): per thread a float32 key row, two table rows */
     int64_t head_dim, n_rot;
-    const float *cs_from, *cs_to; /* (n_pos, n_rot) */
+    const float *inv_freq_from, *inv_freq_to; /* (n_rot / 2,) */
+    float attn_factor;
 };
 
 /* Chunk = one position, in every layer. */
 static void rerotate_position(void *ctx, int64_t pos, int thread) {
     struct rerotate_job *job = ctx;
     struct pyphi_kv_cache *c = job->c;
-    float *row = job->scratch + (size_t)thread * (size_t)c->row; /* (row,) */
+    float *row = job->scratch + (size_t)thread * (size_t)(c->row + 2 * job->n_rot); /* (row,) */
+    float *cs_from = row + c->row;       /* (n_rot,) */
+    float *cs_to = cs_from + job->n_rot; /* (n_rot,) */
+    pyphi_rope_table(cs_from, pos, 1, job->inv_freq_from, job->n_rot, job->attn_factor);
+    pyphi_rope_table(cs_to, pos, 1, job->inv_freq_to, job->n_rot, job->attn_factor);
     for (int64_t layer = 0; layer < c->n_layer; layer++) {
         uint8_t *k = c->k + offset(c, layer, pos);
         pyphi_kv_to_f32(c, k, row, c->row);
-        pyphi_rope_rerotate(row, c->row / job->head_dim, job->head_dim, job->n_rot,
-                            job->cs_from + pos * job->n_rot, job->cs_to + pos * job->n_rot);
+        pyphi_rope_rerotate(row, c->row / job->head_dim, job->head_dim, job->n_rot, cs_from, cs_to);
         row_from_f32(c, row, k);
     }
 }
 
 int pyphi_kv_rerotate(struct pyphi_kv_cache *c, pyphi_pool *pool, int64_t n_pos, int64_t head_dim,
-                      int64_t n_rot, const float *cs_from, const float *cs_to) {
-    struct rerotate_job job = {c, NULL, head_dim, n_rot, cs_from, cs_to};
-    job.scratch = malloc((size_t)pyphi_pool_size(pool) * (size_t)c->row * sizeof(float));
+                      int64_t n_rot, const float *inv_freq_from, const float *inv_freq_to,
+                      float attn_factor) {
+    struct rerotate_job job = {c, NULL, head_dim, n_rot, inv_freq_from, inv_freq_to, attn_factor};
+    size_t per_thread = (size_t)(c->row + 2 * n_rot);
+    job.scratch = malloc((size_t)pyphi_pool_size(pool) * per_thread * sizeof(float));
     if (job.scratch == NULL) {
         return PYPHI_E_NOMEM;
     }

@@ -19,7 +19,8 @@
  *   same call: the cache then holds exactly what a full forward with the new set computes. This
  *   is what transformers' generate does when a sequence reaches n_ctx_orig + 1 tokens
  *   (Phi3ForCausalLM.prepare_inputs_for_generation drops the cache), and what a full forward
- *   of the truncated sequence computes when it goes back down.
+ *   of the truncated sequence computes when it goes back down. That call costs a prefill of the
+ *   whole sequence.
  * - REROTATE re-rotates the cached keys in place (undo the old rotation, apply the new one). RoPE
  *   is a per-position rotation, so layer 0's keys become exactly right (up to rounding); but the
  *   keys and values of layers 1.. were computed from hidden states that the old factors shaped
@@ -398,17 +399,9 @@ static int forward(pyphi_model *m, pyphi_pool *pool, const int32_t *tokens, int6
 /* Re-rotates the n_past cached keys from the current factor set to the other one. */
 static int rerotate_cache(pyphi_model *m, pyphi_pool *pool) {
     const struct pyphi_model_desc *d = &m->d;
-    size_t table = (size_t)m->n_past * (size_t)d->n_rot;
-    float *cs = malloc(2 * table * sizeof(float)); /* (2, n_past, n_rot): from, to */
-    if (cs == NULL) {
-        return PYPHI_E_NOMEM;
-    }
-    pyphi_rope_table(cs, 0, m->n_past, m->inv_freq[m->rope_long], d->n_rot, d->rope_attn_factor);
-    pyphi_rope_table(cs + table, 0, m->n_past, m->inv_freq[!m->rope_long], d->n_rot,
-                     d->rope_attn_factor);
-    int status = pyphi_kv_rerotate(&m->kv, pool, m->n_past, d->head_dim, d->n_rot, cs, cs + table);
-    free(cs);
-    return status;
+    return pyphi_kv_rerotate(&m->kv, pool, m->n_past, d->head_dim, d->n_rot,
+                             m->inv_freq[m->rope_long], m->inv_freq[!m->rope_long],
+                             d->rope_attn_factor);
 }
 
 /* ---- Public API ----------------------------------------------------------------------------- */

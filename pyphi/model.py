@@ -14,8 +14,9 @@ into `out`), with no copy.
 LongRoPE (Phi-3 long-context models): the logits of a sequence are those transformers computes
 for the whole sequence, whose factor set is short up to `original_context_length` tokens and long
 beyond. When a call makes the sequence cross that length (either way), the cache is recomputed
-from its tokens (`longrope_switch="reprefill"`, the default, exact) or its keys are re-rotated in
-place (`"rerotate"`, no recomputation, close but not identical: see csrc/model.c).
+from its tokens (`longrope_switch="reprefill"`, the default, exact; that call then costs a prefill
+of the whole sequence) or its keys are re-rotated in place (`"rerotate"`, no recomputation, close
+but not identical: see csrc/model.c).
 
 Not here: tokenization, sampling, generation loops (they build on this), GGUF parsing
 (gguf_reader) or reading the hyperparameters (model_file).
