@@ -7,8 +7,8 @@ generation_config.json, tokenizer_config.json, special_tokens_map.json, added_to
 vocab.json + merges.txt + tokenizer.json (from the authentic o200k_base ranks,
 pyphi.testing.o200k), and bf16 safetensors shards with the real tensor names, split the way
 transformers' `save_pretrained` splits them, plus the `model.safetensors.index.json` that maps
-them, written last (its presence means the checkpoint is complete). For the "full" size, config
-.json, the shard boundaries and the index reproduce the real files byte for byte.
+them, written last (its presence means the checkpoint is complete). For the "full" size,
+config.json, the shard boundaries and the index reproduce the real files byte for byte.
 
 Weights are random normal (std 0.02, so logits stay sane), norms 1 + small noise. Each tensor's
 values depend only on the seed and the tensor's name. Shards are written by a small streaming
