@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads is not None and args.threads < 1:
         print(f"{PROG}: error: --threads must be at least 1, got {args.threads}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    signal.signal(signal.SIGTERM, _terminate)
+    previous_handler = signal.signal(signal.SIGTERM, _terminate)
     try:
         out = convert(
             args.hf_dir,
@@ -78,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # a bug: say what it was in one line, as for bad input
         print(f"{PROG}: internal error: {type(e).__name__}: {_one_line(e)}", file=sys.stderr)
         return EXIT_INTERNAL
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
     print(f"{PROG}: wrote {out} ({args.type}, {out.stat().st_size / 1e9:.2f} GB)", file=sys.stderr)
     return 0
 

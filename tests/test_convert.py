@@ -402,6 +402,32 @@ def test_rope_parameters_config_of_transformers_5(tiny_dir, converted, tmp_path)
     assert out.read_bytes() == converted["q4_0"].read_bytes()
 
 
+def test_tensor_type_rules():
+    from pyphi.convert import tensor_type
+
+    assert tensor_type("blk.0.attn_norm.weight", (64,), "q4_0", True) == Q.F32  # 1-D and norms
+    assert tensor_type("blk.0.attn_qkv.weight", (64, 128), "q4_0", True) == Q.Q4_0
+    assert tensor_type("token_embd.weight", (64, 200064), "q4_0", True) == Q.Q8_0  # tied head
+    assert tensor_type("token_embd.weight", (64, 200064), "q4_0", False) == Q.Q4_0
+    assert tensor_type("output.weight", (64, 200064), "q4_0", False) == Q.Q8_0
+    assert tensor_type("token_embd.weight", (64, 200064), "q8_0", True) == Q.Q8_0
+    # Rows that do not fill whole blocks: F16, as llama.cpp falls back.
+    assert tensor_type("blk.0.ffn_down.weight", (48, 64), "q8_0", True) == Q.F16
+    assert tensor_type("blk.0.ffn_down.weight", (48, 64), "bf16", True) == Q.BF16
+
+
+def test_internal_error_is_one_line_with_status_1(monkeypatch, capsys):
+    from pyphi.convert import cli
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug\nover two lines")
+
+    monkeypatch.setattr(cli, "convert", broken)
+    assert cli.main(["some-dir", "-o", "out.gguf"]) == 1
+    err = capsys.readouterr().err
+    assert err == "pyphi-convert: internal error: RuntimeError: a bug over two lines\n"
+
+
 # ---- general.* naming keys vs gguf-py's heuristics -----------------------------------------------
 
 MODEL_IDS = [
