@@ -1,8 +1,9 @@
 /* attention.c: the scalar reference of GQA attention over the KV cache (see attention.h).
  *
- * Scores use the current ISA's dot kernel for the cache type (F16 or F32 rows against a float32
- * query, kernels.h), softmax and the weighted sum of values are plain float32 loops in position
- * order. The maths is transformers' eager_attention_forward (models/phi3/modeling_phi3.py):
+ * Both products are the current ISA's dot kernel for the cache type (kernels.h: F16 or F32
+ * values against float32 ones, whose scalar twin is the reference): a score is a key row . the
+ * query, and each output value is a row of the transposed values . the scores. Softmax is a plain
+ * float32 loop (ops.c). The maths is transformers' eager_attention_forward (models/phi3/modeling_phi3.py):
  * softmax(q k^T * head_dim^-0.5 + mask) v in float32, with the sliding-window causal mask of
  * masking_utils (key j visible to query i iff i - window < j <= i).
  */
@@ -17,10 +18,10 @@
 
 struct attention_job {
     const struct pyphi_attention_args *a;
-    pyphi_vec_dot_fn dot; /* cache row (cache type) . query (float32) */
+    pyphi_vec_dot_fn dot; /* cache-type values . float32 values: keys . query, values . scores */
     float scale;
     int64_t scratch_stride; /* floats per thread */
-    float *scratch;         /* (pool size, scratch_stride): scores (pos + n_tokens,), a value (head_dim,) */
+    float *scratch;         /* (pool size, scratch_stride): scores (pos + n_tokens,) */
 };
 
 /* Chunk = (token t, query head h) = t * n_head + h. */
@@ -35,7 +36,6 @@ static void attend(void *ctx, int64_t chunk, int thread) {
 
     const float *q = a->q + t * a->q_stride + h * a->head_dim; /* (head_dim,) */
     float *scores = job->scratch + (size_t)thread * (size_t)job->scratch_stride; /* (n_keys,) */
-    float *v = scores + a->pos + a->n_tokens;                        /* (head_dim,) */
     float *out = a->out + t * a->n_head * a->head_dim + h * a->head_dim; /* (head_dim,) */
 
     size_t head_bytes = a->kv->row_bytes / (size_t)a->n_head_kv; /* one head of a cache row */
@@ -47,14 +47,9 @@ static void attend(void *ctx, int64_t chunk, int thread) {
     }
     pyphi_softmax(scores, n_keys);
     for (int64_t d = 0; d < a->head_dim; d++) {
-        out[d] = 0.0f;
-    }
-    for (int64_t j = 0; j < n_keys; j++) {
-        const uint8_t *v_cached = pyphi_kv_v(a->kv, a->layer, first + j);
-        pyphi_kv_to_f32(a->kv, v_cached + (size_t)kv_head * head_bytes, v, a->head_dim);
-        for (int64_t d = 0; d < a->head_dim; d++) {
-            out[d] += scores[j] * v[d];
-        }
+        /* value d of the KV head over positions first .. i, in the cache type */
+        const void *v = pyphi_kv_v(a->kv, a->layer, kv_head * a->head_dim + d, first);
+        job->dot(n_keys, &out[d], v, scores);
     }
 }
 
@@ -63,7 +58,7 @@ int pyphi_attention(pyphi_pool *pool, const struct pyphi_attention_args *args) {
         .a = args,
         .dot = pyphi_kernels_current()->vec_dot[args->kv->type],
         .scale = (float)(1.0 / sqrt((double)args->head_dim)),
-        .scratch_stride = args->pos + args->n_tokens + args->head_dim,
+        .scratch_stride = args->pos + args->n_tokens,
     };
     job.scratch = malloc((size_t)pyphi_pool_size(pool) * (size_t)job.scratch_stride * sizeof(float));
     if (job.scratch == NULL) {

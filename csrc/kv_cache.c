@@ -52,12 +52,18 @@ static size_t offset(const struct pyphi_kv_cache *c, int64_t layer, int64_t pos)
     return ((size_t)layer * (size_t)c->n_ctx + (size_t)pos) * c->row_bytes;
 }
 
+/* Values are transposed: value i of position pos is element (i, pos) of the layer's
+ * (row, n_ctx) matrix. */
+static size_t v_index(const struct pyphi_kv_cache *c, int64_t layer, int64_t i, int64_t pos) {
+    return ((size_t)layer * (size_t)c->row + (size_t)i) * (size_t)c->n_ctx + (size_t)pos;
+}
+
 const void *pyphi_kv_k(const struct pyphi_kv_cache *c, int64_t layer, int64_t pos) {
     return c->k + offset(c, layer, pos);
 }
 
-const void *pyphi_kv_v(const struct pyphi_kv_cache *c, int64_t layer, int64_t pos) {
-    return c->v + offset(c, layer, pos);
+const void *pyphi_kv_v(const struct pyphi_kv_cache *c, int64_t layer, int64_t i, int64_t pos) {
+    return c->v + v_index(c, layer, i, pos) * (c->row_bytes / (size_t)c->row);
 }
 
 static void row_from_f32(const struct pyphi_kv_cache *c, const float *src, void *dst) {
@@ -71,7 +77,8 @@ static void row_from_f32(const struct pyphi_kv_cache *c, const float *src, void 
     }
 }
 
-void pyphi_kv_to_f32(const struct pyphi_kv_cache *c, const void *src, float *dst, int64_t n) {
+/* n values in the cache type -> float32. */
+static void row_to_f32(const struct pyphi_kv_cache *c, const void *src, float *dst, int64_t n) {
     if (c->type == PYPHI_TYPE_F32) {
         memcpy(dst, src, (size_t)n * sizeof(float));
         return;
@@ -86,7 +93,15 @@ void pyphi_kv_store(struct pyphi_kv_cache *c, int64_t layer, int64_t pos, const 
                     const float *v, int64_t n, int64_t stride) {
     for (int64_t t = 0; t < n; t++) {
         row_from_f32(c, k + t * stride, c->k + offset(c, layer, pos + t));
-        row_from_f32(c, v + t * stride, c->v + offset(c, layer, pos + t));
+        const float *vt = v + t * stride; /* (row,) */
+        for (int64_t i = 0; i < c->row; i++) {
+            size_t at = v_index(c, layer, i, pos + t);
+            if (c->type == PYPHI_TYPE_F32) {
+                ((float *)c->v)[at] = vt[i];
+            } else {
+                ((uint16_t *)c->v)[at] = pyphi_fp32_to_fp16(vt[i]);
+            }
+        }
     }
 }
 
@@ -109,7 +124,7 @@ static void rerotate_position(void *ctx, int64_t pos, int thread) {
     pyphi_rope_table(cs_to, pos, 1, job->inv_freq_to, job->n_rot, job->attn_factor);
     for (int64_t layer = 0; layer < c->n_layer; layer++) {
         uint8_t *k = c->k + offset(c, layer, pos);
-        pyphi_kv_to_f32(c, k, row, c->row);
+        row_to_f32(c, k, row, c->row);
         pyphi_rope_rerotate(row, c->row / job->head_dim, job->head_dim, job->n_rot, cs_from, cs_to);
         row_from_f32(c, row, k);
     }

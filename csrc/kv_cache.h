@@ -20,7 +20,7 @@ struct pyphi_kv_cache {
     int64_t row;      /* values per position: n_head_kv * head_dim */
     size_t row_bytes;
     uint8_t *k;       /* (n_layer, n_ctx, row) in type */
-    uint8_t *v;       /* (n_layer, n_ctx, row) in type */
+    uint8_t *v;       /* (n_layer, row, n_ctx) in type: transposed */
 };
 
 /* Bytes of keys and values together, or a negative status for a bad type or size. */
@@ -28,17 +28,15 @@ int64_t pyphi_kv_bytes(int type, int64_t n_layer, int64_t n_ctx, int64_t row);
 int pyphi_kv_init(struct pyphi_kv_cache *c, int type, int64_t n_layer, int64_t n_ctx, int64_t row);
 void pyphi_kv_free(struct pyphi_kv_cache *c);
 
-/* Row of position pos in layer (row_bytes bytes). */
+/* The key row of position pos in layer (row_bytes bytes). */
 const void *pyphi_kv_k(const struct pyphi_kv_cache *c, int64_t layer, int64_t pos);
-const void *pyphi_kv_v(const struct pyphi_kv_cache *c, int64_t layer, int64_t pos);
+/* Value i (0 <= i < row) of positions pos, pos + 1, ... in layer: contiguous, in the cache type. */
+const void *pyphi_kv_v(const struct pyphi_kv_cache *c, int64_t layer, int64_t i, int64_t pos);
 
 /* Stores n float32 rows of keys and values as positions pos .. pos + n - 1 of layer, converted
  * to the cache type (round to nearest even). Row t of k is at k + t * stride, likewise v. */
 void pyphi_kv_store(struct pyphi_kv_cache *c, int64_t layer, int64_t pos, const float *k,
                     const float *v, int64_t n, int64_t stride);
-
-/* n values in the cache type (part of a row) -> float32. */
-void pyphi_kv_to_f32(const struct pyphi_kv_cache *c, const void *src, float *dst, int64_t n);
 
 /* Changes the rotation of the keys of positions 0 .. n_pos - 1 in every layer from the one
  * inv_freq_from gives to the one inv_freq_to gives ((n_rot / 2,) each; the rotations are
