@@ -8,8 +8,6 @@ Checkpoint names: the generator's sizes ("tiny", "head128") and variants of "tin
 
 from __future__ import annotations
 
-import functools
-
 import pytest
 
 from pyphi.testing import checkpoint as ckpt
@@ -36,30 +34,39 @@ VARIANTS = {"one_layer": _one_layer, "phi3_mini_4k_like": _phi3_mini_4k_like}
 class ModelZoo:
     def __init__(self, root):
         self.root = root
+        self._made: dict = {}
 
-    @functools.cache
+    def _once(self, key, make):
+        if key not in self._made:
+            self._made[key] = make()
+        return self._made[key]
+
     def hf_dir(self, name: str):
-        out = self.root / f"{name}-hf"
-        if name in ckpt.SIZES:
-            ckpt.write_size(out, name, seed=0)
-        else:
-            ckpt.write_checkpoint(out, VARIANTS[name](ckpt.size_config("tiny")), seed=0)
-        return out
+        def make():
+            out = self.root / f"{name}-hf"
+            if name in ckpt.SIZES:
+                return ckpt.write_size(out, name, seed=0)
+            return ckpt.write_checkpoint(out, VARIANTS[name](ckpt.size_config("tiny")), seed=0)
 
-    @functools.cache
+        return self._once(("hf", name), make)
+
     def gguf(self, name: str, out_type: str):
         from pyphi.convert import convert
 
-        return convert(self.hf_dir(name), self.root / f"{name}-{out_type}.gguf", out_type, progress=False)
+        path = self.root / f"{name}-{out_type}.gguf"
+        return self._once(("gguf", name, out_type),
+                          lambda: convert(self.hf_dir(name), path, out_type, progress=False))
 
-    @functools.cache
     def hf_model(self, name: str):
         """transformers' Phi3ForCausalLM in float32 (the bf16 weights upcast exactly)."""
         import torch
         import transformers
 
-        model = transformers.Phi3ForCausalLM.from_pretrained(self.hf_dir(name), dtype=torch.float32)
-        return model.eval()
+        def make():
+            model = transformers.Phi3ForCausalLM.from_pretrained(self.hf_dir(name), dtype=torch.float32)
+            return model.eval()
+
+        return self._once(("hf_model", name), make)
 
 
 @pytest.fixture(scope="session")

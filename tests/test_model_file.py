@@ -10,7 +10,7 @@ import pytest
 
 from pyphi.gguf_reader import GGUFError
 from pyphi.model import Model
-from pyphi.model_file import ModelFileError, ModelFile
+from pyphi.model_file import ModelFile, ModelFileError
 
 N_VOCAB, N_EMBD, N_HEAD, N_HEAD_KV, N_FF, N_LAYER, N_ROT = 96, 64, 4, 2, 96, 2, 12
 HEAD_DIM = N_EMBD // N_HEAD

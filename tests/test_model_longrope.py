@@ -12,7 +12,7 @@ Both of pyphi's ways of handling the switch are checked:
 - "reprefill" recomputes the cache with the new factors: exact (bound 1e-5 of max |logit|,
   measured 2e-7 .. 4e-7).
 - "rerotate" re-rotates the cached keys: exact for layer 0 only, since the keys and values of
-  the layers above were computed from hidden states shaped by the old factors. Measured 8e-5 ..
+  the layers above were computed from hidden states shaped by the old factors. Measured 5e-5 ..
   1e-4 of max |logit| at positions >= 4096 on tiny (same argmax); bound 3e-4. With a single layer
   it is exact (test_rerotation_is_exact_with_one_layer), which shows where the gap comes from.
 """
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from test_model import hf_logits, ratio
 
 from pyphi.model import Model
