@@ -151,7 +151,9 @@ struct pyphi_layer_weights {
 
 /* A decoder-only transformer with pre-norm RMSNorm, GQA attention, NeoX ("rotate half") RoPE
  * on the first n_rot dims of each head (optionally LongRoPE) and a SwiGLU MLP. The library
- * copies the struct and the layers array; the tensors' data must stay valid. */
+ * copies the struct and the layers array; the tensors' data must stay valid. (llama.cpp's Llama
+ * GGUFs permute the Q/K rows for GPT-J pairs (2i, 2i+1); running them will take a pairing field
+ * here, not a second forward pass.) */
 struct pyphi_model_desc {
     int64_t n_vocab, n_embd, n_layer, n_head, n_head_kv, head_dim, n_ff;
     int64_t n_rot;          /* rotated dims per head, even, <= head_dim; pairs are (i, i + n_rot/2) */
@@ -195,8 +197,8 @@ struct pyphi_model_sizes {
 
 typedef struct pyphi_model pyphi_model;
 
-/* Checks desc and params (PYPHI_E_SHAPE naming nothing: the caller validates first with its
- * own messages) and fills *sizes without allocating anything. */
+/* Checks desc and params and fills *sizes without allocating anything. Errors are bare statuses
+ * (PYPHI_E_SHAPE, _TYPE, _ARG); a caller that wants messages validates first (pyphi/model_file.py). */
 int pyphi_model_sizes(const struct pyphi_model_desc *desc, const struct pyphi_model_params *params,
                       struct pyphi_model_sizes *sizes);
 /* Allocates the cache and activations up front; *out = the model (free with pyphi_model_free). */

@@ -268,8 +268,9 @@ def _rss_anon_bytes() -> int:
 
 def test_weights_are_mapped_not_copied(model_zoo):
     """Loading and running head128 F32 (205 MB of weights, the head reads all of them) grows
-    the process's anonymous memory by the cache and activations only: the weights are file
-    pages of the mapping."""
+    the process's anonymous memory by the metadata (the 200k-token vocabulary as Python strings,
+    ~20 MiB; ~30 MiB under AddressSanitizer), the cache and activations only: the weights are
+    file pages of the mapping."""
     path = model_zoo.gguf("head128", "f32")
     before = _rss_anon_bytes()
     with Model(path, n_ctx=64) as model:
@@ -277,7 +278,7 @@ def test_weights_are_mapped_not_copied(model_zoo):
         grown = _rss_anon_bytes() - before
         weights = model.sizes.weights_bytes
     print(f"anonymous memory grew {grown / 2**20:.1f} MiB for {weights / 2**20:.0f} MiB of weights")
-    assert grown < weights / 10
+    assert grown < weights / 4  # a copy of the weights alone would be +200 MiB
 
 
 @pytest.mark.parametrize("kv_type, bound", [("f32", 1e-5), ("f16", 1e-4)])
