@@ -6,7 +6,8 @@ the reference logits at position p are those of a full forward of tokens[:p + 1]
 p <= 4095, long for p >= 4096. A causal model with one factor set gives the logits of every
 shorter prefix inside one forward, so two reference forwards cover a whole decode: tokens[:4096]
 (short) and tokens[:4110] (long, positions 4096..4109). transformers' own generate gets the same
-numbers by dropping its cache at 4097 tokens (Phi3ForCausalLM.prepare_inputs_for_generation).
+numbers by dropping its cache at 4097 tokens (Phi3ForCausalLM.prepare_inputs_for_generation);
+test_reference_is_what_generate_computes replays that loop and checks it (2.6e-7).
 
 Both of pyphi's ways of handling the switch are checked:
 - "reprefill" recomputes the cache with the new factors: exact (bound 1e-5 of max |logit|,
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from test_model import hf_logits, ratio
 
 from pyphi.model import Model
@@ -57,6 +59,34 @@ class Reference:
 @pytest.fixture(scope="module")
 def reference(model_zoo):
     return Reference(model_zoo.hf_model("tiny"))
+
+
+def hf_generate_steps(hf_model) -> dict[int, np.ndarray]:
+    """What transformers' generate computes at each step of the same decode: a cached forward
+    per token, except that at 4097 tokens (cache of <= 4096) the cache is dropped and the whole
+    sequence re-run, as Phi3ForCausalLM.prepare_inputs_for_generation does. position -> logits."""
+    t = torch.tensor(tokens()[None].astype(np.int64))
+    out = {}
+    with torch.no_grad():
+        cache = hf_model(t[:, :PREFILL], use_cache=True, logits_to_keep=1).cache
+        for pos in range(PREFILL, PREFILL + DECODE):
+            if pos + 1 >= ORIG + 1 and cache.get_seq_length() <= ORIG:
+                step = hf_model(t[:, : pos + 1], use_cache=True, logits_to_keep=1)
+            else:
+                step = hf_model(t[:, pos : pos + 1], cache=cache, use_cache=True,
+                                position_ids=torch.tensor([[pos]]))
+            cache = step.cache
+            out[pos] = step.logits[0, -1].numpy()
+    return out
+
+
+def test_reference_is_what_generate_computes(model_zoo, reference):
+    """The full-forward references equal transformers' own cached decode (with its cache drop
+    at 4097 tokens), so comparing against them is comparing against generate."""
+    steps = hf_generate_steps(model_zoo.hf_model("tiny"))
+    worst = max(ratio(logits, reference.at(pos)) for pos, logits in steps.items())
+    print(f"transformers cached decode vs full forwards: {worst:.2g}")
+    assert worst <= EXACT
 
 
 def decode_across(model: Model) -> dict[int, np.ndarray]:
