@@ -123,10 +123,17 @@ def _sizes(model_file: ModelFile, params) -> Sizes:
     return Sizes(s.weights_bytes, s.kv_bytes, s.scratch_bytes)
 
 
-def model_sizes(path, n_ctx: int = DEFAULT_N_CTX, *, kv_type: str = DEFAULT_KV_TYPE,
+def default_n_ctx(hparams: HParams) -> int:
+    """DEFAULT_N_CTX, or the model's context length if that is shorter."""
+    return min(DEFAULT_N_CTX, hparams.n_ctx_train)
+
+
+def model_sizes(path, n_ctx: int | None = None, *, kv_type: str = DEFAULT_KV_TYPE,
                 n_batch: int = DEFAULT_N_BATCH) -> Sizes:
-    """What loading `path` at `n_ctx` would take, without allocating anything."""
+    """What loading `path` at `n_ctx` (default: default_n_ctx) would take, without allocating
+    anything."""
     with ModelFile(path) as mf:
+        n_ctx = default_n_ctx(mf.hparams) if n_ctx is None else n_ctx
         return _sizes(mf, _params(mf.hparams, n_ctx, n_batch, kv_type, DEFAULT_LONGROPE_SWITCH))
 
 
@@ -149,14 +156,15 @@ class Model:
     """A loaded model with its KV cache. Use as a context manager or call close().
 
     n_threads: threads of the model's pool (default: the physical cores we may run on);
-    n_ctx: cache capacity in tokens (default 4096, at most the model's context length);
+    n_ctx: cache capacity in tokens (default 4096, or the model's context length if shorter; at
+    most the model's context length);
     kv_type: "f16" (default) or "f32"; n_batch: tokens per forward step of a long prompt;
     longrope_switch: "reprefill" (default) or "rerotate", see the module docstring.
     Calls from several threads are serialised (the C model has one cache and one set of
     activation buffers).
     """
 
-    def __init__(self, path, *, n_ctx: int = DEFAULT_N_CTX, n_threads: int | None = None,
+    def __init__(self, path, *, n_ctx: int | None = None, n_threads: int | None = None,
                  kv_type: str = DEFAULT_KV_TYPE, n_batch: int = DEFAULT_N_BATCH,
                  longrope_switch: str = DEFAULT_LONGROPE_SWITCH, check_memory: bool = True):
         self._handle = None
@@ -165,6 +173,7 @@ class Model:
         try:
             self.path = self._file.path
             self.hparams = self._file.hparams
+            n_ctx = default_n_ctx(self.hparams) if n_ctx is None else n_ctx
             self.n_ctx, self.kv_type, self.longrope_switch = n_ctx, kv_type, longrope_switch
             params = _params(self.hparams, n_ctx, n_batch, kv_type, longrope_switch)
             self.sizes = _sizes(self._file, params)

@@ -72,6 +72,10 @@ def write(path, keys=None, tensors_=None, arch="phi3", raw_types=None):
 
 def test_good_file_loads_and_runs(tmp_path):
     path = write(tmp_path / "good.gguf")
+    with Model(path) as model:  # the default n_ctx, 4096, or the model's context if shorter
+        assert model.n_ctx == 4096
+    with Model(write(tmp_path / "short.gguf", keys=KEYS | {"phi3.context_length": (gguf.GGUFValueType.UINT32, 1000)})) as model:
+        assert model.n_ctx == 1000
     with Model(path, n_ctx=64, kv_type="f32") as model:
         h = model.hparams
         assert (h.n_vocab, h.n_embd, h.n_layer, h.head_dim, h.n_rot, h.n_ctx_orig) == (N_VOCAB, N_EMBD, N_LAYER, 16, N_ROT, 4096)
