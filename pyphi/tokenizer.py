@@ -1,0 +1,300 @@
+"""The tokenizer of a GGUF model: text <-> token ids, built from the file's `tokenizer.ggml.*` keys.
+
+Ordinary text goes through a `tiktoken.Encoding` whose mergeable ranks are the byte strings of
+the NORMAL tokens and whose split pattern is chosen by `tokenizer.ggml.pre`
+(`pyphi.pretokenizers`). Added tokens (CONTROL and USER_DEFINED, e.g. `<|user|>`) are matched
+here, with Hugging Face's semantics for how the model was trained: literal matches, longest first,
+and `rstrip` tokens swallow the whitespace after them (SPEC §6.1).
+
+Trust: user text is never turned into added tokens. `encode(text)` is ordinary text only;
+`encode(text, special=True)` parses added-token literals; `encode_segments` parses them only in
+the segments the caller marks trusted (template text), so a user typing `<|end|><|system|>` gets
+the ids of those characters, not the control tokens.
+
+What this is not: a chat template or a sampler. A leaf module: it imports the GGUF reader,
+`pyphi.pretokenizers`, tiktoken, numpy and the standard library.
+"""
+
+from __future__ import annotations
+
+import codecs
+import itertools
+import os
+import re
+from typing import Iterable
+
+import numpy as np
+import tiktoken
+
+from .gguf_format import ValueType
+from .gguf_reader import GGUFFile
+from .pretokenizers import PRE_TOKENIZERS, RankError
+
+# llama.cpp llama_token_type (gguf-py constants.py TokenType).
+NORMAL, CONTROL, USER_DEFINED, UNUSED = 1, 3, 4, 5
+ADDED_TYPES = (CONTROL, USER_DEFINED)
+
+# Ids of these keys are stop tokens (llama.cpp adds eos, eot and eom to its end-of-generation set).
+STOP_ID_KEYS = ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id")
+# Token texts llama.cpp treats as end of generation wherever they are in a vocabulary
+# (llama-vocab.cpp, the EOG detection loop of llama_vocab::impl::load).
+STOP_TEXTS = frozenset({
+    "<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<end_of_turn>",
+    "<|endoftext|>", "<|eom_id|>", "<EOT>", "_<EOT>", "<|end_of_text|>", "<end_of_utterance>",
+})
+
+# The rstrip rule (the GGUF has no rstrip flag; SPEC §6.1): o200k_base's own specials end with
+# `<|endofprompt|>`; every `<|...|>` CONTROL token after it was added for Phi-4-mini's chat
+# format, and HF's tokenizer_config.json gives all of those (200019-200028) rstrip=true, while
+# `<|endoftext|>` and `<|endofprompt|>` have none. A vocabulary without that marker gets no
+# rstrip tokens unless the caller names them.
+RSTRIP_AFTER = "<|endofprompt|>"
+
+# What an rstrip token swallows: HF tokenizers strips with Rust's `char::is_whitespace`, the
+# Unicode White_Space property (narrower than Python's str.isspace, which adds U+001C-U+001F).
+WHITESPACE = "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+
+
+class TokenizerError(ValueError):
+    """The GGUF's tokenizer cannot be built; the one-line message names the file and the key."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Token strings -> bytes
+
+
+def _byte_alphabet() -> str:
+    """GPT-2's byte-level alphabet, indexed by byte: bytes that are printable Latin-1 stand for
+    themselves, the rest take U+0100, U+0101, ... in byte order (GPT-2 `bytes_to_unicode`)."""
+    printable = {*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)}
+    shifted = iter(range(0x100, 0x200))
+    return "".join(chr(b) if b in printable else chr(next(shifted)) for b in range(256))
+
+
+def _byte_of_code_point(alphabet: str) -> np.ndarray:
+    """Lookup table code point -> byte (int16) for the alphabet's characters, -1 elsewhere."""
+    table = np.full(max(map(ord, alphabet)) + 1, -1, dtype=np.int16)
+    table[[ord(ch) for ch in alphabet]] = np.arange(256)
+    return table
+
+
+_ALPHABET = _byte_alphabet()
+_BYTE_OF = _byte_of_code_point(_ALPHABET)
+
+
+def _byte_level_bytes(path: str, texts: list[str]) -> list[bytes]:
+    """Bytes of byte-level token strings ("Ġthe" -> b" the"), converted all at once: the
+    concatenation's code points through a numpy lookup table, then one slice per token (one
+    character is one byte). A per-token Python conversion of 200k tokens takes several times
+    longer and dominated the build time."""
+    code_points = np.frombuffer("".join(texts).encode("utf-32-le"), dtype="<u4")
+    in_range = code_points < len(_BYTE_OF)
+    values = _BYTE_OF[np.where(in_range, code_points, 0)]
+    if not (in_range.all() and (values >= 0).all()):
+        alphabet = set(_ALPHABET)
+        token_id = next(i for i, text in enumerate(texts) if not alphabet.issuperset(text))
+        raise TokenizerError(f"{path}: tokenizer.ggml.tokens[{token_id}] {texts[token_id]!r} is a "
+                             "NORMAL token but not a byte-level string (GPT-2 alphabet)")
+    blob = values.astype(np.uint8).tobytes()
+    ends = list(itertools.accumulate(map(len, texts)))
+    return [blob[start:end] for start, end in zip([0, *ends], ends)]
+
+
+def _token_bytes(path: str, tokens: list[str], types: np.ndarray) -> list[bytes]:
+    """The bytes of every id. NORMAL tokens are byte-level strings; added tokens are plain UTF-8
+    text; UNUSED ids (`[PAD200029]`...) have no text and decode to nothing, as in llama.cpp."""
+    unsupported = sorted(set(np.unique(types).tolist()) - {NORMAL, CONTROL, USER_DEFINED, UNUSED})
+    if unsupported:
+        raise TokenizerError(f"{path}: tokenizer.ggml.token_type has type(s) {unsupported}, "
+                             "unsupported in a byte-level BPE vocabulary")
+    other_ids = np.flatnonzero(types != NORMAL).tolist()
+    texts = list(tokens)
+    for i in other_ids:
+        texts[i] = ""
+    by_id = _byte_level_bytes(path, texts)
+    for i in other_ids:
+        if types[i] in ADDED_TYPES:
+            by_id[i] = tokens[i].encode("utf-8")
+    return by_id
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading the GGUF
+
+
+def _string_key(gguf: GGUFFile, key: str) -> str:
+    value = gguf.get(key)
+    if not isinstance(value, str):
+        raise TokenizerError(f"{gguf.path}: key {key!r} is missing or not a string")
+    return value
+
+
+def _id_key(gguf: GGUFFile, key: str, n_vocab: int) -> int | None:
+    """An optional token id key; an id outside the vocabulary is an error."""
+    value = gguf.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, int) or not 0 <= value < n_vocab:
+        raise TokenizerError(f"{gguf.path}: key {key!r} is {value!r}, not a token id below {n_vocab}")
+    return value
+
+
+def _default_rstrip_ids(added: dict[str, int]) -> set[int]:
+    """See RSTRIP_AFTER."""
+    after = added.get(RSTRIP_AFTER)
+    if after is None:
+        return set()
+    return {i for text, i in added.items() if i > after and text.startswith("<|") and text.endswith("|>")}
+
+
+# ----------------------------------------------------------------------------------------------
+# The tokenizer
+
+
+class Tokenizer:
+    """Encode and decode with one model's vocabulary. Build it with `from_gguf` / `from_path`.
+
+    Attributes: `encoding` (the tiktoken.Encoding of ordinary text), `n_vocab`, `added_tokens`
+    (text -> id of the CONTROL / USER_DEFINED tokens), `rstrip_ids`, `bos_id`, `eos_id`, `eot_id`
+    (None when the file has no such key) and `stop_ids` (every end-of-generation id).
+    """
+
+    def __init__(self, encoding: tiktoken.Encoding, token_bytes: list[bytes], added_tokens: dict[str, int],
+                 rstrip_ids: Iterable[int], special_ids: dict[str, int | None], stop_ids: Iterable[int]):
+        self.encoding = encoding
+        self.n_vocab = len(token_bytes)
+        self.added_tokens = dict(added_tokens)
+        self.rstrip_ids = frozenset(rstrip_ids)
+        unknown = self.rstrip_ids - set(self.added_tokens.values())
+        if unknown:
+            raise ValueError(f"rstrip ids {sorted(unknown)} are not added tokens")
+        self.bos_id = special_ids.get("bos")
+        self.eos_id = special_ids.get("eos")
+        self.eot_id = special_ids.get("eot")
+        self.stop_ids = frozenset(stop_ids)
+        self._bytes = token_bytes
+        # Longest literal first: among matches at one position the regex takes the first
+        # alternative, which gives HF's leftmost-longest match.
+        literals = sorted(self.added_tokens, key=len, reverse=True)
+        self._added_re = re.compile("|".join(map(re.escape, literals))) if literals else None
+        self._whitespace_re = re.compile(f"[{re.escape(WHITESPACE)}]*")
+
+    @classmethod
+    def from_gguf(cls, gguf: GGUFFile, rstrip_ids: Iterable[int] | None = None) -> Tokenizer:
+        """The tokenizer of an open GGUF file. rstrip_ids overrides the rule of RSTRIP_AFTER."""
+        path = gguf.path
+        model = _string_key(gguf, "tokenizer.ggml.model")
+        if model != "gpt2":
+            raise TokenizerError(f"{path}: tokenizer.ggml.model is {model!r}; only 'gpt2' (byte-level BPE) is supported")
+        pre = _string_key(gguf, "tokenizer.ggml.pre")
+        pretokenizer = PRE_TOKENIZERS.get(pre)
+        if pretokenizer is None:
+            raise TokenizerError(f"{path}: unknown pre-tokenizer tokenizer.ggml.pre = {pre!r} "
+                                 f"(supported: {', '.join(map(repr, PRE_TOKENIZERS))})")
+        tokens = gguf.require("tokenizer.ggml.tokens", ValueType.ARRAY, ValueType.STRING)
+        types = gguf.require("tokenizer.ggml.token_type", ValueType.ARRAY, ValueType.INT32)
+        if len(types) != len(tokens):
+            raise TokenizerError(f"{path}: tokenizer.ggml.token_type has {len(types)} entries, "
+                                 f"tokenizer.ggml.tokens {len(tokens)}")
+        token_bytes = _token_bytes(path, tokens, types)
+        normal_ids = np.flatnonzero(types == NORMAL).tolist()
+        try:
+            ranks = pretokenizer.ranks(token_bytes, normal_ids, gguf.get("tokenizer.ggml.merges") or [])
+        except RankError as e:
+            raise TokenizerError(f"{path}: {e}") from None
+        missing = [b for b in range(256) if bytes([b]) not in ranks]
+        if missing:
+            raise TokenizerError(f"{path}: the vocabulary has no token for byte(s) {missing[:8]}, "
+                                 "so some text could not be encoded")
+        encoding = tiktoken.Encoding(f"{os.path.basename(path)}:{pre}", pat_str=pretokenizer.pattern,
+                                     mergeable_ranks=ranks, special_tokens={})
+        added = {tokens[i]: i for i in np.flatnonzero(np.isin(types, ADDED_TYPES)).tolist()}
+        n_vocab = len(tokens)
+        special_ids = {kind: _id_key(gguf, f"tokenizer.ggml.{kind}_token_id", n_vocab) for kind in ("bos", "eos", "eot")}
+        stop_ids = {i for key in STOP_ID_KEYS if (i := _id_key(gguf, key, n_vocab)) is not None}
+        stop_ids |= {i for i, text in enumerate(tokens) if text in STOP_TEXTS}
+        if rstrip_ids is None:
+            rstrip_ids = _default_rstrip_ids(added)
+        return cls(encoding, token_bytes, added, rstrip_ids, special_ids, stop_ids)
+
+    @classmethod
+    def from_path(cls, path: str | os.PathLike[str], rstrip_ids: Iterable[int] | None = None) -> Tokenizer:
+        with GGUFFile(path) as gguf:
+            return cls.from_gguf(gguf, rstrip_ids)
+
+    # ---- encoding ----
+
+    def encode(self, text: str, special: bool = False) -> list[int]:
+        """Ids of text. special=False: ordinary text only (added-token literals are just their
+        characters). special=True: added-token literals become their ids, with rstrip (HF)."""
+        if not special:
+            return self.encoding.encode_ordinary(text)
+        return self.encode_segments([(text, True)])
+
+    def encode_segments(self, segments: Iterable[tuple[str, bool]]) -> list[int]:
+        """Ids of the concatenated segments, parsing added tokens in trusted segments only.
+
+        Equal to HF's encoding of the concatenated text whenever the untrusted segments contain
+        no added-token literal: ordinary text is split only at added tokens (so text runs that
+        cross a segment boundary are encoded as one), and an rstrip token swallows whitespace
+        across boundaries, including the leading whitespace of an untrusted segment.
+        """
+        ids: list[int] = []
+        pending: list[str] = []  # ordinary text since the last added token
+        swallowing = False  # the last added token has rstrip and only whitespace followed so far
+        for text, trusted in segments:
+            pos = 0
+            while True:
+                if swallowing:
+                    pos = self._whitespace_re.match(text, pos).end()
+                    if pos == len(text):
+                        break
+                    swallowing = False
+                found = self._added_re.search(text, pos) if trusted and self._added_re else None
+                if found is None:
+                    pending.append(text[pos:])
+                    break
+                pending.append(text[pos:found.start()])
+                ids += self.encoding.encode_ordinary("".join(pending))
+                pending = []
+                token_id = self.added_tokens[found.group()]
+                ids.append(token_id)
+                pos = found.end()
+                swallowing = token_id in self.rstrip_ids
+        ids += self.encoding.encode_ordinary("".join(pending))
+        return ids
+
+    # ---- decoding ----
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The bytes of one token (an added token's text; nothing for an UNUSED id)."""
+        if not 0 <= token_id < self.n_vocab:
+            raise ValueError(f"token id {token_id} is outside the vocabulary (0..{self.n_vocab - 1})")
+        return self._bytes[token_id]
+
+    def decode_bytes(self, ids: Iterable[int]) -> bytes:
+        return b"".join(map(self.token_bytes, ids))
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text of ids; bytes that are not valid UTF-8 become U+FFFD (as tiktoken and HF do)."""
+        return self.decode_bytes(ids).decode("utf-8", errors="replace")
+
+    def stream_decoder(self) -> StreamDecoder:
+        return StreamDecoder(self)
+
+
+class StreamDecoder:
+    """Incremental decoding for streamed generation: `push(id)` returns the text that id
+    completes, holding back the bytes of a UTF-8 character split across tokens; `flush()` at
+    the end returns what is left (an incomplete character as U+FFFD). The concatenated output
+    equals `Tokenizer.decode` of all the ids."""
+
+    def __init__(self, tokenizer: Tokenizer):
+        self._tokenizer = tokenizer
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def push(self, token_id: int) -> str:
+        return self._utf8.decode(self._tokenizer.token_bytes(token_id))
+
+    def flush(self) -> str:
+        return self._utf8.decode(b"", final=True)
