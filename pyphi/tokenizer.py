@@ -38,10 +38,22 @@ ADDED_TYPES = (CONTROL, USER_DEFINED)
 STOP_ID_KEYS = ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id")
 # Token texts llama.cpp treats as end of generation wherever they are in a vocabulary
 # (llama-vocab.cpp, the EOG detection loop of llama_vocab::impl::load).
-STOP_TEXTS = frozenset({
-    "<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<end_of_turn>",
-    "<|endoftext|>", "<|eom_id|>", "<EOT>", "_<EOT>", "<|end_of_text|>", "<end_of_utterance>",
-})
+STOP_TEXTS = frozenset(
+    {
+        "<|eot_id|>",
+        "<|im_end|>",
+        "<|end|>",
+        "<|return|>",
+        "<|call|>",
+        "<end_of_turn>",
+        "<|endoftext|>",
+        "<|eom_id|>",
+        "<EOT>",
+        "_<EOT>",
+        "<|end_of_text|>",
+        "<end_of_utterance>",
+    }
+)
 
 # The rstrip rule (the GGUF has no rstrip flag; SPEC §6.1): o200k_base's own specials end with
 # `<|endofprompt|>`; every `<|...|>` CONTROL token after it was added for Phi-4-mini's chat
@@ -52,7 +64,11 @@ RSTRIP_AFTER = "<|endofprompt|>"
 
 # What an rstrip token swallows: HF tokenizers strips with Rust's `char::is_whitespace`, the
 # Unicode White_Space property (narrower than Python's str.isspace, which adds U+001C-U+001F).
-WHITESPACE = "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+WHITESPACE = (
+    "\t\n\x0b\x0c\r \x85\xa0\u1680"
+    + "".join(map(chr, range(0x2000, 0x200B)))
+    + "\u2028\u2029\u202f\u205f\u3000"
+)
 
 
 class TokenizerError(ValueError):
@@ -93,8 +109,10 @@ def _byte_level_bytes(path: str, texts: list[str]) -> list[bytes]:
     if not (in_range.all() and (values >= 0).all()):
         alphabet = set(_ALPHABET)
         token_id = next(i for i, text in enumerate(texts) if not alphabet.issuperset(text))
-        raise TokenizerError(f"{path}: tokenizer.ggml.tokens[{token_id}] {texts[token_id]!r} is a "
-                             "NORMAL token but not a byte-level string (GPT-2 alphabet)")
+        raise TokenizerError(
+            f"{path}: tokenizer.ggml.tokens[{token_id}] {texts[token_id]!r} is a "
+            "NORMAL token but not a byte-level string (GPT-2 alphabet)"
+        )
     blob = values.astype(np.uint8).tobytes()
     ends = list(itertools.accumulate(map(len, texts)))
     return [blob[start:end] for start, end in zip([0, *ends], ends)]
@@ -105,8 +123,10 @@ def _token_bytes(path: str, tokens: list[str], types: np.ndarray) -> list[bytes]
     text; UNUSED ids (`[PAD200029]`...) have no text and decode to nothing, as in llama.cpp."""
     unsupported = sorted(set(np.unique(types).tolist()) - {NORMAL, CONTROL, USER_DEFINED, UNUSED})
     if unsupported:
-        raise TokenizerError(f"{path}: tokenizer.ggml.token_type has type(s) {unsupported}, "
-                             "unsupported in a byte-level BPE vocabulary")
+        raise TokenizerError(
+            f"{path}: tokenizer.ggml.token_type has type(s) {unsupported}, "
+            "unsupported in a byte-level BPE vocabulary"
+        )
     other_ids = np.flatnonzero(types != NORMAL).tolist()
     texts = list(tokens)
     for i in other_ids:
@@ -139,12 +159,56 @@ def _id_key(gguf: GGUFFile, key: str, n_vocab: int) -> int | None:
     return value
 
 
-def _default_rstrip_ids(added: dict[str, int]) -> set[int]:
+def _pre_tokenizer_name(gguf: GGUFFile) -> str:
+    """tokenizer.ggml.pre, checked to name a byte-level BPE pre-tokenizer we know."""
+    model = _string_key(gguf, "tokenizer.ggml.model")
+    if model != "gpt2":
+        raise TokenizerError(
+            f"{gguf.path}: tokenizer.ggml.model is {model!r}; only 'gpt2' (byte-level BPE) is supported"
+        )
+    pre = _string_key(gguf, "tokenizer.ggml.pre")
+    if pre not in PRE_TOKENIZERS:
+        raise TokenizerError(
+            f"{gguf.path}: unknown pre-tokenizer tokenizer.ggml.pre = {pre!r} "
+            f"(supported: {', '.join(map(repr, PRE_TOKENIZERS))})"
+        )
+    return pre
+
+
+def _encoding(gguf: GGUFFile, pre: str, token_bytes: list[bytes], normal_ids: list[int]) -> tiktoken.Encoding:
+    """tiktoken's BPE over the NORMAL tokens, with the ranks and split pattern of `pre`."""
+    pretokenizer = PRE_TOKENIZERS[pre]
+    try:
+        ranks = pretokenizer.ranks(token_bytes, normal_ids, gguf.get("tokenizer.ggml.merges") or [])
+    except RankError as e:
+        raise TokenizerError(f"{gguf.path}: {e}") from None
+    missing = [b for b in range(256) if bytes([b]) not in ranks]
+    if missing:
+        # tiktoken's BPE needs every single byte as a token, or it fails on some text.
+        raise TokenizerError(
+            f"{gguf.path}: the vocabulary has no token for byte(s) {missing[:8]}, "
+            "so some text could not be encoded"
+        )
+    name = f"{os.path.basename(gguf.path)}:{pre}"
+    return tiktoken.Encoding(name, pat_str=pretokenizer.pattern, mergeable_ranks=ranks, special_tokens={})
+
+
+def _stop_ids(gguf: GGUFFile, tokens: list[str]) -> set[int]:
+    """eos/eot/eom ids and every token whose text llama.cpp takes for end of generation."""
+    ids = {i for key in STOP_ID_KEYS if (i := _id_key(gguf, key, len(tokens))) is not None}
+    return ids | {i for i, text in enumerate(tokens) if text in STOP_TEXTS}
+
+
+def _default_rstrip_ids(added: dict[str, int], control_ids: set[int]) -> set[int]:
     """See RSTRIP_AFTER."""
     after = added.get(RSTRIP_AFTER)
     if after is None:
         return set()
-    return {i for text, i in added.items() if i > after and text.startswith("<|") and text.endswith("|>")}
+    return {
+        i
+        for text, i in added.items()
+        if i > after and i in control_ids and text.startswith("<|") and text.endswith("|>")
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -159,8 +223,15 @@ class Tokenizer:
     (None when the file has no such key) and `stop_ids` (every end-of-generation id).
     """
 
-    def __init__(self, encoding: tiktoken.Encoding, token_bytes: list[bytes], added_tokens: dict[str, int],
-                 rstrip_ids: Iterable[int], special_ids: dict[str, int | None], stop_ids: Iterable[int]):
+    def __init__(
+        self,
+        encoding: tiktoken.Encoding,
+        token_bytes: list[bytes],
+        added_tokens: dict[str, int],
+        rstrip_ids: Iterable[int],
+        special_ids: dict[str, int | None],
+        stop_ids: Iterable[int],
+    ):
         self.encoding = encoding
         self.n_vocab = len(token_bytes)
         self.added_tokens = dict(added_tokens)
@@ -182,40 +253,24 @@ class Tokenizer:
     @classmethod
     def from_gguf(cls, gguf: GGUFFile, rstrip_ids: Iterable[int] | None = None) -> Tokenizer:
         """The tokenizer of an open GGUF file. rstrip_ids overrides the rule of RSTRIP_AFTER."""
-        path = gguf.path
-        model = _string_key(gguf, "tokenizer.ggml.model")
-        if model != "gpt2":
-            raise TokenizerError(f"{path}: tokenizer.ggml.model is {model!r}; only 'gpt2' (byte-level BPE) is supported")
-        pre = _string_key(gguf, "tokenizer.ggml.pre")
-        pretokenizer = PRE_TOKENIZERS.get(pre)
-        if pretokenizer is None:
-            raise TokenizerError(f"{path}: unknown pre-tokenizer tokenizer.ggml.pre = {pre!r} "
-                                 f"(supported: {', '.join(map(repr, PRE_TOKENIZERS))})")
+        pre = _pre_tokenizer_name(gguf)
         tokens = gguf.require("tokenizer.ggml.tokens", ValueType.ARRAY, ValueType.STRING)
         types = gguf.require("tokenizer.ggml.token_type", ValueType.ARRAY, ValueType.INT32)
         if len(types) != len(tokens):
-            raise TokenizerError(f"{path}: tokenizer.ggml.token_type has {len(types)} entries, "
-                                 f"tokenizer.ggml.tokens {len(tokens)}")
-        token_bytes = _token_bytes(path, tokens, types)
-        normal_ids = np.flatnonzero(types == NORMAL).tolist()
-        try:
-            ranks = pretokenizer.ranks(token_bytes, normal_ids, gguf.get("tokenizer.ggml.merges") or [])
-        except RankError as e:
-            raise TokenizerError(f"{path}: {e}") from None
-        missing = [b for b in range(256) if bytes([b]) not in ranks]
-        if missing:
-            raise TokenizerError(f"{path}: the vocabulary has no token for byte(s) {missing[:8]}, "
-                                 "so some text could not be encoded")
-        encoding = tiktoken.Encoding(f"{os.path.basename(path)}:{pre}", pat_str=pretokenizer.pattern,
-                                     mergeable_ranks=ranks, special_tokens={})
+            raise TokenizerError(
+                f"{gguf.path}: tokenizer.ggml.token_type has {len(types)} entries, "
+                f"tokenizer.ggml.tokens {len(tokens)}"
+            )
+        token_bytes = _token_bytes(gguf.path, tokens, types)
+        encoding = _encoding(gguf, pre, token_bytes, np.flatnonzero(types == NORMAL).tolist())
         added = {tokens[i]: i for i in np.flatnonzero(np.isin(types, ADDED_TYPES)).tolist()}
-        n_vocab = len(tokens)
-        special_ids = {kind: _id_key(gguf, f"tokenizer.ggml.{kind}_token_id", n_vocab) for kind in ("bos", "eos", "eot")}
-        stop_ids = {i for key in STOP_ID_KEYS if (i := _id_key(gguf, key, n_vocab)) is not None}
-        stop_ids |= {i for i, text in enumerate(tokens) if text in STOP_TEXTS}
         if rstrip_ids is None:
-            rstrip_ids = _default_rstrip_ids(added)
-        return cls(encoding, token_bytes, added, rstrip_ids, special_ids, stop_ids)
+            rstrip_ids = _default_rstrip_ids(added, set(np.flatnonzero(types == CONTROL).tolist()))
+        special_ids = {
+            kind: _id_key(gguf, f"tokenizer.ggml.{kind}_token_id", len(tokens))
+            for kind in ("bos", "eos", "eot")
+        }
+        return cls(encoding, token_bytes, added, rstrip_ids, special_ids, _stop_ids(gguf, tokens))
 
     @classmethod
     def from_path(cls, path: str | os.PathLike[str], rstrip_ids: Iterable[int] | None = None) -> Tokenizer:
@@ -254,7 +309,7 @@ class Tokenizer:
                 if found is None:
                     pending.append(text[pos:])
                     break
-                pending.append(text[pos:found.start()])
+                pending.append(text[pos : found.start()])
                 ids += self.encoding.encode_ordinary("".join(pending))
                 pending = []
                 token_id = self.added_tokens[found.group()]

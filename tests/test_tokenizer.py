@@ -10,7 +10,10 @@ real Phi-4-mini config files. The corpus is tests/text_corpus.py (over 1 MB, off
 from __future__ import annotations
 
 import importlib.resources
+import os
 import shutil
+import subprocess
+import sys
 import time
 import unicodedata
 from unittest import mock
@@ -18,6 +21,7 @@ from unittest import mock
 import gguf
 import pytest
 import text_corpus
+from test_convert_peer import llama_cpp_converter  # noqa: F401 (fixture: llama.cpp's converter from the sdist)
 
 from pyphi.gguf_reader import GGUFFile
 from pyphi.testing import o200k
@@ -28,20 +32,61 @@ SPEC_CHAT_TEXT = (
     "<|system|>You are a helpful AI assistant.<|end|><|user|>Hi!<|end|>"
     "<|assistant|>Hello.<|end|><|user|>2x + 3 = 7?<|end|><|assistant|>"
 )
-SPEC_CHAT_IDS = [200022, 3575, 553, 261, 10297, 20837, 29186, 13, 200020, 200021, 12194, 0, 200020,
-                 200019, 13225, 13, 200020, 200021, 17, 87, 659, 220, 18, 314, 220, 22, 30, 200020, 200019]
+SPEC_CHAT_IDS = [
+    200022,
+    3575,
+    553,
+    261,
+    10297,
+    20837,
+    29186,
+    13,
+    200020,
+    200021,
+    12194,
+    0,
+    200020,
+    200019,
+    13225,
+    13,
+    200020,
+    200021,
+    17,
+    87,
+    659,
+    220,
+    18,
+    314,
+    220,
+    22,
+    30,
+    200020,
+    200019,
+]
 ENDOFTEXT, ENDOFPROMPT, ASSISTANT, END, USER, SYSTEM = 199999, 200018, 200019, 200020, 200021, 200022
 FIRST_ADDED = 199999
 
 # Conversations whose contents start (and end) with whitespace, for the rstrip-across-segments rule.
 CONVERSATIONS = [
     [{"role": "user", "content": "\n  Hi there"}],
-    [{"role": "system", "content": " You are terse."}, {"role": "user", "content": "\n\n2 + 2?\n"},
-     {"role": "assistant", "content": "\t4 "}, {"role": "user", "content": "   "}],
-    [{"role": "user", "content": "\r\n\u3000日本語で答えて。"}, {"role": "assistant", "content": " はい。\n\n"}],
-    [{"role": "system", "content": "\nYou have tools.", "tools": ' [{"name": "f", "parameters": {}}]'},
-     {"role": "user", "content": " call f\n"}],
-    [{"role": "user", "content": "def f():\n    return 1\n"}, {"role": "assistant", "content": "\n```python\nx = 1\n```"}],
+    [
+        {"role": "system", "content": " You are terse."},
+        {"role": "user", "content": "\n\n2 + 2?\n"},
+        {"role": "assistant", "content": "\t4 "},
+        {"role": "user", "content": "   "},
+    ],
+    [
+        {"role": "user", "content": "\r\n\u3000日本語で答えて。"},
+        {"role": "assistant", "content": " はい。\n\n"},
+    ],
+    [
+        {"role": "system", "content": "\nYou have tools.", "tools": ' [{"name": "f", "parameters": {}}]'},
+        {"role": "user", "content": " call f\n"},
+    ],
+    [
+        {"role": "user", "content": "def f():\n    return 1\n"},
+        {"role": "assistant", "content": "\n```python\nx = 1\n```"},
+    ],
     [{"role": "user", "content": ""}, {"role": "assistant", "content": "\u00a0 😀👍🏽"}],
 ]
 
@@ -124,7 +169,9 @@ def test_ids_equal_tiktoken_o200k_base(tok, tiktoken_o200k, corpus):
 
 def test_ids_equal_hf_tokenizers_with_added_tokens(tok, hf_tokenizer, corpus):
     expected = [e.ids for e in hf_tokenizer.encode_batch(corpus, add_special_tokens=False)]
-    mismatches = [i for i, (doc, ids) in enumerate(zip(corpus, expected)) if tok.encode(doc, special=True) != ids]
+    mismatches = [
+        i for i, (doc, ids) in enumerate(zip(corpus, expected)) if tok.encode(doc, special=True) != ids
+    ]
     assert mismatches == []
 
 
@@ -135,7 +182,19 @@ def test_round_trip(tok, corpus):
 
 def test_corpus_holds_the_hard_cases(corpus):
     text = "".join(corpus)
-    for needle in ("\r\n", "\t", "  \n", "ÜBER", "AÉB", "'S", "'ll", "<|user|>\n", "\U0001F3FD", "\u200d", "0123"):
+    for needle in (
+        "\r\n",
+        "\t",
+        "  \n",
+        "ÜBER",
+        "AÉB",
+        "'S",
+        "'ll",
+        "<|user|>\n",
+        "\U0001f3fd",
+        "\u200d",
+        "0123",
+    ):
         assert needle in text, needle
     present = set(text)
     for script, (first, last) in text_corpus.SCRIPTS.items():
@@ -158,7 +217,9 @@ def test_rstrip_swallows_what_hf_swallows(tok, hf_tokenizer):
     spaces = [chr(cp) for cp in range(0x3001) if chr(cp).isspace()] + ["\u200b", "\u180e", "\ufeff"]
     for ch in spaces:
         text = f"<|user|>{ch}{ch}Hi<|end|>{ch}"
-        assert tok.encode(text, special=True) == hf_tokenizer.encode(text, add_special_tokens=False).ids, hex(ord(ch))
+        assert tok.encode(text, special=True) == hf_tokenizer.encode(text, add_special_tokens=False).ids, hex(
+            ord(ch)
+        )
 
 
 def test_ordinary_encode_never_gives_added_tokens(tok):
@@ -195,14 +256,20 @@ def test_encode_segments_equals_hf_apply_chat_template(tok, hf_dir, add_generati
     transformers = pytest.importorskip("transformers")
     hf = transformers.AutoTokenizer.from_pretrained(hf_dir)
     for messages in CONVERSATIONS:
-        expected = hf.apply_chat_template(messages, tokenize=True, add_generation_prompt=add_generation_prompt)
+        expected = hf.apply_chat_template(
+            messages, tokenize=True, add_generation_prompt=add_generation_prompt
+        )
         expected = expected["input_ids"] if hasattr(expected, "keys") else expected
         assert tok.encode_segments(_segments(messages, add_generation_prompt)) == list(expected), messages
 
 
 def test_encode_segments_spec_chat(tok):
-    messages = [{"role": "system", "content": "You are a helpful AI assistant."}, {"role": "user", "content": "Hi!"},
-                {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "2x + 3 = 7?"}]
+    messages = [
+        {"role": "system", "content": "You are a helpful AI assistant."},
+        {"role": "user", "content": "Hi!"},
+        {"role": "assistant", "content": "Hello."},
+        {"role": "user", "content": "2x + 3 = 7?"},
+    ]
     assert tok.encode_segments(_segments(messages, True)) == SPEC_CHAT_IDS
 
 
@@ -213,8 +280,9 @@ def test_untrusted_segments_never_give_added_tokens(tok):
 
 
 def test_rstrip_carries_across_segments(tok):
-    ids = tok.encode_segments([("<|user|>", True), (" \n", False), ("", True), ("\t", False), ("\n Hi", False),
-                               ("<|end|>", True)])
+    ids = tok.encode_segments(
+        [("<|user|>", True), (" \n", False), ("", True), ("\t", False), ("\n Hi", False), ("<|end|>", True)]
+    )
     assert ids == [USER, *tok.encode("Hi"), END]
     # Ordinary text across a segment boundary is one text, as in the concatenated string.
     assert tok.encode_segments([("he", True), ("llo", False)]) == tok.encode("hello")
@@ -276,6 +344,44 @@ def test_stream_decoder_flushes_an_incomplete_character(tok):
     partial = [i for i in tok.encode("🫠") if not _is_utf8(tok.token_bytes(i))][:1]
     assert [stream.push(i) for i in partial] == [""]
     assert stream.flush() == tok.decode(partial) == "\ufffd"
+
+
+# ---- a GGUF written by llama.cpp's converter ----
+
+
+@pytest.fixture(scope="module")
+def llama_cpp_vocab_gguf(model_zoo, llama_cpp_converter, tmp_path_factory):  # noqa: F811
+    """convert_hf_to_gguf.py --vocab-only (llama.cpp 0c1e57098, from the llama-cpp-python sdist) on
+    the tiny checkpoint; it writes no tokenizer.ggml.eot_token_id."""
+    converter = llama_cpp_converter
+    out = tmp_path_factory.mktemp("llama_cpp_vocab") / "vocab.gguf"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(converter / "convert_hf_to_gguf.py"),
+            str(model_zoo.hf_dir("tiny")),
+            "--vocab-only",
+            "--outfile",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(converter / "gguf-py")),
+        timeout=900,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return out
+
+
+@pytest.mark.peer
+def test_gguf_from_llama_cpp_converter(llama_cpp_vocab_gguf, tok, corpus):
+    theirs = Tokenizer.from_path(llama_cpp_vocab_gguf)
+    assert theirs.eot_id is None and theirs.stop_ids == {ENDOFTEXT, END}  # <|end|> found by its text
+    assert theirs.rstrip_ids == tok.rstrip_ids and theirs.added_tokens == tok.added_tokens
+    assert theirs.encode(SPEC_CHAT_TEXT, special=True) == SPEC_CHAT_IDS
+    for doc in corpus[::10]:
+        assert theirs.encode(doc, special=True) == tok.encode(doc, special=True)
 
 
 # ---- errors ----

@@ -39,16 +39,64 @@ SCRIPTS = {
     "cjk": (0x4E00, 0x9FFF),
     "fraktur": (0x1D504, 0x1D537),  # 4-byte letters, split across byte-level tokens
 }
-EMOJI_BLOCKS = ((0x1F300, 0x1F5FF), (0x1F600, 0x1F64F), (0x1F680, 0x1F6FF), (0x1F900, 0x1F9FF), (0x1FA70, 0x1FAFF))
-SKIN_TONES = "\U0001F3FB\U0001F3FC\U0001F3FD\U0001F3FE\U0001F3FF"
+EMOJI_BLOCKS = (
+    (0x1F300, 0x1F5FF),
+    (0x1F600, 0x1F64F),
+    (0x1F680, 0x1F6FF),
+    (0x1F900, 0x1F9FF),
+    (0x1FA70, 0x1FAFF),
+)
+SKIN_TONES = "\U0001f3fb\U0001f3fc\U0001f3fd\U0001f3fe\U0001f3ff"
 ZWJ, VS16, KEYCAP = "\u200d", "\ufe0f", "\u20e3"
 DIGIT_ZEROS = (0x30, 0x660, 0x6F0, 0x966, 0x9E6, 0xE50, 0xFF10)  # ASCII, Arabic-Indic, ..., fullwidth
-WHITESPACE_PARTS = (" ", "  ", "\t", "\n", "\r\n", "\r", "\n\n", "\u00a0", "\u3000", "\x0b", "\x0c", "\u2028", " \n", "\t\n")
-CASED_WORDS = ("über", "aéb", "école", "straße", "istanbul", "ǆemal", "naïve", "œuvre", "ÿes", "hello", "world")
+WHITESPACE_PARTS = (
+    " ",
+    "  ",
+    "\t",
+    "\n",
+    "\r\n",
+    "\r",
+    "\n\n",
+    "\u00a0",
+    "\u3000",
+    "\x0b",
+    "\x0c",
+    "\u2028",
+    " \n",
+    "\t\n",
+)
+CASED_WORDS = (
+    "über",
+    "aéb",
+    "école",
+    "straße",
+    "istanbul",
+    "ǆemal",
+    "naïve",
+    "œuvre",
+    "ÿes",
+    "hello",
+    "world",
+)
 CONTRACTIONS = ("'s", "'t", "'re", "'ve", "'m", "'ll", "'d", "'S", "'LL", "'Re", "'VE", "’s", "'x")
-ADDED_LITERALS = ("<|endoftext|>", "<|endofprompt|>", "<|assistant|>", "<|end|>", "<|user|>", "<|system|>",
-                  "<|tool|>", "<|/tool|>", "<|tool_call|>", "<|/tool_call|>", "<|tool_response|>", "<|tag|>",
-                  "<|endoftext17|>", "[PAD200030]", "<|end", "|>")
+ADDED_LITERALS = (
+    "<|endoftext|>",
+    "<|endofprompt|>",
+    "<|assistant|>",
+    "<|end|>",
+    "<|user|>",
+    "<|system|>",
+    "<|tool|>",
+    "<|/tool|>",
+    "<|tool_call|>",
+    "<|/tool_call|>",
+    "<|tool_response|>",
+    "<|tag|>",
+    "<|endoftext17|>",
+    "[PAD200030]",
+    "<|end",
+    "|>",
+)
 
 
 def _letters_and_marks(first: int, last: int) -> tuple[list[str], list[str]]:
@@ -110,7 +158,9 @@ def _digits(rng: random.Random) -> str:
 def _cased(rng: random.Random) -> str:
     word = rng.choice(CASED_WORDS)
     style = rng.randrange(4)
-    word = (word.upper(), word.title(), word, "".join(c.upper() if rng.random() < 0.5 else c for c in word))[style]
+    word = (word.upper(), word.title(), word, "".join(c.upper() if rng.random() < 0.5 else c for c in word))[
+        style
+    ]
     return word + (rng.choice(CONTRACTIONS) if rng.random() < 0.4 else "")
 
 
@@ -123,7 +173,9 @@ def _mixed_document(rng: random.Random, n_parts: int) -> str:
         lambda: _cased(rng),
         lambda: rng.choice(ADDED_LITERALS),
         lambda: rng.choice(ADDED_LITERALS) + rng.choice(WHITESPACE_PARTS) * rng.randint(1, 3),
-        lambda: rng.choice(("def f(x):\n    return x\n", "a[i] += b;", "if (x != y) {", "}}\n", "// c\n", "#!/bin/sh")),
+        lambda: rng.choice(
+            ("def f(x):\n    return x\n", "a[i] += b;", "if (x != y) {", "}}\n", "// c\n", "#!/bin/sh")
+        ),
     )
     return "".join(rng.choice(makers)() for _ in range(n_parts))
 
