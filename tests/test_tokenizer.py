@@ -21,6 +21,7 @@ from unittest import mock
 import gguf
 import pytest
 import text_corpus
+import tiktoken
 from test_convert_peer import llama_cpp_converter  # noqa: F401 (fixture: llama.cpp's converter from the sdist)
 
 from pyphi.gguf_reader import GGUFFile
@@ -32,39 +33,14 @@ SPEC_CHAT_TEXT = (
     "<|system|>You are a helpful AI assistant.<|end|><|user|>Hi!<|end|>"
     "<|assistant|>Hello.<|end|><|user|>2x + 3 = 7?<|end|><|assistant|>"
 )
-SPEC_CHAT_IDS = [
-    200022,
-    3575,
-    553,
-    261,
-    10297,
-    20837,
-    29186,
-    13,
-    200020,
-    200021,
-    12194,
-    0,
-    200020,
-    200019,
-    13225,
-    13,
-    200020,
-    200021,
-    17,
-    87,
-    659,
-    220,
-    18,
-    314,
-    220,
-    22,
-    30,
-    200020,
-    200019,
-]
-ENDOFTEXT, ENDOFPROMPT, ASSISTANT, END, USER, SYSTEM = 199999, 200018, 200019, 200020, 200021, 200022
+SPEC_CHAT_IDS = [200022, 3575, 553, 261, 10297, 20837, 29186, 13, 200020, 200021, 12194, 0, 200020,
+                 200019, 13225, 13, 200020, 200021, 17, 87, 659, 220, 18, 314, 220, 22, 30,
+                 200020, 200019]  # fmt: skip
+ENDOFTEXT, ASSISTANT, END, USER = 199999, 200019, 200020, 200021
 FIRST_ADDED = 199999
+
+# Substrings the corpus must hold (text_corpus.py makes them).
+HARD_CASES = ("\r\n", "\t", "  \n", "ÜBER", "AÉB", "'S", "'ll", "<|user|>\n", "\U0001f3fd", "\u200d", "0123")
 
 # Conversations whose contents start (and end) with whitespace, for the rstrip-across-segments rule.
 CONVERSATIONS = [
@@ -88,6 +64,7 @@ CONVERSATIONS = [
         {"role": "assistant", "content": "\n```python\nx = 1\n```"},
     ],
     [{"role": "user", "content": ""}, {"role": "assistant", "content": "\u00a0 😀👍🏽"}],
+    [{"role": "user", "content": " <|endoftext17|> is a placeholder, [PAD200030] nothing"}],
 ]
 
 
@@ -121,7 +98,6 @@ def hf_tokenizer(hf_dir):
 @pytest.fixture(scope="module")
 def tiktoken_o200k():
     """tiktoken's o200k_base constructor arguments, its loader answering with the verified ranks."""
-    tiktoken = pytest.importorskip("tiktoken")
     from tiktoken_ext import openai_public
 
     with mock.patch.object(openai_public, "load_tiktoken_bpe", lambda *args, **kwargs: o200k.load_ranks()):
@@ -182,19 +158,7 @@ def test_round_trip(tok, corpus):
 
 def test_corpus_holds_the_hard_cases(corpus):
     text = "".join(corpus)
-    for needle in (
-        "\r\n",
-        "\t",
-        "  \n",
-        "ÜBER",
-        "AÉB",
-        "'S",
-        "'ll",
-        "<|user|>\n",
-        "\U0001f3fd",
-        "\u200d",
-        "0123",
-    ):
+    for needle in HARD_CASES:
         assert needle in text, needle
     present = set(text)
     for script, (first, last) in text_corpus.SCRIPTS.items():
@@ -217,9 +181,8 @@ def test_rstrip_swallows_what_hf_swallows(tok, hf_tokenizer):
     spaces = [chr(cp) for cp in range(0x3001) if chr(cp).isspace()] + ["\u200b", "\u180e", "\ufeff"]
     for ch in spaces:
         text = f"<|user|>{ch}{ch}Hi<|end|>{ch}"
-        assert tok.encode(text, special=True) == hf_tokenizer.encode(text, add_special_tokens=False).ids, hex(
-            ord(ch)
-        )
+        expected = hf_tokenizer.encode(text, add_special_tokens=False).ids
+        assert tok.encode(text, special=True) == expected, hex(ord(ch))
 
 
 def test_ordinary_encode_never_gives_added_tokens(tok):
@@ -387,12 +350,15 @@ def test_gguf_from_llama_cpp_converter(llama_cpp_vocab_gguf, tok, corpus):
 # ---- errors ----
 
 
-def _write_vocab_gguf(path, pre="gpt-4o", tokens=None, model="gpt2"):
-    """A GGUF holding only a tokenizer: the 256 byte-level single-byte tokens by default."""
-    alphabet = [chr(b) if 0x21 <= b <= 0x7E or 0xA1 <= b <= 0xAC or 0xAE <= b else None for b in range(256)]
-    extra = iter(range(0x100, 0x200))
-    byte_tokens = [ch if ch is not None else chr(next(extra)) for ch in alphabet]
-    tokens = byte_tokens if tokens is None else tokens
+def _byte_tokens():
+    """The 256 single-byte tokens as GPT-2 byte-level strings, in byte order (rank = id = byte)."""
+    printable = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    shifted = iter(range(0x100, 0x200))
+    return [chr(b) if b in printable else chr(next(shifted)) for b in range(256)]
+
+
+def _write_vocab_gguf(path, tokens, pre="gpt-4o", model="gpt2"):
+    """A GGUF holding only a tokenizer, all tokens NORMAL."""
     writer = gguf.GGUFWriter(str(path), "phi3")
     writer.add_tokenizer_model(model)
     writer.add_tokenizer_pre(pre)
@@ -406,28 +372,30 @@ def _write_vocab_gguf(path, pre="gpt-4o", tokens=None, model="gpt2"):
 
 
 def test_small_vocabulary_builds(tmp_path):
-    tok = Tokenizer.from_path(_write_vocab_gguf(tmp_path / "bytes.gguf"))
-    assert tok.encode("hi ☃") == list(b"hi \xe2\x98\x83")  # rank = id = byte here
-    assert tok.stop_ids == set() and tok.rstrip_ids == set()
+    tok = Tokenizer.from_path(_write_vocab_gguf(tmp_path / "bytes.gguf", _byte_tokens()))
+    assert tok.encode("hi ☃") == list(b"hi \xe2\x98\x83")
+    assert tok.stop_ids == set() and tok.rstrip_ids == set() and tok.eos_id is None
 
 
 def test_unknown_pre_tokenizer_is_named(tmp_path):
-    path = _write_vocab_gguf(tmp_path / "smollm.gguf", pre="smollm")
+    path = _write_vocab_gguf(tmp_path / "smollm.gguf", _byte_tokens(), pre="smollm")
     with pytest.raises(TokenizerError, match=r"unknown pre-tokenizer tokenizer\.ggml\.pre = 'smollm'"):
         Tokenizer.from_path(path)
 
 
 def test_other_tokenizer_models_are_refused(tmp_path):
+    path = _write_vocab_gguf(tmp_path / "spm.gguf", _byte_tokens(), model="llama")
     with pytest.raises(TokenizerError, match="tokenizer.ggml.model is 'llama'"):
-        Tokenizer.from_path(_write_vocab_gguf(tmp_path / "spm.gguf", model="llama"))
+        Tokenizer.from_path(path)
 
 
 def test_a_normal_token_outside_the_byte_alphabet_is_named(tmp_path):
-    path = _write_vocab_gguf(tmp_path / "bad.gguf")
-    tokens = Tokenizer.from_path(path)  # sanity: the good file builds
-    assert tokens.n_vocab == 256
-    with GGUFFile(path) as f:
-        byte_tokens = f.get("tokenizer.ggml.tokens")
-    bad = _write_vocab_gguf(tmp_path / "bad2.gguf", tokens=[*byte_tokens, "a b"])
+    path = _write_vocab_gguf(tmp_path / "bad.gguf", [*_byte_tokens(), "a b"])
     with pytest.raises(TokenizerError, match=r"tokens\[256\] 'a b' is a NORMAL token but not a byte-level"):
-        Tokenizer.from_path(bad)
+        Tokenizer.from_path(path)
+
+
+def test_a_vocabulary_without_every_byte_is_refused(tmp_path):
+    path = _write_vocab_gguf(tmp_path / "short.gguf", _byte_tokens()[:200])
+    with pytest.raises(TokenizerError, match=r"no token for byte\(s\) \[200, 201"):
+        Tokenizer.from_path(path)
