@@ -155,12 +155,21 @@ def _fit_prompt(prompt: list[int], n_ctx: int, context_shift: bool, n_keep: int)
     if not context_shift:
         raise ContextFullError(f"the prompt has {len(prompt)} tokens but the context holds {n_ctx} "
                                f"(n_ctx); at most {n_ctx - 1} leave room to generate")
+    _check_keep(n_keep, n_ctx)
     n_tail = (n_ctx - n_keep) // 2
     return prompt[:n_keep] + prompt[len(prompt) - n_tail:]
 
 
+def _check_keep(n_keep: int, n_ctx: int) -> None:
+    """A shift must free room: what is kept has to be less than half the context."""
+    if not 0 <= n_keep < n_ctx // 2:
+        raise ContextFullError(f"the context ({n_ctx} tokens, n_ctx) is full and cannot be shifted: the "
+                               f"{n_keep} tokens to keep (the system prompt) must be fewer than half of it")
+
+
 def _shift(model: Model, tokens: list[int], n_keep: int) -> None:
     """Drop the oldest half of the cached tokens after the first n_keep and re-prefill the rest."""
+    _check_keep(n_keep, model.n_ctx)
     n_discard = (len(tokens) - n_keep) // 2
     kept = tokens[:n_keep] + tokens[n_keep + n_discard:]
     model.truncate(n_keep)
@@ -186,8 +195,6 @@ def generate(model: Model, tokenizer: Tokenizer, prompt_ids: Iterable[int], samp
     module docstring.
     """
     start = time.perf_counter()
-    if context_shift and not 0 <= n_keep < model.n_ctx // 2:
-        raise ValueError(f"generate: n_keep {n_keep} must be in 0 .. n_ctx/2 ({model.n_ctx // 2}) to shift the context")
     if max_tokens is not None and max_tokens < 1:
         raise ValueError(f"generate: max_tokens {max_tokens!r} must be at least 1 (or None)")
     prompt = _fit_prompt(list(prompt_ids), model.n_ctx, context_shift, n_keep)

@@ -204,3 +204,10 @@ def test_common_prefix_length():
     assert common_prefix_length([], [1]) == 0
     assert common_prefix_length([1, 2, 3], [1, 2, 4]) == 2
     assert common_prefix_length([1, 2], [1, 2, 3]) == 2
+
+
+def test_shift_needs_room_beyond_what_it_keeps(model, tokenizer):
+    ids = [1000 + i for i in range(60)]
+    assert len(list(generate(model, tokenizer, ids, argmax, max_tokens=2, context_shift=True, n_keep=100))) == 2
+    with pytest.raises(ContextFullError, match="cannot be shifted.*100 tokens to keep"):
+        next(generate(model, tokenizer, ids * 3, argmax, context_shift=True, n_keep=100))
