@@ -289,10 +289,10 @@ class Tokenizer:
     def encode_segments(self, segments: Iterable[tuple[str, bool]]) -> list[int]:
         """Ids of the concatenated segments, parsing added tokens in trusted segments only.
 
-        Equal to HF's encoding of the concatenated text whenever the untrusted segments contain
-        no added-token literal: ordinary text is split only at added tokens (so text runs that
-        cross a segment boundary are encoded as one), and an rstrip token swallows whitespace
-        across boundaries, including the leading whitespace of an untrusted segment.
+        Equal to HF's encoding of the concatenated text whenever each added-token literal in it
+        lies inside one trusted segment: ordinary text is split only at added tokens (so a text
+        run that crosses a segment boundary is encoded as one), and an rstrip token swallows
+        whitespace across boundaries, including the leading whitespace of an untrusted segment.
         """
         ids: list[int] = []
         pending: list[str] = []  # ordinary text since the last added token

@@ -97,6 +97,20 @@ ADDED_LITERALS = (
     "<|end",
     "|>",
 )
+# Real sentences, for words as they occur (the generated script text is random letters and marks).
+SENTENCES = (
+    "नमस्ते दुनिया, कृपया मेरी मदद करें। क्या आप हिंदी बोलते हैं?",
+    "আমি বাংলায় গান গাই। স্বাধীনতা দিবসের শুভেচ্ছা!",
+    "สวัสดีครับ ยินดีต้อนรับสู่ประเทศไทย วันนี้อากาศดีมาก",
+    "مرحبا بالعالم، هذا نص عربي للاختبار. كيف حالك اليوم؟",
+    "שלום עולם, זהו טקסט בעברית.",
+    "Привет, мир! Съешь же ещё этих мягких французских булок.",
+    "Γειά σου Κόσμε· ξεσκεπάζω την ψυχοφθόρα βδελυγμία.",
+    "今天天气很好，我们去公园散步吧。東京都の人口は約千四百万人です。",
+    "안녕하세요, 세계! 한국어 문장을 토큰화합니다.",
+    "Tiếng Việt có dấu: Trăm năm trong cõi người ta.",
+    "I'M SURE THEY'LL SAY IT'S FINE; WE'VE DONE IT. You'd've KNOWN. JOHN'S car isn't HIS'N.",
+)
 
 
 def _letters_and_marks(first: int, last: int) -> tuple[list[str], list[str]]:
@@ -171,6 +185,7 @@ def _mixed_document(rng: random.Random, n_parts: int) -> str:
         lambda: _digits(rng),
         lambda: rng.choice(WHITESPACE_PARTS) * rng.randint(1, 4),
         lambda: _cased(rng),
+        lambda: rng.choice(SENTENCES) + rng.choice(WHITESPACE_PARTS),
         lambda: rng.choice(ADDED_LITERALS),
         lambda: rng.choice(ADDED_LITERALS) + rng.choice(WHITESPACE_PARTS) * rng.randint(1, 3),
         lambda: rng.choice(
