@@ -9,6 +9,7 @@
 #ifndef PYPHI_KERNELS_H
 #define PYPHI_KERNELS_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 /* The per-type arrays are indexed by ggml type id; the ids we compute are all below this. */
@@ -36,9 +37,53 @@ typedef void (*pyphi_vec_dot_fn)(int64_t n, float *s, const void *w, const void 
  * bit-identical to pyphi_quantize_row_q8_0 (quants.c), i.e. to gguf.quants.quantize. */
 typedef void (*pyphi_quantize_fn)(const float *x, void *y, int64_t n);
 
+/* A tile of the matmul: for r < n_rows and t < n_tok,
+ *   y[t * y_stride + r] = vec_dot(n, w + r * w_stride, a + t * a_stride)
+ * with the vec_dot entry of the same table and type, bit for bit. So every output element is the
+ * same arithmetic however the matmul is cut into tiles, chunks and threads, and a decode step
+ * (one token) gives what a prefill computes for that token. A blocked kernel only shares loads:
+ * each weight block is unpacked once for several tokens and each activation block once for
+ * several rows, with one accumulator per (row, token) doing exactly the dot's operations.
+ * w: n_rows rows of n values in the weight type, w_stride bytes apart; a: n_tok rows in the
+ * activation type, a_stride bytes apart; y: float32, row t of the output at y + t * y_stride
+ * (elements). y must not overlap w or a. Tables without a blocked kernel for a type fill the
+ * entry with the plain loop over their own vec_dot (PYPHI_DEFINE_GEMM_BY_DOT). */
+typedef void (*pyphi_gemm_fn)(int64_t n, int64_t n_rows, int64_t n_tok, const void *w,
+                              size_t w_stride, const void *a, size_t a_stride, float *y,
+                              int64_t y_stride);
+
+/* Defines NAME as the reference tile: one DOT call per (row, token), tokens outer. */
+#define PYPHI_DEFINE_GEMM_BY_DOT(NAME, DOT)                                                        \
+    static void NAME(int64_t n, int64_t n_rows, int64_t n_tok, const void *w, size_t w_stride,   \
+                     const void *a, size_t a_stride, float *y, int64_t y_stride) {               \
+        for (int64_t t = 0; t < n_tok; t++) {                                                     \
+            const unsigned char *at = (const unsigned char *)a + (size_t)t * a_stride;            \
+            for (int64_t r = 0; r < n_rows; r++) {                                                \
+                DOT(n, &y[t * y_stride + r], (const unsigned char *)w + (size_t)r * w_stride, at); \
+            }                                                                                     \
+        }                                                                                         \
+    }
+
+/* The same product for weights in the packed layout (quants.h, PYPHI_PACK_ROWS rows interleaved
+ * per block), which lets one SIMD lane hold one output row: for each group g < n_groups, each of
+ * its 16 rows i and each token t < n_tok,
+ *   y[t * y_stride + 16 g + i] = sum over blocks b, in order, of  (float)isum * (d_w * d_a)
+ * with isum the exact int32 block dot of the decoded codes, each product rounded once and each
+ * sum rounded once (no fused multiply-add). That is the scalar vec_dot's arithmetic
+ * (pyphi_vec_dot_q*_0_q8_0_scalar) exactly, so every ISA gives the scalar twin's bits, whatever
+ * the tiling or thread count. w: n_groups packed groups of n values per row, one after another;
+ * a: n_tok rows of n / 32 block_q8_0, a_stride bytes apart; a_sums: (n_tok, n / 32) int32, the
+ * sum of each activation block's 32 codes (the weight codes are stored biased to unsigned, and
+ * bias * a_sum undoes that exactly). n: a multiple of 32. */
+typedef void (*pyphi_gemm_packed_fn)(int64_t n, int64_t n_groups, int64_t n_tok, const void *w,
+                                     const void *a, size_t a_stride, const int32_t *a_sums,
+                                     float *y, int64_t y_stride);
+
 typedef struct pyphi_kernels {
     int isa;                                      /* enum pyphi_isa */
     pyphi_vec_dot_fn vec_dot[PYPHI_TYPE_ID_LIMIT]; /* by weight type; NULL: type not computed */
+    pyphi_gemm_fn gemm[PYPHI_TYPE_ID_LIMIT];       /* by weight type; set wherever vec_dot is */
+    pyphi_gemm_packed_fn gemm_packed[PYPHI_TYPE_ID_LIMIT]; /* Q4_0 and Q8_0 only */
     pyphi_quantize_fn quantize_row_q8_0;          /* activations for Q4_0/Q8_0 weights */
 } pyphi_kernels;
 
@@ -54,6 +99,12 @@ void pyphi_vec_dot_f16_scalar(int64_t n, float *s, const void *w, const void *a)
 void pyphi_vec_dot_bf16_scalar(int64_t n, float *s, const void *w, const void *a);
 void pyphi_vec_dot_q8_0_q8_0_scalar(int64_t n, float *s, const void *w, const void *a);
 void pyphi_vec_dot_q4_0_q8_0_scalar(int64_t n, float *s, const void *w, const void *a);
+void pyphi_gemm_packed_q8_0_scalar(int64_t n, int64_t n_groups, int64_t n_tok, const void *w,
+                                   const void *a, size_t a_stride, const int32_t *a_sums,
+                                   float *y, int64_t y_stride);
+void pyphi_gemm_packed_q4_0_scalar(int64_t n, int64_t n_groups, int64_t n_tok, const void *w,
+                                   const void *a, size_t a_stride, const int32_t *a_sums,
+                                   float *y, int64_t y_stride);
 
 /* ---- Selection --------------------------------------------------------------------------- */
 

@@ -184,6 +184,14 @@ static void quantize_row_q8_0_avx2(const float *x, void *vy, int64_t n) {
     }
 }
 
+/* ---- Matmul tiles: one dot per (row, token), no blocked kernels on this ISA yet ---------- */
+
+PYPHI_DEFINE_GEMM_BY_DOT(gemm_f32_avx2, vec_dot_f32_avx2)
+PYPHI_DEFINE_GEMM_BY_DOT(gemm_f16_avx2, vec_dot_f16_avx2)
+PYPHI_DEFINE_GEMM_BY_DOT(gemm_bf16_avx2, vec_dot_bf16_avx2)
+PYPHI_DEFINE_GEMM_BY_DOT(gemm_q8_0_q8_0_avx2, vec_dot_q8_0_q8_0_avx2)
+PYPHI_DEFINE_GEMM_BY_DOT(gemm_q4_0_q8_0_avx2, vec_dot_q4_0_q8_0_avx2)
+
 const pyphi_kernels pyphi_kernels_avx2 = {
     .isa = PYPHI_ISA_AVX2,
     .vec_dot = {
@@ -192,6 +200,18 @@ const pyphi_kernels pyphi_kernels_avx2 = {
         [PYPHI_TYPE_BF16] = vec_dot_bf16_avx2,
         [PYPHI_TYPE_Q8_0] = vec_dot_q8_0_q8_0_avx2,
         [PYPHI_TYPE_Q4_0] = vec_dot_q4_0_q8_0_avx2,
+    },
+    .gemm = {
+        [PYPHI_TYPE_F32] = gemm_f32_avx2,
+        [PYPHI_TYPE_F16] = gemm_f16_avx2,
+        [PYPHI_TYPE_BF16] = gemm_bf16_avx2,
+        [PYPHI_TYPE_Q8_0] = gemm_q8_0_q8_0_avx2,
+        [PYPHI_TYPE_Q4_0] = gemm_q4_0_q8_0_avx2,
+    },
+    /* no AVX2 packed kernel yet: the scalar twin, which defines the result anyway */
+    .gemm_packed = {
+        [PYPHI_TYPE_Q8_0] = pyphi_gemm_packed_q8_0_scalar,
+        [PYPHI_TYPE_Q4_0] = pyphi_gemm_packed_q4_0_scalar,
     },
     .quantize_row_q8_0 = quantize_row_q8_0_avx2,
 };

@@ -17,6 +17,7 @@
 #include "quants.h"
 
 #include <immintrin.h>
+#include <string.h>
 
 /* ---- Float weights x float32 activations ------------------------------------------------- */
 
@@ -173,6 +174,247 @@ static void vec_dot_q8_0_q8_0_avx512(int64_t n, float *s, const void *vw, const 
     *s = _mm512_reduce_add_ps(acc);
 }
 
+/* ---- Matmul tiles: blocked, bit for bit the vec_dot above per (row, token) -------------- */
+
+/* Each (row, token) accumulator performs exactly the dot's operations in the dot's order; the
+ * tile only shares work that is the same for all of them:
+ * - a weight block pair is unpacked (Q4_0) or biased (Q8_0) once for every token of the tile;
+ * - an activation block pair is loaded once for every row, with its bias term
+ *   dpbusd(bias, a) computed once and used as the starting value of the row's dpbusd, so
+ *   dpbusd(-dpbusd(bias, a), q, a) is the dot's dpbusd(q, a) - dpbusd(bias, a) (exact int32);
+ * - the scale d_w * d_a is formed as (d_w spread) * (d_a spread): the same exact product the
+ *   dot's pair_scale forms, lane for lane.
+ * Tiles are TILE_ROWS x TILE_TOKENS for a batch, and DECODE_ROWS x 1 for a single token, where
+ * more rows per activation load keep more weight streams in flight. */
+#define TILE_ROWS 4
+#define TILE_TOKENS 4
+#define DECODE_ROWS 8
+
+/* binary16 scales d0, d1 -> lanes 0-7 d0, lanes 8-15 d1, as binary32 (exact). */
+static inline __m512 spread_pair(uint16_t d0, uint16_t d1) {
+    const __m512i idx = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+    __m128 d = _mm_cvtph_ps(_mm_cvtsi32_si128((int)(d0 | ((uint32_t)d1 << 16))));
+    return _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(d));
+}
+
+/* The weight codes of blocks b, b + 1 as dpbusd's unsigned operand (see dot_q4_0 / dot_q8_0). */
+static inline __m512i weight_pair_q4_0(const void *row, int64_t b) {
+    return unpack_q4_0_pair((const block_q4_0 *)row + b);
+}
+static inline __m512i weight_one_q4_0(const void *row, int64_t b) {
+    return unpack_q4_0_one((const block_q4_0 *)row + b);
+}
+static inline __m512i weight_pair_q8_0(const void *row, int64_t b) {
+    return _mm512_xor_si512(load_q8_0_pair((const block_q8_0 *)row + b), _mm512_set1_epi8((char)0x80));
+}
+static inline __m512i weight_one_q8_0(const void *row, int64_t b) {
+    /* the upper half stays zero, as in the dot: it multiplies zero activations either way */
+    return _mm512_xor_si512(load_q8_0_one((const block_q8_0 *)row + b),
+                            _mm512_zextsi256_si512(_mm256_set1_epi8((char)0x80)));
+}
+
+/* One tile of nr rows x nt tokens (compile-time constants at every call, so the loops unroll
+ * and the accumulators live in registers). WB: weight block bytes; BIAS: the constant dpbusd
+ * subtracts (8 for Q4_0, 128 for Q8_0); PAIR / ONE: weight_pair_* / weight_one_*. */
+#define DEFINE_TILE(NAME, WBLOCK, BIAS, PAIR, ONE)                                                 \
+    static inline __attribute__((always_inline)) void NAME(                                       \
+        int nr, int nt, int64_t nb, const uint8_t *w, size_t w_stride, const uint8_t *a,          \
+        size_t a_stride, float *y, int64_t y_stride) {                                            \
+        const __m512i bias = _mm512_set1_epi8((char)(BIAS));                                      \
+        __m512 acc[DECODE_ROWS][TILE_TOKENS];                                                     \
+        _Pragma("GCC unroll 8") for (int r = 0; r < nr; r++) {                                    \
+            _Pragma("GCC unroll 4") for (int t = 0; t < nt; t++) acc[r][t] = _mm512_setzero_ps();  \
+        }                                                                                         \
+        int64_t b = 0;                                                                            \
+        for (; b + 2 <= nb; b += 2) {                                                             \
+            __m512i q[DECODE_ROWS];                                                               \
+            __m512 dw[DECODE_ROWS];                                                               \
+            _Pragma("GCC unroll 8") for (int r = 0; r < nr; r++) {                                \
+                const WBLOCK *wr = (const WBLOCK *)(w + (size_t)r * w_stride) + b;                \
+                q[r] = PAIR(wr, 0);                                                               \
+                dw[r] = spread_pair(wr[0].d, wr[1].d);                                            \
+            }                                                                                     \
+            _Pragma("GCC unroll 4") for (int t = 0; t < nt; t++) {                                \
+                const block_q8_0 *at = (const block_q8_0 *)(a + (size_t)t * a_stride) + b;        \
+                __m512i av = load_q8_0_pair(at);                                                  \
+                __m512i start = _mm512_sub_epi32(                                                 \
+                    _mm512_setzero_si512(), _mm512_dpbusd_epi32(_mm512_setzero_si512(), bias, av)); \
+                __m512 da = spread_pair(at[0].d, at[1].d);                                        \
+                _Pragma("GCC unroll 8") for (int r = 0; r < nr; r++) {                            \
+                    __m512i sum32 = _mm512_dpbusd_epi32(start, q[r], av);                         \
+                    acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum32),                        \
+                                                _mm512_mul_ps(dw[r], da), acc[r][t]);             \
+                }                                                                                 \
+            }                                                                                     \
+        }                                                                                         \
+        if (b < nb) { /* odd block count: upper halves and their scales are zero, as in the dot */ \
+            _Pragma("GCC unroll 4") for (int t = 0; t < nt; t++) {                                \
+                const block_q8_0 *at = (const block_q8_0 *)(a + (size_t)t * a_stride) + b;        \
+                __m512i av = load_q8_0_one(at);                                                   \
+                __m512i start = _mm512_sub_epi32(                                                 \
+                    _mm512_setzero_si512(), _mm512_dpbusd_epi32(_mm512_setzero_si512(), bias, av)); \
+                __m512 da = spread_pair(at[0].d, 0);                                              \
+                _Pragma("GCC unroll 8") for (int r = 0; r < nr; r++) {                            \
+                    const WBLOCK *wr = (const WBLOCK *)(w + (size_t)r * w_stride) + b;            \
+                    __m512i sum32 = _mm512_dpbusd_epi32(start, ONE(wr, 0), av);                   \
+                    acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum32),                        \
+                                                _mm512_mul_ps(spread_pair(wr[0].d, 0), da),       \
+                                                acc[r][t]);                                       \
+                }                                                                                 \
+            }                                                                                     \
+        }                                                                                         \
+        _Pragma("GCC unroll 8") for (int r = 0; r < nr; r++) {                                    \
+            _Pragma("GCC unroll 4") for (int t = 0; t < nt; t++) {                                \
+                y[t * y_stride + r] = _mm512_reduce_add_ps(acc[r][t]);                            \
+            }                                                                                     \
+        }                                                                                         \
+    }
+
+DEFINE_TILE(tile_q4_0, block_q4_0, 8, weight_pair_q4_0, weight_one_q4_0)
+DEFINE_TILE(tile_q8_0, block_q8_0, 0x80, weight_pair_q8_0, weight_one_q8_0)
+
+/* The gemm entry: tokens in groups of TILE_TOKENS (outer, so a group's activations stay in L1
+ * while the rows stream past), rows in groups of TILE_ROWS; a single token uses DECODE_ROWS.
+ * Every edge size gets its own unrolled instance of the tile. */
+#define DEFINE_GEMM(NAME, TILE)                                                                    \
+    static void NAME(int64_t n, int64_t n_rows, int64_t n_tok, const void *vw, size_t w_stride,  \
+                     const void *va, size_t a_stride, float *y, int64_t y_stride) {              \
+        const uint8_t *w = vw, *a = va;                                                           \
+        int64_t nb = n / PYPHI_QK8_0;                                                             \
+        for (int64_t t0 = 0; t0 < n_tok; t0 += TILE_TOKENS) {                                     \
+            int64_t nt = n_tok - t0 < TILE_TOKENS ? n_tok - t0 : TILE_TOKENS;                     \
+            const uint8_t *at = a + (size_t)t0 * a_stride;                                        \
+            float *yt = y + t0 * y_stride;                                                        \
+            int64_t r0 = 0;                                                                       \
+            if (nt == 1) {                                                                        \
+                for (; r0 + DECODE_ROWS <= n_rows; r0 += DECODE_ROWS) {                           \
+                    TILE(DECODE_ROWS, 1, nb, w + (size_t)r0 * w_stride, w_stride, at, a_stride,   \
+                         yt + r0, y_stride);                                                      \
+                }                                                                                 \
+            }                                                                                     \
+            for (; r0 < n_rows; r0 += TILE_ROWS) {                                                \
+                int64_t nr = n_rows - r0 < TILE_ROWS ? n_rows - r0 : TILE_ROWS;                   \
+                const uint8_t *wr = w + (size_t)r0 * w_stride;                                    \
+                float *yr = yt + r0;                                                              \
+                switch (nr * 8 + nt) {                                                            \
+                case 1 * 8 + 1: TILE(1, 1, nb, wr, w_stride, at, a_stride, yr, y_stride); break;  \
+                case 1 * 8 + 2: TILE(1, 2, nb, wr, w_stride, at, a_stride, yr, y_stride); break;  \
+                case 1 * 8 + 3: TILE(1, 3, nb, wr, w_stride, at, a_stride, yr, y_stride); break;  \
+                case 1 * 8 + 4: TILE(1, 4, nb, wr, w_stride, at, a_stride, yr, y_stride); break;  \
+                case 2 * 8 + 1: TILE(2, 1, nb, wr, w_stride, at, a_stride, yr, y_stride); break;  \
+                case 2 * 8 + 2: TILE(2, 2, nb, wr, w_stride, at, a_stride, yr, y_stride); break;  \
+                case 2 * 8 + 3: TILE(2, 3, nb, wr, w_stride, at, a_stride, yr, y_stride); break;  \
+                case 2 * 8 + 4: TILE(2, 4, nb, wr, w_stride, at, a_stride, yr, y_stride); break;  \
+                case 3 * 8 + 1: TILE(3, 1, nb, wr, w_stride, at, a_stride, yr, y_stride); break;  \
+                case 3 * 8 + 2: TILE(3, 2, nb, wr, w_stride, at, a_stride, yr, y_stride); break;  \
+                case 3 * 8 + 3: TILE(3, 3, nb, wr, w_stride, at, a_stride, yr, y_stride); break;  \
+                case 3 * 8 + 4: TILE(3, 4, nb, wr, w_stride, at, a_stride, yr, y_stride); break;  \
+                case 4 * 8 + 1: TILE(4, 1, nb, wr, w_stride, at, a_stride, yr, y_stride); break;  \
+                case 4 * 8 + 2: TILE(4, 2, nb, wr, w_stride, at, a_stride, yr, y_stride); break;  \
+                case 4 * 8 + 3: TILE(4, 3, nb, wr, w_stride, at, a_stride, yr, y_stride); break;  \
+                default: TILE(4, 4, nb, wr, w_stride, at, a_stride, yr, y_stride); break;         \
+                }                                                                                 \
+            }                                                                                     \
+        }                                                                                         \
+    }
+
+DEFINE_GEMM(gemm_q4_0_q8_0_avx512, tile_q4_0)
+DEFINE_GEMM(gemm_q8_0_q8_0_avx512, tile_q8_0)
+
+/* Float weights: one dot per (row, token) for now. */
+PYPHI_DEFINE_GEMM_BY_DOT(gemm_f32_avx512, vec_dot_f32_avx512)
+PYPHI_DEFINE_GEMM_BY_DOT(gemm_f16_avx512, vec_dot_f16_avx512)
+PYPHI_DEFINE_GEMM_BY_DOT(gemm_bf16_avx512, vec_dot_bf16_avx512)
+
+/* ---- Packed weights: 16 rows per register lane set, the scalar dot's arithmetic ---------- */
+
+/* One lane per output row (quants.h, packed layout): for a block, dpbusd of a register of 16
+ * rows x 4 codes with 4 activation codes broadcast advances all 16 rows' exact int32 block sums;
+ * 8 of them cover the block (two chains of 4, added: integer, so exact). Then per token, like the
+ * scalar twin, the block's term is (float)isum * (d_w * d_a), rounded, added to the row's sum,
+ * rounded: mul and add, deliberately no FMA. Tiles: one group x up to PACKED_TOKENS tokens, with
+ * the group's weights unpacked once per block for all of them. */
+#define PACKED_TOKENS 8
+
+static inline __m512i broadcast_codes(const int8_t *p) {
+    int32_t v;
+    memcpy(&v, p, sizeof v);
+    return _mm512_set1_epi32(v);
+}
+
+/* Q: 1 for Q4_0 (4 registers of nibble pairs, bias 8), 0 for Q8_0 (8 registers, bias 128). */
+static inline __attribute__((always_inline)) void packed_tile(
+    int q4, int nt, int64_t nb, const uint8_t *group, const uint8_t *a, size_t a_stride,
+    const int32_t *a_sums, float *y, int64_t y_stride) {
+    const size_t packed_block = PYPHI_PACK_ROWS * (q4 ? sizeof(block_q4_0) : sizeof(block_q8_0));
+    const int32_t bias = q4 ? 8 : 128;
+    const __m512i nibble = _mm512_set1_epi8(0x0f);
+    __m512 acc[PACKED_TOKENS];
+    _Pragma("GCC unroll 8") for (int t = 0; t < nt; t++) acc[t] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *blk = group + (size_t)b * packed_block;
+        const uint8_t *qs = blk + PYPHI_PACK_ROWS * sizeof(uint16_t);
+        __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)blk)); /* 16 rows */
+        __m512i c[8]; /* (16 rows x 4 codes) each, unsigned */
+        int off[8];   /* the activation codes each one multiplies */
+        _Pragma("GCC unroll 8") for (int k = 0; k < 8; k++) {
+            if (q4 && k < 4) {
+                __m512i raw = _mm512_loadu_si512(qs + 64 * k);
+                c[k] = _mm512_and_si512(raw, nibble);
+                c[k + 4] = _mm512_and_si512(_mm512_srli_epi16(raw, 4), nibble);
+                off[k] = 4 * k;
+                off[k + 4] = 16 + 4 * k;
+            } else if (!q4) {
+                c[k] = _mm512_loadu_si512(qs + 64 * k);
+                off[k] = 4 * k;
+            }
+        }
+        _Pragma("GCC unroll 8") for (int t = 0; t < nt; t++) {
+            const block_q8_0 *at = (const block_q8_0 *)(a + (size_t)t * a_stride) + b;
+            __m512i s0 = _mm512_set1_epi32(-bias * a_sums[t * nb + b]);
+            __m512i s1 = _mm512_setzero_si512();
+            _Pragma("GCC unroll 4") for (int k = 0; k < 8; k += 2) {
+                s0 = _mm512_dpbusd_epi32(s0, c[k], broadcast_codes(at->qs + off[k]));
+                s1 = _mm512_dpbusd_epi32(s1, c[k + 1], broadcast_codes(at->qs + off[k + 1]));
+            }
+            __m512 dd = _mm512_mul_ps(dw, _mm512_set1_ps(_cvtsh_ss(at->d))); /* exact */
+            __m512 term = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)), dd);
+            acc[t] = _mm512_add_ps(acc[t], term);
+        }
+    }
+    _Pragma("GCC unroll 8") for (int t = 0; t < nt; t++) _mm512_storeu_ps(y + t * y_stride, acc[t]);
+}
+
+#define DEFINE_GEMM_PACKED(NAME, Q4, BLOCK)                                                        \
+    static void NAME(int64_t n, int64_t n_groups, int64_t n_tok, const void *vw, const void *va,  \
+                     size_t a_stride, const int32_t *a_sums, float *y, int64_t y_stride) {       \
+        const uint8_t *a = va;                                                                    \
+        int64_t nb = n / PYPHI_QK8_0;                                                             \
+        size_t group_bytes = (size_t)nb * PYPHI_PACK_ROWS * sizeof(BLOCK);                        \
+        for (int64_t g = 0; g < n_groups; g++) {                                                  \
+            const uint8_t *group = (const uint8_t *)vw + (size_t)g * group_bytes;                 \
+            for (int64_t t0 = 0; t0 < n_tok; t0 += PACKED_TOKENS) {                               \
+                int64_t nt = n_tok - t0 < PACKED_TOKENS ? n_tok - t0 : PACKED_TOKENS;             \
+                const uint8_t *at = a + (size_t)t0 * a_stride;                                    \
+                const int32_t *st = a_sums + t0 * nb;                                             \
+                float *yt = y + t0 * y_stride + g * PYPHI_PACK_ROWS;                              \
+                switch (nt) {                                                                     \
+                case 1: packed_tile(Q4, 1, nb, group, at, a_stride, st, yt, y_stride); break;     \
+                case 2: packed_tile(Q4, 2, nb, group, at, a_stride, st, yt, y_stride); break;     \
+                case 3: packed_tile(Q4, 3, nb, group, at, a_stride, st, yt, y_stride); break;     \
+                case 4: packed_tile(Q4, 4, nb, group, at, a_stride, st, yt, y_stride); break;     \
+                case 5: packed_tile(Q4, 5, nb, group, at, a_stride, st, yt, y_stride); break;     \
+                case 6: packed_tile(Q4, 6, nb, group, at, a_stride, st, yt, y_stride); break;     \
+                case 7: packed_tile(Q4, 7, nb, group, at, a_stride, st, yt, y_stride); break;     \
+                default: packed_tile(Q4, 8, nb, group, at, a_stride, st, yt, y_stride); break;    \
+                }                                                                                 \
+            }                                                                                     \
+        }                                                                                         \
+    }
+
+DEFINE_GEMM_PACKED(gemm_packed_q4_0_avx512, 1, block_q4_0)
+DEFINE_GEMM_PACKED(gemm_packed_q8_0_avx512, 0, block_q8_0)
+
 /* ---- Activation quantizer: float32 -> Q8_0, bit-identical to pyphi_quantize_row_q8_0 ------ */
 
 /* round-half-away-from-zero(v * id) as 16 bytes, 0 where the product is not finite (numpy's cast
@@ -219,6 +461,17 @@ const pyphi_kernels pyphi_kernels_avx512 = {
         [PYPHI_TYPE_BF16] = vec_dot_bf16_avx512,
         [PYPHI_TYPE_Q8_0] = vec_dot_q8_0_q8_0_avx512,
         [PYPHI_TYPE_Q4_0] = vec_dot_q4_0_q8_0_avx512,
+    },
+    .gemm = {
+        [PYPHI_TYPE_F32] = gemm_f32_avx512,
+        [PYPHI_TYPE_F16] = gemm_f16_avx512,
+        [PYPHI_TYPE_BF16] = gemm_bf16_avx512,
+        [PYPHI_TYPE_Q8_0] = gemm_q8_0_q8_0_avx512,
+        [PYPHI_TYPE_Q4_0] = gemm_q4_0_q8_0_avx512,
+    },
+    .gemm_packed = {
+        [PYPHI_TYPE_Q8_0] = gemm_packed_q8_0_avx512,
+        [PYPHI_TYPE_Q4_0] = gemm_packed_q4_0_avx512,
     },
     .quantize_row_q8_0 = quantize_row_q8_0_avx512,
 };

@@ -8,6 +8,8 @@
 #include "pyphi.h"
 #include "quants.h"
 
+#include <string.h>
+
 void pyphi_vec_dot_f32_scalar(int64_t n, float *s, const void *vw, const void *va) {
     const float *w = vw; /* (n,) */
     const float *a = va; /* (n,) */
@@ -69,6 +71,68 @@ void pyphi_vec_dot_q4_0_q8_0_scalar(int64_t n, float *s, const void *vw, const v
     *s = sum;
 }
 
+/* Packed weights (quants.h): per (row, token) the scalar dot's arithmetic above, block by block:
+ * the exact block sum, times the exact d_w * d_a, added in block order. The biased codes give
+ * sum (code - bias) a = sum code a - bias * sum a, exact in int32. */
+static void gemm_packed_scalar(int type, int64_t n, int64_t n_groups, int64_t n_tok,
+                               const void *vw, const void *va, size_t a_stride,
+                               const int32_t *a_sums, float *y, int64_t y_stride) {
+    const int q4 = type == PYPHI_TYPE_Q4_0;
+    const int32_t bias = q4 ? 8 : 128;
+    const size_t qs_bytes = q4 ? 16 : 32;
+    const size_t packed_block = PYPHI_PACK_ROWS * (sizeof(uint16_t) + qs_bytes);
+    const int64_t nb = n / 32;
+    for (int64_t g = 0; g < n_groups; g++) {
+        const uint8_t *group = (const uint8_t *)vw + (size_t)g * (size_t)nb * packed_block;
+        for (int64_t t = 0; t < n_tok; t++) {
+            const block_q8_0 *a = (const block_q8_0 *)((const uint8_t *)va + (size_t)t * a_stride);
+            for (int i = 0; i < PYPHI_PACK_ROWS; i++) {
+                float sum = 0.0f;
+                for (int64_t b = 0; b < nb; b++) {
+                    const uint8_t *blk = group + (size_t)b * packed_block;
+                    const uint8_t *qs = blk + PYPHI_PACK_ROWS * sizeof(uint16_t);
+                    uint16_t dw;
+                    memcpy(&dw, blk + i * sizeof(uint16_t), sizeof dw);
+                    int32_t isum = -bias * a_sums[t * nb + b];
+                    for (size_t k = 0; k < qs_bytes / 4; k++) {
+                        for (int j = 0; j < 4; j++) {
+                            uint8_t c = qs[(k * PYPHI_PACK_ROWS + (size_t)i) * 4 + (size_t)j];
+                            if (q4) {
+                                isum += (c & 0x0f) * (int32_t)a[b].qs[4 * k + (size_t)j];
+                                isum += (c >> 4) * (int32_t)a[b].qs[16 + 4 * k + (size_t)j];
+                            } else {
+                                isum += c * (int32_t)a[b].qs[4 * k + (size_t)j];
+                            }
+                        }
+                    }
+                    float dd = pyphi_fp16_to_fp32(dw) * pyphi_fp16_to_fp32(a[b].d); /* exact */
+                    sum += (float)isum * dd;
+                }
+                y[t * y_stride + g * PYPHI_PACK_ROWS + i] = sum;
+            }
+        }
+    }
+}
+
+void pyphi_gemm_packed_q8_0_scalar(int64_t n, int64_t n_groups, int64_t n_tok, const void *w,
+                                   const void *a, size_t a_stride, const int32_t *a_sums,
+                                   float *y, int64_t y_stride) {
+    gemm_packed_scalar(PYPHI_TYPE_Q8_0, n, n_groups, n_tok, w, a, a_stride, a_sums, y, y_stride);
+}
+
+void pyphi_gemm_packed_q4_0_scalar(int64_t n, int64_t n_groups, int64_t n_tok, const void *w,
+                                   const void *a, size_t a_stride, const int32_t *a_sums,
+                                   float *y, int64_t y_stride) {
+    gemm_packed_scalar(PYPHI_TYPE_Q4_0, n, n_groups, n_tok, w, a, a_stride, a_sums, y, y_stride);
+}
+
+/* The reference tiles: by definition, one dot per (row, token). */
+PYPHI_DEFINE_GEMM_BY_DOT(gemm_f32_scalar, pyphi_vec_dot_f32_scalar)
+PYPHI_DEFINE_GEMM_BY_DOT(gemm_f16_scalar, pyphi_vec_dot_f16_scalar)
+PYPHI_DEFINE_GEMM_BY_DOT(gemm_bf16_scalar, pyphi_vec_dot_bf16_scalar)
+PYPHI_DEFINE_GEMM_BY_DOT(gemm_q8_0_q8_0_scalar, pyphi_vec_dot_q8_0_q8_0_scalar)
+PYPHI_DEFINE_GEMM_BY_DOT(gemm_q4_0_q8_0_scalar, pyphi_vec_dot_q4_0_q8_0_scalar)
+
 const pyphi_kernels pyphi_kernels_scalar = {
     .isa = PYPHI_ISA_SCALAR,
     .vec_dot = {
@@ -77,6 +141,17 @@ const pyphi_kernels pyphi_kernels_scalar = {
         [PYPHI_TYPE_BF16] = pyphi_vec_dot_bf16_scalar,
         [PYPHI_TYPE_Q8_0] = pyphi_vec_dot_q8_0_q8_0_scalar,
         [PYPHI_TYPE_Q4_0] = pyphi_vec_dot_q4_0_q8_0_scalar,
+    },
+    .gemm = {
+        [PYPHI_TYPE_F32] = gemm_f32_scalar,
+        [PYPHI_TYPE_F16] = gemm_f16_scalar,
+        [PYPHI_TYPE_BF16] = gemm_bf16_scalar,
+        [PYPHI_TYPE_Q8_0] = gemm_q8_0_q8_0_scalar,
+        [PYPHI_TYPE_Q4_0] = gemm_q4_0_q8_0_scalar,
+    },
+    .gemm_packed = {
+        [PYPHI_TYPE_Q8_0] = pyphi_gemm_packed_q8_0_scalar,
+        [PYPHI_TYPE_Q4_0] = pyphi_gemm_packed_q4_0_scalar,
     },
     .quantize_row_q8_0 = pyphi_quantize_row_q8_0,
 };

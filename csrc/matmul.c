@@ -1,10 +1,9 @@
 /* matmul.c: the public compute entry points that take whole rows or matrices: argument checks,
  * activation quantization, and splitting the work over the thread pool.
  *
- * Determinism: every output element is one call of one kernel on one thread, with the same
- * inputs whatever the pool size, so results are bit-identical for any number of threads. How the
- * work is chunked must never change what a kernel computes for an element; a future
- * register-blocked GEMM kernel (several rows x several tokens per call) has to keep that property.
+ * Determinism: every output element is the current ISA's vec_dot of its row and token, bit for
+ * bit, whichever tile (kernels.h, pyphi_gemm_fn) and thread computes it, so results are
+ * bit-identical for any number of threads and any batch split.
  * Not here: the kernels themselves (kernels_*.c) or the pool mechanics (threadpool.c).
  */
 #include "kernels.h"
@@ -18,6 +17,8 @@
  * so a chunk's rows stay in L1 while every token of the batch is dotted with them. */
 #define CHUNK_WEIGHT_BYTES (12 * 1024)
 #define MAX_ROWS_PER_CHUNK 64
+/* Chunks hold whole tiles of the blocked kernels (8 rows for one token, 4 for a batch). */
+#define ROWS_MULTIPLE 8
 /* Values per chunk of pyphi_convert_rows: big enough to amortise the chunk fetch. */
 #define CONVERT_CHUNK_VALUES (64 * 1024)
 
@@ -93,7 +94,7 @@ int pyphi_vec_dot(int wtype, const void *w, const void *a, int64_t n, float *out
 
 struct matmul_job {
     const pyphi_kernels *k;
-    pyphi_vec_dot_fn dot;
+    pyphi_gemm_fn gemm;
     const float *x;      /* (n_tokens, n_in) float32 */
     const uint8_t *w;    /* (n_out, w_row_bytes) in the weight type */
     const uint8_t *act;  /* (n_tokens, act_row_bytes) in the activation type: x or scratch */
@@ -112,26 +113,21 @@ static void quantize_activations(void *ctx, int64_t token, int thread) {
                               job->act_quant + (size_t)token * job->act_row_bytes, job->n_in);
 }
 
-/* Chunk = a run of output rows, for every token. */
+/* Chunk = a run of output rows, for every token: one tile call (kernels.h), which blocks the
+ * rows and tokens for the ISA. */
 static void matmul_rows(void *ctx, int64_t chunk, int thread) {
     (void)thread;
     struct matmul_job *job = ctx;
     int64_t r0 = chunk * job->rows_per_chunk;
     int64_t r1 = r0 + job->rows_per_chunk < job->n_out ? r0 + job->rows_per_chunk : job->n_out;
-    for (int64_t t = 0; t < job->n_tokens; t++) {
-        const uint8_t *a = job->act + (size_t)t * job->act_row_bytes; /* (act_row_bytes,) */
-        float *y = job->y + t * job->n_out;                            /* (n_out,) */
-        for (int64_t r = r0; r < r1; r++) {
-            job->dot(job->n_in, &y[r], job->w + (size_t)r * job->w_row_bytes, a);
-        }
-    }
+    job->gemm(job->n_in, r1 - r0, job->n_tokens, job->w + (size_t)r0 * job->w_row_bytes,
+              job->w_row_bytes, job->act, job->act_row_bytes, job->y + r0, job->n_out);
 }
 
 int pyphi_matmul(pyphi_pool *pool, int wtype, const void *w, int64_t n_out, int64_t n_in,
                  const float *x, int64_t n_tokens, float *y) {
     const pyphi_kernels *k = pyphi_kernels_current();
-    pyphi_vec_dot_fn dot = dot_for(k, wtype);
-    if (dot == NULL) {
+    if (dot_for(k, wtype) == NULL) {
         return PYPHI_E_TYPE;
     }
     int atype = pyphi_vec_dot_type(wtype);
@@ -160,7 +156,7 @@ int pyphi_matmul(pyphi_pool *pool, int wtype, const void *w, int64_t n_out, int6
 
     struct matmul_job job = {
         .k = k,
-        .dot = dot,
+        .gemm = k->gemm[wtype],
         .x = x,
         .w = w,
         .act = (const uint8_t *)x,
@@ -172,8 +168,8 @@ int pyphi_matmul(pyphi_pool *pool, int wtype, const void *w, int64_t n_out, int6
         .w_row_bytes = (size_t)w_row_bytes,
         .act_row_bytes = (size_t)act_row_bytes,
     };
-    int64_t rows = CHUNK_WEIGHT_BYTES / (w_row_bytes > 0 ? w_row_bytes : 1);
-    job.rows_per_chunk = rows < 1 ? 1 : rows > MAX_ROWS_PER_CHUNK ? MAX_ROWS_PER_CHUNK : rows;
+    int64_t rows = CHUNK_WEIGHT_BYTES / (w_row_bytes > 0 ? w_row_bytes : 1) / ROWS_MULTIPLE * ROWS_MULTIPLE;
+    job.rows_per_chunk = rows < ROWS_MULTIPLE ? ROWS_MULTIPLE : rows > MAX_ROWS_PER_CHUNK ? MAX_ROWS_PER_CHUNK : rows;
 
     if (atype == PYPHI_TYPE_Q8_0) {
         /* quantize each row of x once; every output row of the batch then reuses it */
@@ -187,6 +183,125 @@ int pyphi_matmul(pyphi_pool *pool, int wtype, const void *w, int64_t n_out, int6
     int64_t n_chunks = (n_out + job.rows_per_chunk - 1) / job.rows_per_chunk;
     pyphi_pool_run(pool, matmul_rows, &job, n_chunks);
     free(job.act_quant);
+    return PYPHI_OK;
+}
+
+/* ---- Matmul over packed weights --------------------------------------------------------------- */
+
+/* A chunk is PACKED_CHUNK_GROUPS groups of 16 rows x PACKED_CHUNK_TOKENS tokens: about 110 KB of
+ * Q4_0 weights (n_in 3072) and 200 KB of activations, both L2-resident while the chunk runs. */
+#define PACKED_CHUNK_GROUPS 4
+#define PACKED_CHUNK_TOKENS 64
+
+struct packed_job {
+    const pyphi_kernels *k;
+    pyphi_gemm_packed_fn gemm;
+    const float *x;      /* (n_tokens, n_in) float32 */
+    const uint8_t *w;    /* (n_groups, group_bytes) packed */
+    uint8_t *act;        /* (n_tokens, act_row_bytes) block_q8_0 */
+    int32_t *sums;       /* (n_tokens, n_in / 32): code sums of act's blocks */
+    float *y;            /* (n_tokens, n_out) */
+    int64_t n_out, n_in, n_tokens, n_groups, group_chunks;
+    size_t group_bytes, act_row_bytes;
+};
+
+int64_t pyphi_packed_bytes(int wtype, int64_t n_out, int64_t n_in) {
+    if (wtype != PYPHI_TYPE_Q4_0 && wtype != PYPHI_TYPE_Q8_0) {
+        return PYPHI_E_TYPE;
+    }
+    int64_t row_bytes = pyphi_row_bytes(wtype, n_in);
+    if (row_bytes < 0 || n_out % PYPHI_PACK_ROWS != 0) {
+        return PYPHI_E_SHAPE;
+    }
+    return matrix_bytes(n_out, row_bytes);
+}
+
+int pyphi_pack_matrix(int wtype, const void *w, int64_t n_out, int64_t n_in, void *dst) {
+    int64_t bytes = pyphi_packed_bytes(wtype, n_out, n_in);
+    if (bytes < 0) {
+        return (int)bytes;
+    }
+    if (w == NULL || dst == NULL || overlap(w, (size_t)bytes, dst, (size_t)bytes)) {
+        return PYPHI_E_ARG;
+    }
+    pyphi_pack_rows(wtype, w, n_out, n_in, dst);
+    return PYPHI_OK;
+}
+
+/* Chunk = one token: its row of x to Q8_0, and each block's code sum. */
+static void quantize_packed_activations(void *ctx, int64_t token, int thread) {
+    (void)thread;
+    struct packed_job *job = ctx;
+    const block_q8_0 *a = (const block_q8_0 *)(job->act + (size_t)token * job->act_row_bytes);
+    job->k->quantize_row_q8_0(job->x + token * job->n_in, (void *)a, job->n_in);
+    int64_t nb = job->n_in / PYPHI_QK8_0;
+    for (int64_t b = 0; b < nb; b++) {
+        int32_t s = 0;
+        for (int j = 0; j < PYPHI_QK8_0; j++) {
+            s += a[b].qs[j];
+        }
+        job->sums[token * nb + b] = s;
+    }
+}
+
+static void matmul_packed_chunk(void *ctx, int64_t chunk, int thread) {
+    (void)thread;
+    struct packed_job *job = ctx;
+    int64_t g0 = chunk % job->group_chunks * PACKED_CHUNK_GROUPS;
+    int64_t t0 = chunk / job->group_chunks * PACKED_CHUNK_TOKENS;
+    int64_t ng = job->n_groups - g0 < PACKED_CHUNK_GROUPS ? job->n_groups - g0 : PACKED_CHUNK_GROUPS;
+    int64_t nt = job->n_tokens - t0 < PACKED_CHUNK_TOKENS ? job->n_tokens - t0 : PACKED_CHUNK_TOKENS;
+    job->gemm(job->n_in, ng, nt, job->w + (size_t)g0 * job->group_bytes,
+              job->act + (size_t)t0 * job->act_row_bytes, job->act_row_bytes,
+              job->sums + t0 * (job->n_in / PYPHI_QK8_0), job->y + t0 * job->n_out + g0 * PYPHI_PACK_ROWS,
+              job->n_out);
+}
+
+int pyphi_matmul_packed(pyphi_pool *pool, int wtype, const void *w, int64_t n_out, int64_t n_in,
+                        const float *x, int64_t n_tokens, float *y) {
+    int64_t w_bytes = pyphi_packed_bytes(wtype, n_out, n_in);
+    if (w_bytes < 0) {
+        return (int)w_bytes;
+    }
+    int64_t x_bytes = matrix_bytes(n_tokens, pyphi_row_bytes(PYPHI_TYPE_F32, n_in));
+    int64_t y_bytes = matrix_bytes(n_tokens, n_out);
+    if (x_bytes < 0 || y_bytes < 0 || __builtin_mul_overflow(y_bytes, (int64_t)sizeof(float), &y_bytes)) {
+        return PYPHI_E_SHAPE;
+    }
+    if (w == NULL || x == NULL || y == NULL || !aligned(x, sizeof(float)) ||
+        !aligned(y, sizeof(float)) || overlap(y, (size_t)y_bytes, x, (size_t)x_bytes) ||
+        overlap(y, (size_t)y_bytes, w, (size_t)w_bytes)) {
+        return PYPHI_E_ARG;
+    }
+    if (n_tokens == 0) {
+        return PYPHI_OK;
+    }
+    const pyphi_kernels *k = pyphi_kernels_current();
+    int64_t nb = n_in / PYPHI_QK8_0;
+    struct packed_job job = {
+        .k = k,
+        .gemm = k->gemm_packed[wtype],
+        .x = x,
+        .w = w,
+        .y = y,
+        .n_out = n_out,
+        .n_in = n_in,
+        .n_tokens = n_tokens,
+        .n_groups = n_out / PYPHI_PACK_ROWS,
+        .group_bytes = (size_t)pyphi_row_bytes(wtype, n_in) * PYPHI_PACK_ROWS,
+        .act_row_bytes = (size_t)nb * sizeof(block_q8_0),
+    };
+    job.group_chunks = (job.n_groups + PACKED_CHUNK_GROUPS - 1) / PACKED_CHUNK_GROUPS;
+    size_t sums_bytes = (size_t)n_tokens * (size_t)nb * sizeof(int32_t);
+    job.sums = malloc(sums_bytes + (size_t)n_tokens * job.act_row_bytes); /* sums, then act */
+    if (job.sums == NULL) {
+        return PYPHI_E_NOMEM;
+    }
+    job.act = (uint8_t *)job.sums + sums_bytes;
+    pyphi_pool_run(pool, quantize_packed_activations, &job, n_tokens);
+    int64_t token_chunks = (n_tokens + PACKED_CHUNK_TOKENS - 1) / PACKED_CHUNK_TOKENS;
+    pyphi_pool_run(pool, matmul_packed_chunk, &job, job.group_chunks * token_chunks);
+    free(job.sums);
     return PYPHI_OK;
 }
 

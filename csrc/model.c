@@ -35,6 +35,8 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #define TRY(call)                                                                                  \
     do {                                                                                           \
@@ -54,6 +56,8 @@ struct pyphi_model {
     int rope_long;       /* factor set of the cached keys: 1 long, 0 short */
     int64_t rope_switches;
     float *inv_freq[2];  /* (n_rot / 2,) each: [0] short factors, [1] long factors */
+    uint8_t *packed;     /* (packed_bytes,): the packed matrices; layers[].x.data point here */
+    int64_t packed_bytes;
 
     /* Activations of one batch of up to n_batch tokens. */
     float *x;       /* (n_batch, n_embd): the residual stream */
@@ -192,6 +196,54 @@ static int check_params(const struct pyphi_model_desc *d, const struct pyphi_mod
     return PYPHI_OK;
 }
 
+/* ---- Packed weights -------------------------------------------------------------------------- */
+
+/* The matrices of a description that the model may pack, in a fixed order (NULL-data parts and
+ * unpackable types are skipped by the callers). The tied head (output == tok_embd) is packed as
+ * its own copy: the embedding keeps reading ggml's rows. */
+#define MATRICES_PER_LAYER 9
+#define HUGE_PAGE ((size_t)2 << 20)
+static void layer_matrices(const struct pyphi_layer_weights *L,
+                           const struct pyphi_tensor *out[MATRICES_PER_LAYER]) {
+    const struct pyphi_tensor *ts[MATRICES_PER_LAYER] = {
+        &L->wqkv, &L->wq, &L->wk, &L->wv, &L->wo, &L->ffn_gate_up, &L->ffn_gate, &L->ffn_up,
+        &L->ffn_down};
+    memcpy(out, ts, sizeof ts);
+}
+
+static int64_t packed_size(const struct pyphi_tensor *t) {
+    if (t->data == NULL) {
+        return 0;
+    }
+    int64_t bytes = pyphi_packed_bytes(t->type, t->ne1, t->ne0);
+    return bytes > 0 ? (bytes + 63) / 64 * 64 : 0; /* each matrix 64-byte aligned */
+}
+
+/* Packs t into *cursor (advancing it) and releases t's file pages: the model never reads them
+ * again. MADV_PAGEOUT is a hint that never changes the caller's data (unlike MADV_DONTNEED on
+ * anonymous memory), so this is safe whatever memory holds the weights. */
+static void pack_tensor(struct pyphi_tensor *t, uint8_t **cursor, int release) {
+    int64_t size = packed_size(t);
+    if (size == 0) {
+        return;
+    }
+    pyphi_pack_matrix(t->type, t->data, t->ne1, t->ne0, *cursor); /* checked by packed_size */
+#ifdef MADV_PAGEOUT
+    if (release) {
+        uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+        uintptr_t begin = ((uintptr_t)t->data + page - 1) / page * page;
+        uintptr_t end = ((uintptr_t)t->data + (uintptr_t)pyphi_packed_bytes(t->type, t->ne1, t->ne0)) / page * page;
+        if (end > begin) {
+            madvise((void *)begin, end - begin, MADV_PAGEOUT);
+        }
+    }
+#else
+    (void)release;
+#endif
+    t->data = *cursor;
+    *cursor += size;
+}
+
 /* Floats of the activation buffers for one batch of n_batch tokens. */
 static int64_t activation_floats(const struct pyphi_model_desc *d, int64_t n_batch) {
     int64_t per_token = 2 * d->n_embd + qkv_dim(d) + q_dim(d) + 3 * d->n_ff + proj_cols(d) + d->n_rot;
@@ -225,7 +277,19 @@ int pyphi_model_sizes(const struct pyphi_model_desc *d, const struct pyphi_model
     if (kv < 0) {
         return (int)kv;
     }
+    int64_t packed = 0;
+    if (p->pack_weights) {
+        packed += packed_size(&d->output);
+        for (int64_t l = 0; l < d->n_layer; l++) {
+            const struct pyphi_tensor *ms[MATRICES_PER_LAYER];
+            layer_matrices(&d->layers[l], ms);
+            for (int i = 0; i < MATRICES_PER_LAYER; i++) {
+                packed += packed_size(ms[i]);
+            }
+        }
+    }
     sizes->weights_bytes = weights;
+    sizes->packed_bytes = packed;
     sizes->kv_bytes = kv;
     sizes->scratch_bytes = (activation_floats(d, p->n_batch) + d->n_rot) * (int64_t)sizeof(float) +
                            p->n_ctx * (int64_t)sizeof(int32_t);
@@ -243,6 +307,7 @@ void pyphi_model_free(pyphi_model *m) {
     free(m->tokens);
     free(m->inv_freq[0]);
     free(m->x); /* one allocation holds every activation buffer */
+    free(m->packed);
     free(m);
 }
 
@@ -275,6 +340,30 @@ int pyphi_model_create(const struct pyphi_model_desc *desc, const struct pyphi_m
     }
     memcpy(m->layers, desc->layers, (size_t)desc->n_layer * sizeof *m->layers);
     m->d.layers = m->layers;
+    if (sizes.packed_bytes > 0) {
+        /* whole 2 MiB pages, backed by transparent huge pages where the kernel allows: a decode
+         * step streams all of it, and with 4 KiB pages TLB misses halve a core's read rate */
+        size_t bytes = ((size_t)sizes.packed_bytes + HUGE_PAGE - 1) / HUGE_PAGE * HUGE_PAGE;
+        m->packed = aligned_alloc(HUGE_PAGE, bytes);
+        if (m->packed == NULL) {
+            pyphi_model_free(m);
+            return PYPHI_E_NOMEM;
+        }
+#ifdef MADV_HUGEPAGE
+        madvise(m->packed, bytes, MADV_HUGEPAGE);
+#endif
+        m->packed_bytes = sizes.packed_bytes;
+        uint8_t *cursor = m->packed;
+        /* the tied head's pages stay: the embedding reads them */
+        pack_tensor(&m->d.output, &cursor, m->d.output.data != m->d.tok_embd.data);
+        for (int64_t l = 0; l < desc->n_layer; l++) {
+            const struct pyphi_tensor *ms[MATRICES_PER_LAYER];
+            layer_matrices(&m->layers[l], ms);
+            for (int i = 0; i < MATRICES_PER_LAYER; i++) {
+                pack_tensor((struct pyphi_tensor *)ms[i], &cursor, 1); /* our copy: writable */
+            }
+        }
+    }
     m->inv_freq[1] = m->inv_freq[0] + half;
     pyphi_rope_inv_freq(m->inv_freq[0], desc->n_rot, desc->rope_base, desc->rope_factors_short);
     pyphi_rope_inv_freq(m->inv_freq[1], desc->n_rot, desc->rope_base,
@@ -301,24 +390,29 @@ static void embed(const struct pyphi_tensor *tok_embd, const int32_t *tokens, in
     }
 }
 
-static int matmul(pyphi_pool *pool, const struct pyphi_tensor *w, const float *x, int64_t n,
-                  float *y) {
+/* Packed matrices (their data inside the model's packed buffer) go to the packed matmul. */
+static int matmul(const pyphi_model *m, pyphi_pool *pool, const struct pyphi_tensor *w,
+                  const float *x, int64_t n, float *y) {
+    uintptr_t data = (uintptr_t)w->data, packed = (uintptr_t)m->packed;
+    if (m->packed != NULL && data >= packed && data < packed + (uintptr_t)m->packed_bytes) {
+        return pyphi_matmul_packed(pool, w->type, w->data, w->ne1, w->ne0, x, n, y);
+    }
     return pyphi_matmul(pool, w->type, w->data, w->ne1, w->ne0, x, n, y);
 }
 
 /* y (n, sum of outputs) = x . [fused or parts]^T. Separate parts (Llama's q/k/v, gate/up) are
  * multiplied one at a time into tmp and copied into their columns, so what follows sees the
  * fused layout either way. */
-static int project(pyphi_pool *pool, const struct pyphi_tensor *fused,
+static int project(const pyphi_model *m, pyphi_pool *pool, const struct pyphi_tensor *fused,
                    const struct pyphi_tensor *parts, int n_parts, const float *x, int64_t n,
                    float *y, int64_t y_cols, float *tmp) {
     if (fused->data != NULL) {
-        return matmul(pool, fused, x, n, y);
+        return matmul(m, pool, fused, x, n, y);
     }
     int64_t col = 0;
     for (int i = 0; i < n_parts; i++) {
         int64_t cols = parts[i].ne1;
-        TRY(matmul(pool, &parts[i], x, n, tmp)); /* (n, cols) */
+        TRY(matmul(m, pool, &parts[i], x, n, tmp)); /* (n, cols) */
         for (int64_t t = 0; t < n; t++) {
             memcpy(y + t * y_cols + col, tmp + t * cols, (size_t)cols * sizeof(float));
         }
@@ -327,18 +421,18 @@ static int project(pyphi_pool *pool, const struct pyphi_tensor *fused,
     return PYPHI_OK;
 }
 
-static int project_qkv(pyphi_pool *pool, const struct pyphi_layer_weights *L,
+static int project_qkv(const pyphi_model *m, pyphi_pool *pool, const struct pyphi_layer_weights *L,
                        const struct pyphi_model_desc *d, const float *x, int64_t n, float *qkv,
                        float *tmp) {
     const struct pyphi_tensor parts[3] = {L->wq, L->wk, L->wv};
-    return project(pool, &L->wqkv, parts, 3, x, n, qkv, qkv_dim(d), tmp);
+    return project(m, pool, &L->wqkv, parts, 3, x, n, qkv, qkv_dim(d), tmp);
 }
 
-static int project_gate_up(pyphi_pool *pool, const struct pyphi_layer_weights *L,
+static int project_gate_up(const pyphi_model *m, pyphi_pool *pool, const struct pyphi_layer_weights *L,
                            const struct pyphi_model_desc *d, const float *x, int64_t n,
                            float *gate_up, float *tmp) {
     const struct pyphi_tensor parts[2] = {L->ffn_gate, L->ffn_up};
-    return project(pool, &L->ffn_gate_up, parts, 2, x, n, gate_up, 2 * d->n_ff, tmp);
+    return project(m, pool, &L->ffn_gate_up, parts, 2, x, n, gate_up, 2 * d->n_ff, tmp);
 }
 
 /* Rotates the q and k heads of every token of qkv (n, qkv_dim) in place, token t with row t of
@@ -373,23 +467,23 @@ static int forward(pyphi_model *m, pyphi_pool *pool, const int32_t *tokens, int6
         L = &d->layers[l];
         attn.layer = l;
         pyphi_rms_norm(m->xn, m->x, L->attn_norm.data, n, E, d->rms_eps);  /* (n, E) */
-        TRY(project_qkv(pool, L, d, m->xn, n, m->qkv, m->proj));          /* (n, QKV) */
+        TRY(project_qkv(m, pool, L, d, m->xn, n, m->qkv, m->proj));          /* (n, QKV) */
         rope_qk(d, m->qkv, m->rope_cs, n);                                 /* q, k rotated */
         pyphi_kv_store(&m->kv, l, pos, m->qkv + q_dim(d), m->qkv + q_dim(d) + kv_dim(d), n,
                        QKV);                                               /* cache pos..pos+n */
         TRY(pyphi_attention(pool, &attn));                                 /* attn (n, q_dim) */
-        TRY(matmul(pool, &L->wo, m->attn, n, m->proj));                    /* (n, E) */
+        TRY(matmul(m, pool, &L->wo, m->attn, n, m->proj));                    /* (n, E) */
         pyphi_add(m->x, m->proj, n * E);                                   /* residual */
         pyphi_rms_norm(m->xn, m->x, L->ffn_norm.data, n, E, d->rms_eps);   /* (n, E) */
-        TRY(project_gate_up(pool, L, d, m->xn, n, m->gate_up, m->proj));   /* (n, 2 n_ff) */
+        TRY(project_gate_up(m, pool, L, d, m->xn, n, m->gate_up, m->proj));   /* (n, 2 n_ff) */
         pyphi_swiglu(m->ffn, m->gate_up, n, d->n_ff);                      /* (n, n_ff) */
-        TRY(matmul(pool, &L->ffn_down, m->ffn, n, m->proj));               /* (n, E) */
+        TRY(matmul(m, pool, &L->ffn_down, m->ffn, n, m->proj));               /* (n, E) */
         pyphi_add(m->x, m->proj, n * E);                                   /* residual */
     }
     if (n_out > 0) {
         const float *x_out = m->x + (n - n_out) * E;                       /* (n_out, E) */
         pyphi_rms_norm(m->xn, x_out, d->output_norm.data, n_out, E, d->rms_eps);
-        TRY(matmul(pool, &d->output, m->xn, n_out, logits));               /* (n_out, n_vocab) */
+        TRY(matmul(m, pool, &d->output, m->xn, n_out, logits));               /* (n_out, n_vocab) */
     }
     return PYPHI_OK;
 }

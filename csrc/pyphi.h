@@ -123,6 +123,20 @@ int pyphi_vec_dot(int wtype, const void *w, const void *a, int64_t n, float *out
 int pyphi_matmul(pyphi_pool *pool, int wtype, const void *w, int64_t n_out, int64_t n_in,
                  const float *x, int64_t n_tokens, float *y);
 
+/* Packed weights: pyphi's own layout of a Q4_0 or Q8_0 matrix (quants.h: 16 rows interleaved per
+ * block, the same number of bytes), built in memory, never stored. It lets the SIMD kernels
+ * advance 16 output rows per instruction. The model packs its matrices at load time.
+ * pyphi_packed_bytes: the bytes of the packed (n_out, n_in) matrix, or PYPHI_E_TYPE (not Q4_0 or
+ * Q8_0) / PYPHI_E_SHAPE (n_out not a multiple of 16, or n_in of 32). */
+int64_t pyphi_packed_bytes(int wtype, int64_t n_out, int64_t n_in);
+/* w (n_out, n_in) in ggml's layout -> dst (pyphi_packed_bytes); w and dst must not overlap. */
+int pyphi_pack_matrix(int wtype, const void *w, int64_t n_out, int64_t n_in, void *dst);
+/* y (n_tokens, n_out) = x (n_tokens, n_in) . w^T with w packed. Every element is, bit for bit,
+ * the scalar vec_dot (pyphi_isa_set(PYPHI_ISA_SCALAR) then pyphi_vec_dot) of its weight row with
+ * its token quantized to Q8_0, on every ISA and for any pool size. */
+int pyphi_matmul_packed(pyphi_pool *pool, int wtype, const void *w, int64_t n_out, int64_t n_in,
+                        const float *x, int64_t n_tokens, float *y);
+
 /* ---- Model: hyperparameters + weights in, logits out (model.c, ops.c, attention.c) ------- */
 
 /* One weight matrix (or vector) as the caller holds it: ne1 rows of ne0 values in `type`, rows
@@ -187,12 +201,17 @@ struct pyphi_model_params {
     int64_t n_batch;         /* tokens per forward step of a long prompt (activation memory) */
     int32_t kv_type;         /* PYPHI_TYPE_F16 or PYPHI_TYPE_F32 */
     int32_t longrope_switch; /* enum pyphi_longrope_switch */
+    int32_t pack_weights;    /* 1: copy the Q4_0/Q8_0 matrices into the packed layout at create
+                              * (faster kernels; anonymous memory of their size, and their file
+                              * pages are handed back to the kernel with MADV_PAGEOUT); 0: compute
+                              * on the caller's mapping as it is */
 };
 
 struct pyphi_model_sizes {
     int64_t weights_bytes; /* the tensors of the description (mapped, not allocated) */
     int64_t kv_bytes;      /* the KV cache: 2 n_layer n_ctx n_head_kv head_dim values */
     int64_t scratch_bytes; /* activations of one n_batch step and the model's own state */
+    int64_t packed_bytes;  /* the packed copies of the matrices (pack_weights), allocated */
 };
 
 typedef struct pyphi_model pyphi_model;

@@ -235,3 +235,31 @@ int pyphi_dequantize_row(int type, const void *x, float *y, int64_t n) {
     }
     return PYPHI_OK;
 }
+
+/* ---- Packed layout (quants.h) ---------------------------------------------------------------- */
+
+void pyphi_pack_rows(int type, const void *w, int64_t n_rows, int64_t n, void *dst) {
+    size_t block_bytes = (size_t)pyphi_type_block_bytes(type);
+    size_t qs_bytes = block_bytes - sizeof(uint16_t); /* 16 (Q4_0) or 32 (Q8_0) */
+    uint32_t flip = type == PYPHI_TYPE_Q8_0 ? 0x80808080u : 0; /* per byte */
+    int64_t nb = n / 32;
+    size_t row_bytes = (size_t)nb * block_bytes;
+    uint8_t *out = dst;
+    for (int64_t g = 0; g < n_rows / PYPHI_PACK_ROWS; g++) {
+        const uint8_t *rows = (const uint8_t *)w + (size_t)g * PYPHI_PACK_ROWS * row_bytes;
+        for (int64_t b = 0; b < nb; b++) {
+            uint8_t *qs = out + PYPHI_PACK_ROWS * sizeof(uint16_t); /* (qs_bytes / 4, 16, 4) */
+            for (int i = 0; i < PYPHI_PACK_ROWS; i++) {
+                const uint8_t *blk = rows + (size_t)i * row_bytes + (size_t)b * block_bytes;
+                memcpy(out + i * sizeof(uint16_t), blk, sizeof(uint16_t)); /* d */
+                for (size_t k = 0; k < qs_bytes / 4; k++) {
+                    uint32_t four; /* qs[4k .. 4k + 3] */
+                    memcpy(&four, blk + sizeof(uint16_t) + 4 * k, sizeof four);
+                    four ^= flip;
+                    memcpy(qs + (k * PYPHI_PACK_ROWS + (size_t)i) * 4, &four, sizeof four);
+                }
+            }
+            out += PYPHI_PACK_ROWS * block_bytes;
+        }
+    }
+}

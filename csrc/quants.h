@@ -32,6 +32,18 @@ typedef struct {
 } block_q8_0;
 _Static_assert(sizeof(block_q8_0) == 34, "block_q8_0 must be 34 bytes, as in ggml");
 
+/* ---- Packed layout (pyphi's own, built at load time; never in a file) -------------------------
+ *
+ * Rows of Q4_0 or Q8_0 weights in groups of PYPHI_PACK_ROWS, so that one 512-bit register holds
+ * 4 bytes of each of 16 rows and a dot instruction advances 16 output rows at once. A group of n
+ * values per row is n / 32 packed blocks, one per block index b, each the same bytes as the 16
+ * rows' blocks b (16 x 18 or 16 x 34), rearranged:
+ *   uint16_t d[16];                 row i's scale
+ *   uint8_t  qs[QS / 4][16][4];     qs[k][i][j] = row i's qs[4 k + j]  (QS = 16 for Q4_0, 32 for Q8_0)
+ * Q4_0 codes keep their nibbles (low: value 4k + j, high: value 16 + 4k + j; unsigned, offset 8).
+ * Q8_0 codes are stored XOR 0x80, i.e. as the unsigned code + 128. */
+#define PYPHI_PACK_ROWS 16
+
 /* ---- Bit casts ------------------------------------------------------------------------------ */
 
 static inline uint32_t pyphi_f32_bits(float f) {
@@ -151,5 +163,9 @@ static inline uint8_t pyphi_numpy_f32_to_u8(float v) {
  * activation quantizer of the kernel table. */
 void pyphi_quantize_row_q8_0(const float *x, void *y, int64_t n);
 void pyphi_quantize_row_q4_0(const float *x, void *y, int64_t n);
+
+/* w: (n_rows, row bytes) Q4_0 or Q8_0 in ggml's layout -> dst: the packed layout, the same number
+ * of bytes. n_rows a multiple of PYPHI_PACK_ROWS, n of 32 (callers check). */
+void pyphi_pack_rows(int type, const void *w, int64_t n_rows, int64_t n, void *dst);
 
 #endif /* PYPHI_QUANTS_H */

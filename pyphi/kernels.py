@@ -74,3 +74,29 @@ def matmul(pool: ThreadPool | None, wtype: int | str, w, x) -> np.ndarray:
         "matmul",
     )
     return y[0] if squeeze else y
+
+
+def pack(wtype: int | str, w, n_in: int) -> np.ndarray:
+    """Q4_0/Q8_0 weights (n_out, row_bytes) in ggml's layout -> the same bytes in the packed
+    layout the model computes with (csrc/quants.h; n_out a multiple of 16)."""
+    wt = type_id(wtype)
+    rb = row_bytes(wt, n_in)
+    wb = as_row_bytes(w, 4)
+    n_out = wb.size // rb
+    out = np.empty(check(lib.pyphi_packed_bytes(wt, n_out, n_in), "packed_bytes"), dtype=np.uint8)
+    check(lib.pyphi_pack_matrix(wt, ffi.from_buffer("uint8_t[]", wb), n_out, n_in,
+                                ffi.from_buffer("uint8_t[]", out, require_writable=True)), "pack")
+    return out
+
+
+def matmul_packed(pool: ThreadPool | None, wtype: int | str, packed, n_out: int, x) -> np.ndarray:
+    """y = x . w^T for w packed by `pack`: float32 (T, n_out); each element is the scalar
+    vec_dot's value bit for bit."""
+    wt = type_id(wtype)
+    x2 = np.ascontiguousarray(np.atleast_2d(x), dtype=np.float32)
+    n_tokens, n_in = x2.shape
+    y = np.empty((n_tokens, n_out), dtype=np.float32)
+    check(lib.pyphi_matmul_packed(pool_handle(pool), wt, ffi.from_buffer("uint8_t[]", packed), n_out, n_in,
+                                  ffi.from_buffer("float[]", x2), n_tokens,
+                                  ffi.from_buffer("float[]", y, require_writable=True)), "matmul_packed")
+    return y

@@ -40,6 +40,9 @@ DEFAULT_N_CTX = 4096
 DEFAULT_N_BATCH = 256
 DEFAULT_KV_TYPE = "f16"
 DEFAULT_LONGROPE_SWITCH = "reprefill"
+# Q4_0/Q8_0 matrices are copied into the kernels' packed layout at load (see pyphi.h): prefill
+# several times faster, decode closer to memory bandwidth, for anonymous memory of their size.
+DEFAULT_PACK_WEIGHTS = True
 KV_TYPES = {"f16": lib.PYPHI_TYPE_F16, "f32": lib.PYPHI_TYPE_F32}
 LONGROPE_SWITCHES = {"reprefill": lib.PYPHI_LONGROPE_REPREFILL, "rerotate": lib.PYPHI_LONGROPE_REROTATE}
 GIB = 1 << 30
@@ -52,11 +55,13 @@ class ContextTooLargeError(MemoryError):
 
 @dataclasses.dataclass(frozen=True)
 class Sizes:
-    """Memory of a model at one n_ctx, in bytes. Weights are mapped from the file, not allocated."""
+    """Memory of a model at one n_ctx, in bytes. Weights are mapped from the file, not allocated;
+    packed copies of the Q4_0/Q8_0 matrices (pack_weights) are."""
 
     weights_bytes: int
     kv_bytes: int
     scratch_bytes: int
+    packed_bytes: int = 0
 
     @property
     def weights_gib(self) -> float:
@@ -68,7 +73,7 @@ class Sizes:
 
     @property
     def total_bytes(self) -> int:
-        return self.weights_bytes + self.kv_bytes + self.scratch_bytes
+        return self.weights_bytes + self.kv_bytes + self.scratch_bytes + self.packed_bytes
 
     def __str__(self) -> str:
         return (f"weights {self.weights_gib:.2f} GiB + KV cache {self.kv_gib:.2f} GiB + "
@@ -102,7 +107,8 @@ def available_memory_bytes() -> int | None:
     return None
 
 
-def _params(hparams: HParams, n_ctx: int, n_batch: int, kv_type: str, longrope_switch: str):
+def _params(hparams: HParams, n_ctx: int, n_batch: int, kv_type: str, longrope_switch: str,
+            pack_weights: bool = DEFAULT_PACK_WEIGHTS):
     if kv_type not in KV_TYPES:
         raise ValueError(f"kv_type {kv_type!r}: expected one of {', '.join(KV_TYPES)}")
     if longrope_switch not in LONGROPE_SWITCHES:
@@ -114,13 +120,14 @@ def _params(hparams: HParams, n_ctx: int, n_batch: int, kv_type: str, longrope_s
     p = ffi.new("struct pyphi_model_params *")
     p.n_ctx, p.n_batch = n_ctx, n_batch
     p.kv_type, p.longrope_switch = KV_TYPES[kv_type], LONGROPE_SWITCHES[longrope_switch]
+    p.pack_weights = bool(pack_weights)
     return p
 
 
 def _sizes(model_file: ModelFile, params) -> Sizes:
     s = ffi.new("struct pyphi_model_sizes *")
     check(lib.pyphi_model_sizes(model_file.desc, params, s), f"{model_file.path}: model sizes")
-    return Sizes(s.weights_bytes, s.kv_bytes, s.scratch_bytes)
+    return Sizes(s.weights_bytes, s.kv_bytes, s.scratch_bytes, s.packed_bytes)
 
 
 def default_n_ctx(hparams: HParams) -> int:
@@ -143,8 +150,9 @@ def _check_memory(path: str, n_ctx: int, kv_type: str, sizes: Sizes) -> None:
     available = available_memory_bytes()
     if available is None:
         return
-    needed = sizes.kv_bytes + sizes.scratch_bytes
-    if needed > available - sizes.weights_bytes:
+    # packed matrices are allocated, and their file pages released: they move from one side to the other
+    needed = sizes.kv_bytes + sizes.scratch_bytes + sizes.packed_bytes
+    if needed > available - (sizes.weights_bytes - sizes.packed_bytes):
         raise ContextTooLargeError(
             f"{path}: n_ctx={n_ctx} needs {sizes.kv_gib:.2f} GiB of {kv_type} KV cache and "
             f"{sizes.scratch_bytes / GIB:.2f} GiB of activations besides {sizes.weights_gib:.2f} GiB "
@@ -159,14 +167,16 @@ class Model:
     n_ctx: cache capacity in tokens (default 4096, or the model's context length if shorter; at
     most the model's context length);
     kv_type: "f16" (default) or "f32"; n_batch: tokens per forward step of a long prompt;
-    longrope_switch: "reprefill" (default) or "rerotate", see the module docstring.
+    longrope_switch: "reprefill" (default) or "rerotate", see the module docstring;
+    pack_weights: copy Q4_0/Q8_0 matrices into the packed layout at load (default True).
     Calls from several threads are serialised (the C model has one cache and one set of
     activation buffers).
     """
 
     def __init__(self, path, *, n_ctx: int | None = None, n_threads: int | None = None,
                  kv_type: str = DEFAULT_KV_TYPE, n_batch: int = DEFAULT_N_BATCH,
-                 longrope_switch: str = DEFAULT_LONGROPE_SWITCH, check_memory: bool = True):
+                 longrope_switch: str = DEFAULT_LONGROPE_SWITCH, check_memory: bool = True,
+                 pack_weights: bool = DEFAULT_PACK_WEIGHTS):
         self._handle = None
         self._lock = threading.Lock()
         self._file = ModelFile(path)
@@ -175,7 +185,7 @@ class Model:
             self.hparams = self._file.hparams
             n_ctx = default_n_ctx(self.hparams) if n_ctx is None else n_ctx
             self.n_ctx, self.kv_type, self.longrope_switch = n_ctx, kv_type, longrope_switch
-            params = _params(self.hparams, n_ctx, n_batch, kv_type, longrope_switch)
+            params = _params(self.hparams, n_ctx, n_batch, kv_type, longrope_switch, pack_weights)
             self.sizes = _sizes(self._file, params)
             if check_memory:
                 _check_memory(self.path, n_ctx, kv_type, self.sizes)

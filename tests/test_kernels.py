@@ -173,6 +173,68 @@ def test_isas_agree_with_scalar_twin(wtype):
         assert (np.abs(y.astype(np.float64) - ref) <= 2 * bound(wtype, w64, a64)).all(), isa
 
 
+# ---- tiles and packed weights ------------------------------------------------------------------
+
+
+def _bits(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("wtype", WTYPES, ids=TYPE_NAME)
+def test_matmul_tiles_equal_the_isa_dot_bit_for_bit(wtype, isa):
+    """matmul's blocked tiles (kernels.h pyphi_gemm_fn) give each element exactly the same ISA's
+    vec_dot, for every edge of the tiling (rows and tokens not multiples of 4 or 8)."""
+    rng = np.random.default_rng(500 + wtype)
+    with cpu.forced_isa(isa):
+        for n_in, n_out, n_tokens in [(32 * 3, 13, 9), (32 * 7, 8, 1), (32 * 31, 21, 5), (32, 3, 4)]:
+            wq, x = random_case(rng, wtype, n_out, n_in, n_tokens)
+            y = kernels.matmul(None, wtype, wq, x)
+            dots = np.array([[kernels.vec_dot(wtype, wq[r], x[t]) for r in range(n_out)] for t in range(n_tokens)])
+            assert np.array_equal(_bits(y), _bits(dots)), (n_in, n_out, n_tokens)
+
+
+PACKED_SHAPES = [(32, 16, 1), (32 * 3, 32, 9), (32 * 7, 48, 17), (32 * 97, 16, 8), (32 * 2, 64, 70)]
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("wtype", QUANTIZED, ids=TYPE_NAME)
+def test_packed_matmul_equals_the_scalar_dot_bit_for_bit(wtype, isa):
+    """Every ISA's packed kernel gives the scalar twin's bits (kernels.h pyphi_gemm_packed_fn):
+    odd block counts, token counts around the 8-token tile and the 64-token chunk, several row
+    groups, Q8_0's -128 codes (random_case's outlier column makes some)."""
+    rng = np.random.default_rng(600 + wtype)
+    for n_in, n_out, n_tokens in PACKED_SHAPES:
+        wq, x = random_case(rng, wtype, n_out, n_in, n_tokens)
+        with cpu.forced_isa("scalar"):
+            ref = kernels.matmul(None, wtype, wq, x)
+        with cpu.forced_isa(isa):
+            y = kernels.matmul_packed(None, wtype, kernels.pack(wtype, wq, n_in), n_out, x)
+        assert np.array_equal(_bits(y), _bits(ref)), (n_in, n_out, n_tokens)
+
+
+@pytest.mark.parametrize("wtype", QUANTIZED, ids=TYPE_NAME)
+def test_packed_matmul_exact_on_integer_data(wtype):
+    rng = np.random.default_rng(700 + wtype)
+    wq, aq, wint, aint = integer_case(rng, wtype, 32, 32 * 5, 3)
+    # activations as float values that Q8_0 encodes with unit scale: max |code| is 127 per block
+    acodes = np.clip(aint, -127, 127)
+    acodes.reshape(3, 5, 32)[:, :, 0] = 127
+    exact = (acodes @ wint.T).astype(np.float32)
+    packed = kernels.pack(wtype, wq, 32 * 5)
+    for isa in ISAS:
+        with cpu.forced_isa(isa):
+            assert np.array_equal(kernels.matmul_packed(None, wtype, packed, 32, acodes.astype(np.float32)), exact), isa
+
+
+def test_pack_rejects_bad_shapes():
+    w = np.zeros((8, 18), dtype=np.uint8)
+    with pytest.raises(NativeError):
+        kernels.pack("q4_0", w, 32)  # 8 rows: not a multiple of 16
+    with pytest.raises(NativeError):
+        kernels.pack("f16", np.zeros((16, 64), dtype=np.uint8), 32)
+
+
 # ---- threads ---------------------------------------------------------------------------------
 
 
@@ -188,6 +250,13 @@ def test_matmul_bit_identical_for_any_thread_count(isa):
                     ys = [kernels.matmul(p, wtype, wq, x) for p in [None, *pools]]
                     for y in ys[1:]:
                         assert np.array_equal(y.view(np.uint32), ys[0].view(np.uint32)), (wtype, n_in, n_out)
+            for wtype in QUANTIZED:
+                for n_in, n_out, n_tokens in [(32 * 7, 272, 130), (32 * 3, 16, 1)]:
+                    wq, x = random_case(rng, wtype, n_out, n_in, n_tokens)
+                    packed = kernels.pack(wtype, wq, n_in)
+                    ys = [kernels.matmul_packed(p, wtype, packed, n_out, x) for p in [None, *pools]]
+                    for y in ys[1:]:
+                        assert np.array_equal(_bits(y), _bits(ys[0])), (wtype, n_in, n_out)
     finally:
         for p in pools:
             p.close()

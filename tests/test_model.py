@@ -125,6 +125,26 @@ def test_thread_count_does_not_change_logits(model_zoo, out_type):
         np.testing.assert_array_equal(decode, results[0][1])
 
 
+@pytest.mark.parametrize("out_type", ["q8_0", "q4_0"])
+def test_packed_weights_give_the_scalar_forward_bit_for_bit(model_zoo, out_type):
+    """Packed matrices compute each element as the scalar vec_dot does (pyphi.h), so on the
+    scalar ISA packing changes no bit; on each SIMD ISA the packed forward stays within the
+    existing cross-ISA bound of the scalar one (only attention's float dots differ)."""
+    from pyphi.cpu import forced_isa, supported_isas
+
+    tokens = prompt(20)
+    path = model_zoo.gguf("head128", out_type)
+    results = {}
+    for isa in supported_isas():
+        for pack in (False, True):
+            with forced_isa(isa), Model(path, n_ctx=64, kv_type="f32", pack_weights=pack) as model:
+                assert (model.sizes.packed_bytes > 0) == pack
+                results[isa, pack] = model.eval(tokens, logits="all")
+    np.testing.assert_array_equal(results["scalar", True], results["scalar", False])
+    for isa in supported_isas():
+        assert ratio(results[isa, True], results["scalar", False]) <= 1e-5, isa
+
+
 def test_truncate_and_position_argument(model_zoo):
     tokens = prompt(30)
     other = prompt(10, seed=7)
