@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from .model import Model
+from .sampling import check_stop_strings
 from .tokenizer import Tokenizer
 
 DEFAULT_MAX_TOKENS = 256
@@ -84,31 +85,6 @@ class GenerationResponse:
     text: str
     finish_reason: str | None
     timings: GenerationTimings
-
-
-class StopStringMatcher:
-    """Streamed text with stop strings cut off: push(text) returns the text now known to come
-    before any stop string, and whether one was found; text that may be the start of a stop
-    string is held back; flush() returns what is held when generation ends otherwise."""
-
-    def __init__(self, stop: Sequence[str]):
-        self._stop = [s for s in stop if s]
-        self._held = ""
-
-    def push(self, text: str) -> tuple[str, bool]:
-        held = self._held + text
-        found = [i for i in (held.find(s) for s in self._stop) if i >= 0]
-        if found:
-            self._held = ""
-            return held[:min(found)], True
-        keep = max((k for s in self._stop for k in range(min(len(s) - 1, len(held)), 0, -1)
-                    if s.startswith(held[len(held) - k:])), default=0)
-        self._held = held[len(held) - keep:]
-        return held[:len(held) - keep], False
-
-    def flush(self) -> str:
-        held, self._held = self._held, ""
-        return held
 
 
 # ----------------------------------------------------------------------------------------------
@@ -183,6 +159,30 @@ def _shift(model: Model, tokens: list[int], n_keep: int) -> None:
 # The loop
 
 
+class _StopHoldback:
+    """Generated text with stop strings cut off (pyphi.sampling.check_stop_strings): push(text)
+    returns the text now known to come before any stop string, and whether one was found; the
+    tail that may begin one is held; flush(text) releases it (and text) at the end. Only the
+    held tail is searched: text released is no part of a stop string (it held the longest
+    candidate tail)."""
+
+    def __init__(self, stop: Sequence[str]):
+        self._stop = stop
+        self._held = ""
+
+    def push(self, text: str) -> tuple[str, bool]:
+        if not self._stop:
+            return text, False
+        held = self._held + text
+        end, stopped = check_stop_strings(held, self._stop)
+        self._held = "" if stopped else held[end:]
+        return held[:end], stopped
+
+    def flush(self, text: str = "") -> str:
+        held, self._held = self._held + text, ""
+        return held
+
+
 def generate(model: Model, tokenizer: Tokenizer, prompt_ids: Iterable[int], sampler: Sampler, *,
              logits_processors: Sequence[LogitsProcessor] = (), max_tokens: int | None = DEFAULT_MAX_TOKENS,
              stop: Sequence[str] = (), stop_ids: Iterable[int] | None = None,
@@ -207,7 +207,7 @@ def generate(model: Model, tokenizer: Tokenizer, prompt_ids: Iterable[int], samp
     prompt_ms = 1000.0 * (prefilled - start)
     history = list(prompt)
     decoder = tokenizer.stream_decoder()
-    matcher = StopStringMatcher(stop)
+    held = _StopHoldback([s for s in stop if s])
     ttft_ms = 0.0
     n = 0
     while True:
@@ -220,16 +220,16 @@ def generate(model: Model, tokenizer: Tokenizer, prompt_ids: Iterable[int], samp
             ttft_ms = 1000.0 * (now - start)
         timings = GenerationTimings(len(prompt) - cache_n, prompt_ms, cache_n, n, 1000.0 * (now - prefilled), ttft_ms)
         if token in stop_ids:
-            yield GenerationResponse(token, matcher.flush() + decoder.flush(), "stop", timings)
+            yield GenerationResponse(token, held.flush(decoder.flush()), "stop", timings)
             return
         history.append(token)
-        text, stopped = matcher.push(decoder.push(token))
+        text, stopped = held.push(decoder.push(token))
         if stopped:
             yield GenerationResponse(token, text, "stop", timings)
             return
         full = len(tokens) >= model.n_ctx and not context_shift
         if full or (max_tokens is not None and n >= max_tokens):
-            yield GenerationResponse(token, text + matcher.flush() + decoder.flush(), "length", timings)
+            yield GenerationResponse(token, text + held.flush(decoder.flush()), "length", timings)
             return
         yield GenerationResponse(token, text, None, timings)
         if len(tokens) >= model.n_ctx:

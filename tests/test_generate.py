@@ -9,7 +9,6 @@ import pytest
 
 from pyphi.generate import (
     ContextFullError,
-    StopStringMatcher,
     cached_tokens,
     common_prefix_length,
     generate,
@@ -95,16 +94,6 @@ def test_stop_strings_never_leak(model, tokenizer, stop):
     assert text == full[:full.find(stop[-1])]
     assert responses[-1].finish_reason == "stop"
     assert not any(s in r.text for r in responses for s in stop)
-
-
-def test_stop_string_matcher_holds_back_only_possible_starts():
-    m = StopStringMatcher(["</end>", "zz"])
-    assert m.push("abc</e") == ("abc", False)
-    assert m.push("x z") == ("</ex ", False)
-    assert m.push("q") == ("zq", False)
-    assert m.push("zz tail") == ("", True)
-    assert m.flush() == ""
-    assert StopStringMatcher([]).push("a</") == ("a</", False)
 
 
 def test_text_is_the_decoded_tokens_and_splits_no_character(model, tokenizer):
