@@ -44,6 +44,8 @@ DEFAULT_PRESENCE_PENALTY = 0.0
 # How many of the most recent tokens the penalties look at: llama.cpp's `penalty_last_n`
 # default (common/common.h). None means the whole history passed in (HF's repetition penalty).
 DEFAULT_PENALTY_CONTEXT_SIZE = 64
+# top-p first orders only this many of the most probable tokens (llama.cpp's top-p uses 256 too).
+TOP_P_PARTIAL_SORT = 256
 
 Logits = np.ndarray  # (vocab,) float32
 Sampler = Callable[[Logits], int]
@@ -79,7 +81,14 @@ def apply_top_p(logits: Logits, p: float) -> Logits:
     if p >= 1.0:
         return logits.copy()
     probs = softmax(logits)
-    order = np.argsort(-probs, kind="stable")
+    candidates = np.flatnonzero(probs > 0.0)
+    # As llama.cpp does, order only the largest tokens when they already hold mass p (a full
+    # sort of a 200k vocabulary costs ~50 ms); the kept set is the same either way.
+    if len(candidates) > TOP_P_PARTIAL_SORT:
+        largest = candidates[np.argpartition(-probs[candidates], TOP_P_PARTIAL_SORT - 1)[:TOP_P_PARTIAL_SORT]]
+        if probs[largest].sum() >= p:
+            candidates = largest
+    order = candidates[np.argsort(-probs[candidates], kind="stable")]
     cumulative = np.cumsum(probs[order])
     n_keep = int(np.searchsorted(cumulative, p, side="left")) + 1  # first index with cum >= p
     threshold = logits[order[min(n_keep, len(order)) - 1]]

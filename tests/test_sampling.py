@@ -71,6 +71,16 @@ def test_top_p_is_order_independent():
     np.testing.assert_allclose(got, [0.375, 0, 0, 0.625], rtol=RTOL, atol=1e-12)
 
 
+def test_top_p_partial_sort_keeps_the_same_set_as_a_full_sort(monkeypatch):
+    rng = np.random.default_rng(5)
+    cases = [(rng.normal(0, rng.uniform(0.5, 6), 5000).astype(np.float32), rng.uniform(0.05, 0.99))
+             for _ in range(100)]
+    partial = [S.apply_top_p(logits, p) for logits, p in cases]
+    monkeypatch.setattr(S, "TOP_P_PARTIAL_SORT", 10**9)
+    for (logits, p), got in zip(cases, partial):
+        np.testing.assert_array_equal(got, S.apply_top_p(logits, p))
+
+
 @pytest.mark.parametrize("min_p, kept", [
     (0.25, [0.5, 0.3, 0.15]),   # threshold 0.25 * 0.5 = 0.125
     (0.5, [0.5, 0.3]),          # threshold 0.25
