@@ -301,20 +301,20 @@ class ChatTemplate:
         self.renders_tool_calls = "tool_calls" in self.source
 
     @classmethod
-    def from_gguf(cls, gguf: Any, **options: Any) -> ChatTemplate:
+    def from_gguf(cls, gguf: Any, max_output_chars: int = MAX_OUTPUT_CHARS, max_steps: int = MAX_STEPS) -> ChatTemplate:
         """The template of a GGUF file (a path or an open `GGUFFile`): its
         `tokenizer.chat_template`, else Phi-4-mini's, with the special tokens its ids name."""
         if isinstance(gguf, (str, os.PathLike)):
             from .gguf_reader import GGUFFile
 
             with GGUFFile(gguf) as opened:
-                return cls.from_gguf(opened, **options)
+                return cls.from_gguf(opened, max_output_chars, max_steps)
         tokens = gguf.get("tokenizer.ggml.tokens")
         special_tokens = None
         if tokens is not None:
             special_tokens = {name: tokens[gguf.get(key)] for name, key in GGUF_SPECIAL_TOKEN_KEYS.items()
                               if isinstance(gguf.get(key), int) and 0 <= gguf.get(key) < len(tokens)}
-        return cls(gguf.get("tokenizer.chat_template"), special_tokens, **options)
+        return cls(gguf.get("tokenizer.chat_template"), special_tokens, max_output_chars, max_steps)
 
     def render(
         self,
@@ -381,7 +381,7 @@ class ChatTemplate:
                 calls = json.dumps(_model_tool_calls(tool_calls), ensure_ascii=False)
                 marked["content"] = content + TOOL_CALL_START + mark(calls) + TOOL_CALL_END
             chat.append(marked)
-        if tools is not None and not self.reads_tools:
+        if tools and not self.reads_tools:  # an empty list is no tools
             tools_json = mark(json.dumps([_function_of(tool) for tool in tools], ensure_ascii=False))
             if chat[0]["role"] != "system":
                 chat.insert(0, {"role": "system", "content": mark(TOOLS_SYSTEM_PROMPT)})

@@ -162,6 +162,10 @@ def test_templates_that_read_tools_get_them_as_transformers_passes_them(hf_token
     assert ("padded", False) in rendered.segments
 
 
+def test_an_empty_tool_list_is_no_tools():
+    assert ChatTemplate().render(USER, tools=[]).text == ChatTemplate().render(USER).text
+
+
 def test_tools_twice_is_an_error():
     messages = [{"role": "system", "content": "s", "tools": "[]"}, {"role": "user", "content": "u"}]
     with pytest.raises(ChatTemplateError, match="both"):
