@@ -304,3 +304,37 @@ def test_from_gguf_without_template_is_phi4_mini(tmp_path):
     template = ChatTemplate.from_gguf(path)
     assert template.source == PHI4_MINI_CHAT_TEMPLATE
     assert template.render(USER).text == "<|user|>hi<|end|><|endoftext|>"
+
+
+# --- with pyphi's tokenizer --------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tokenizer(model_zoo):
+    from pyphi.tokenizer import Tokenizer
+
+    return Tokenizer.from_path(model_zoo.gguf("tiny", "q8_0"))
+
+
+def test_segments_tokenize_to_transformers_ids(tokenizer, hf_tokenizer):
+    # tools and a tool call through pyphi's path == transformers on the same text in its own form
+    function = {"name": "w", "description": "d"}
+    ours = [{"role": "system", "content": " sys \n"}, {"role": "user", "content": "\nHi\n"},
+            {"role": "assistant", "tool_calls": [{"type": "function", "function": {"name": "w", "arguments": "{}"}}]},
+            {"role": "tool", "content": "42"}]
+    theirs = [{**ours[0], "tools": json.dumps([function])}, ours[1],
+              {"role": "assistant", "content": '<|tool_call|>[{"name": "w", "arguments": {}}]<|/tool_call|>'}, ours[3]]
+    rendered = ChatTemplate().render(ours, tools=[{"type": "function", "function": function}], add_generation_prompt=True)
+    expected = hf_tokenizer.apply_chat_template(theirs, tokenize=True, add_generation_prompt=True)["input_ids"]
+    assert tokenizer.encode_segments(rendered.segments) == list(expected)
+    # the SPEC section 7 ids
+    rendered = ChatTemplate().render(CONVERSATIONS["system and multi-turn"], add_generation_prompt=True)
+    assert tokenizer.encode_segments(rendered.segments) == [
+        200022, 3575, 553, 261, 10297, 20837, 29186, 13, 200020, 200021, 12194, 0, 200020, 200019, 13225, 13, 200020,
+        200021, 17, 87, 659, 220, 18, 314, 220, 22, 30, 200020, 200019]
+
+
+def test_control_token_text_from_the_user_gives_no_control_ids(tokenizer):
+    rendered = ChatTemplate().render(CONVERSATIONS["control tokens typed by the user"], add_generation_prompt=True)
+    ids = tokenizer.encode_segments(rendered.segments)
+    assert ids[0] == 200021 and ids[-2:] == [200020, 200019]
+    assert all(i < 199999 for i in ids[1:-2])
