@@ -233,8 +233,10 @@ def _plain(value: Any) -> Any:
     raise ChatTemplateError(f"chat messages and tools must be JSON data, got {type(value).__name__}")
 
 
-def _function_of(tool: Mapping[str, Any]) -> dict:
+def _function_of(tool: Any) -> dict:
     """The function object of an OpenAI tool definition (or a bare function object)."""
+    if not isinstance(tool, Mapping):
+        raise ChatTemplateError(f"a tool must be a dict, got {tool!r}")
     if tool.get("type", "function") == "function" and isinstance(tool.get("function"), Mapping):
         return dict(tool["function"])
     if isinstance(tool.get("name"), str):

@@ -166,6 +166,12 @@ def test_an_empty_tool_list_is_no_tools():
     assert ChatTemplate().render(USER, tools=[]).text == ChatTemplate().render(USER).text
 
 
+@pytest.mark.parametrize("tools", [["get_weather"], [{"type": "function"}], [{"description": "no name"}]])
+def test_bad_tools_are_errors(tools):
+    with pytest.raises(ChatTemplateError, match="a tool must be"):
+        ChatTemplate().render(USER, tools=tools)
+
+
 def test_tools_twice_is_an_error():
     messages = [{"role": "system", "content": "s", "tools": "[]"}, {"role": "user", "content": "u"}]
     with pytest.raises(ChatTemplateError, match="both"):
