@@ -20,11 +20,15 @@ struct pyphi_attention_args {
     int64_t pos;      /* absolute position of query 0; query t is at pos + t */
     int64_t n_head, n_head_kv, head_dim;
     int64_t window;   /* sliding window (key j visible to query i iff i - window < j <= i); 0: none */
+    float *scratch;   /* (pool size, pyphi_attention_scratch_floats) float32, the caller's */
 };
 
+/* Floats of scratch per pool thread for a cache of n_ctx positions. */
+int64_t pyphi_attention_scratch_floats(int64_t n_head, int64_t n_head_kv, int64_t n_ctx);
+
 /* out = softmax(q k^T / sqrt(head_dim) + causal mask) v per query head, query head h reading KV
- * head h / (n_head / n_head_kv) (HF repeat_kv). One (token, head) per chunk of the pool, so the
- * result does not depend on the pool size. */
+ * head h / (n_head / n_head_kv) (HF repeat_kv). One (token, KV head) per chunk of the pool, every
+ * value one dot of the ISA, so the result does not depend on the pool size. */
 int pyphi_attention(pyphi_pool *pool, const struct pyphi_attention_args *args);
 
 #endif /* PYPHI_ATTENTION_H */

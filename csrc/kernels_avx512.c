@@ -321,10 +321,93 @@ DEFINE_TILE(tile_q8_0, block_q8_0, 0x80, weight_pair_q8_0, weight_one_q8_0)
 DEFINE_GEMM(gemm_q4_0_q8_0_avx512, tile_q4_0)
 DEFINE_GEMM(gemm_q8_0_q8_0_avx512, tile_q8_0)
 
-/* Float weights: one dot per (row, token) for now. */
-PYPHI_DEFINE_GEMM_BY_DOT(gemm_f32_avx512, vec_dot_f32_avx512)
-PYPHI_DEFINE_GEMM_BY_DOT(gemm_f16_avx512, vec_dot_f16_avx512)
-PYPHI_DEFINE_GEMM_BY_DOT(gemm_bf16_avx512, vec_dot_bf16_avx512)
+/* Float weights: tiles of FLOAT_ROWS rows x FLOAT_TOKENS tokens, each element with the four
+ * accumulators of DEFINE_VEC_DOT_FLOAT and the same loop structure (64-value steps, 16-value
+ * steps, a masked tail, then (acc0 + acc1) + (acc2 + acc3)), so bit for bit the dot; the tile
+ * converts each weight vector once for all tokens and loads each activation vector once for all
+ * rows. Attention uses it too: keys x the query heads of a KV head, values x their scores. */
+#define FLOAT_ROWS 2
+#define FLOAT_TOKENS 3
+
+#define DEFINE_FLOAT_TILE(NAME, W, LOAD, LOAD_MASKED)                                              \
+    static inline __attribute__((always_inline)) void NAME(                                       \
+        int nr, int nt, int64_t n, const uint8_t *w, size_t w_stride, const uint8_t *a,           \
+        size_t a_stride, float *y, int64_t y_stride) {                                            \
+        __m512 acc[FLOAT_ROWS][FLOAT_TOKENS][4];                                                  \
+        _Pragma("GCC unroll 2") for (int r = 0; r < nr; r++)                                      \
+        _Pragma("GCC unroll 3") for (int t = 0; t < nt; t++)                                      \
+        _Pragma("GCC unroll 4") for (int c = 0; c < 4; c++) acc[r][t][c] = _mm512_setzero_ps();    \
+        int64_t i = 0;                                                                            \
+        for (; i + 64 <= n; i += 64) {                                                            \
+            _Pragma("GCC unroll 4") for (int c = 0; c < 4; c++) {                                 \
+                __m512 wv[FLOAT_ROWS];                                                            \
+                _Pragma("GCC unroll 2") for (int r = 0; r < nr; r++)                              \
+                    wv[r] = LOAD((const W *)(w + (size_t)r * w_stride) + i + 16 * c);             \
+                _Pragma("GCC unroll 3") for (int t = 0; t < nt; t++) {                            \
+                    __m512 av = _mm512_loadu_ps((const float *)(a + (size_t)t * a_stride) + i + 16 * c); \
+                    _Pragma("GCC unroll 2") for (int r = 0; r < nr; r++)                          \
+                        acc[r][t][c] = _mm512_fmadd_ps(wv[r], av, acc[r][t][c]);                  \
+                }                                                                                 \
+            }                                                                                     \
+        }                                                                                         \
+        for (; i + 16 <= n; i += 16) {                                                            \
+            __m512 wv[FLOAT_ROWS];                                                                \
+            _Pragma("GCC unroll 2") for (int r = 0; r < nr; r++)                                  \
+                wv[r] = LOAD((const W *)(w + (size_t)r * w_stride) + i);                          \
+            _Pragma("GCC unroll 3") for (int t = 0; t < nt; t++) {                                \
+                __m512 av = _mm512_loadu_ps((const float *)(a + (size_t)t * a_stride) + i);       \
+                _Pragma("GCC unroll 2") for (int r = 0; r < nr; r++)                              \
+                    acc[r][t][0] = _mm512_fmadd_ps(wv[r], av, acc[r][t][0]);                      \
+            }                                                                                     \
+        }                                                                                         \
+        if (i < n) {                                                                              \
+            __mmask16 m = tail_mask(n - i);                                                       \
+            __m512 wv[FLOAT_ROWS];                                                                \
+            _Pragma("GCC unroll 2") for (int r = 0; r < nr; r++)                                  \
+                wv[r] = LOAD_MASKED((const W *)(w + (size_t)r * w_stride) + i, m);                \
+            _Pragma("GCC unroll 3") for (int t = 0; t < nt; t++) {                                \
+                __m512 av = _mm512_maskz_loadu_ps(m, (const float *)(a + (size_t)t * a_stride) + i); \
+                _Pragma("GCC unroll 2") for (int r = 0; r < nr; r++)                              \
+                    acc[r][t][1] = _mm512_fmadd_ps(wv[r], av, acc[r][t][1]);                      \
+            }                                                                                     \
+        }                                                                                         \
+        _Pragma("GCC unroll 2") for (int r = 0; r < nr; r++)                                      \
+        _Pragma("GCC unroll 3") for (int t = 0; t < nt; t++)                                      \
+            y[t * y_stride + r] = _mm512_reduce_add_ps(                                           \
+                _mm512_add_ps(_mm512_add_ps(acc[r][t][0], acc[r][t][1]),                          \
+                              _mm512_add_ps(acc[r][t][2], acc[r][t][3])));                        \
+    }
+
+DEFINE_FLOAT_TILE(tile_f32, float, load_f32, load_f32_masked)
+DEFINE_FLOAT_TILE(tile_f16, uint16_t, load_f16, load_f16_masked)
+DEFINE_FLOAT_TILE(tile_bf16, uint16_t, load_bf16, load_bf16_masked)
+
+#define DEFINE_GEMM_FLOAT(NAME, TILE)                                                              \
+    static void NAME(int64_t n, int64_t n_rows, int64_t n_tok, const void *vw, size_t w_stride,  \
+                     const void *va, size_t a_stride, float *y, int64_t y_stride) {              \
+        const uint8_t *w = vw, *a = va;                                                           \
+        for (int64_t t0 = 0; t0 < n_tok; t0 += FLOAT_TOKENS) {                                    \
+            int64_t nt = n_tok - t0 < FLOAT_TOKENS ? n_tok - t0 : FLOAT_TOKENS;                   \
+            const uint8_t *at = a + (size_t)t0 * a_stride;                                        \
+            for (int64_t r0 = 0; r0 < n_rows; r0 += FLOAT_ROWS) {                                 \
+                int64_t nr = n_rows - r0 < FLOAT_ROWS ? n_rows - r0 : FLOAT_ROWS;                 \
+                const uint8_t *wr = w + (size_t)r0 * w_stride;                                    \
+                float *yr = y + t0 * y_stride + r0;                                               \
+                switch (nr * 4 + nt) {                                                            \
+                case 1 * 4 + 1: TILE(1, 1, n, wr, w_stride, at, a_stride, yr, y_stride); break;   \
+                case 1 * 4 + 2: TILE(1, 2, n, wr, w_stride, at, a_stride, yr, y_stride); break;   \
+                case 1 * 4 + 3: TILE(1, 3, n, wr, w_stride, at, a_stride, yr, y_stride); break;   \
+                case 2 * 4 + 1: TILE(2, 1, n, wr, w_stride, at, a_stride, yr, y_stride); break;   \
+                case 2 * 4 + 2: TILE(2, 2, n, wr, w_stride, at, a_stride, yr, y_stride); break;   \
+                default: TILE(2, 3, n, wr, w_stride, at, a_stride, yr, y_stride); break;          \
+                }                                                                                 \
+            }                                                                                     \
+        }                                                                                         \
+    }
+
+DEFINE_GEMM_FLOAT(gemm_f32_avx512, tile_f32)
+DEFINE_GEMM_FLOAT(gemm_f16_avx512, tile_f16)
+DEFINE_GEMM_FLOAT(gemm_bf16_avx512, tile_bf16)
 
 /* ---- Packed weights: 16 rows per register lane set, the scalar dot's arithmetic ---------- */
 

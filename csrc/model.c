@@ -56,6 +56,8 @@ struct pyphi_model {
     int rope_long;       /* factor set of the cached keys: 1 long, 0 short */
     int64_t rope_switches;
     float *inv_freq[2];  /* (n_rot / 2,) each: [0] short factors, [1] long factors */
+    float *attn_scratch; /* (attn_scratch_floats,): attention's per-thread scores, grown once */
+    int64_t attn_scratch_floats;
     uint8_t *packed;     /* (packed_bytes,): the packed matrices; layers[].x.data point here */
     int64_t packed_bytes;
 
@@ -308,6 +310,7 @@ void pyphi_model_free(pyphi_model *m) {
     free(m->inv_freq[0]);
     free(m->x); /* one allocation holds every activation buffer */
     free(m->packed);
+    free(m->attn_scratch);
     free(m);
 }
 
@@ -454,10 +457,21 @@ static int forward(pyphi_model *m, pyphi_pool *pool, const int32_t *tokens, int6
     const struct pyphi_model_desc *d = &m->d;
     const struct pyphi_layer_weights *L;
     const int64_t E = d->n_embd, QKV = qkv_dim(d);
+    /* attention's scores: one slice per pool thread, allocated on the first call with a pool */
+    int64_t scratch = pyphi_pool_size(pool) *
+                      pyphi_attention_scratch_floats(d->n_head, d->n_head_kv, m->kv.n_ctx);
+    if (scratch > m->attn_scratch_floats) {
+        float *grown = realloc(m->attn_scratch, (size_t)scratch * sizeof(float));
+        if (grown == NULL) {
+            return PYPHI_E_NOMEM;
+        }
+        m->attn_scratch = grown;
+        m->attn_scratch_floats = scratch;
+    }
     struct pyphi_attention_args attn = {
         .q = m->qkv, .q_stride = QKV, .kv = &m->kv, .out = m->attn, .n_tokens = n, .pos = pos,
         .n_head = d->n_head, .n_head_kv = d->n_head_kv, .head_dim = d->head_dim,
-        .window = d->sliding_window,
+        .window = d->sliding_window, .scratch = m->attn_scratch,
     };
 
     embed(&d->tok_embd, tokens, n, m->x);                                  /* x (n, E) */
