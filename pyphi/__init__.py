@@ -1,7 +1,8 @@
 """pyphi: a CPU inference engine for Phi-4-mini-instruct, with an HF -> GGUF converter.
 
 This module stays light: importing `pyphi` (or `pyphi.convert`) loads nothing native until a
-function that needs the C core is called.
+function that needs the C core is called. `pyphi.Llama` (the high-level API, pyphi.llama) is
+imported on first use.
 """
 
 __version__ = "0.1.0"
@@ -12,3 +13,11 @@ def system_info() -> dict:
     from .cpu import system_info as _system_info
 
     return _system_info()
+
+
+def __getattr__(name: str):
+    if name == "Llama":
+        from .llama import Llama
+
+        return Llama
+    raise AttributeError(f"module 'pyphi' has no attribute {name!r}")
