@@ -192,6 +192,7 @@ def main() -> None:
     parser.add_argument("--depth-decode", type=int, default=32)
     parser.add_argument("--depth-reps", type=int, default=1)
     parser.add_argument("--depth-types", nargs="+", default=["q4_0"], choices=list(DEFAULT_TYPES))
+    parser.add_argument("--depth-threads", nargs="+", type=int, default=list(DEFAULT_THREADS))
     parser.add_argument("--worker", nargs=7, metavar=("ENGINE", "PATH", "THREADS", "MODE", "PREFILL", "DECODE", "DEPTH"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -203,7 +204,7 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     paths = ensure_files(args.work, sorted(set(args.types) | set(args.depth_types if args.depth else [])),
                          max(args.threads))
-    bandwidth = {n: stream_bandwidth(n) for n in args.threads}
+    bandwidth = {n: stream_bandwidth(n) for n in sorted(set(args.threads) | set(args.depth_threads))}
     print("stream read GB/s: " + ", ".join(f"{n} thread(s) {bw:.1f}" for n, bw in bandwidth.items()), flush=True)
 
     results: dict[tuple, list[dict]] = {}
@@ -223,7 +224,8 @@ def main() -> None:
 
     plan = [(t, n, "short", args.decode, args.reps) for t in args.types for n in args.threads]
     if args.depth:
-        plan += [(t, n, "depth", args.depth_decode, args.depth_reps) for t in args.depth_types for n in args.threads]
+        plan += [(t, n, "depth", args.depth_decode, args.depth_reps) for t in args.depth_types
+                 for n in args.depth_threads]
     for rep in range(max(args.reps, args.depth_reps)):
         for t, threads, mode, n_decode, reps in plan:
             if rep >= reps:
@@ -244,7 +246,7 @@ def main() -> None:
                ("depth", "depth_decode_tps", f"decode @{args.depth}"), ("short", "first_token_s", "first token s"),
                ("short", "rss_mb", "peak RSS MB")]
     for t in paths:
-        for threads in args.threads:
+        for threads in sorted(set(args.threads) | set(args.depth_threads)):
             for mode, key, label in metrics:
                 ours = [r[key] for r in results.get(("pyphi", t, threads, mode), [])]
                 theirs = [r[key] for r in results.get(("llama.cpp", t, threads, mode), [])]
