@@ -79,7 +79,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, help="seed of the sampler (default: fixed)")
     p.add_argument("--max-tokens", type=int, help="most tokens per answer (default: until the end or a full context)")
     p.add_argument("--context-shift", action="store_true",
-                   help="when the context is full, drop the oldest turns after the system prompt instead of stopping")
+                   help="when the context is full, drop the oldest tokens after the system prompt instead of stopping")
     p.add_argument("--ignore-eos", action="store_true", help="never stop at an end-of-answer token")
     args = p.parse_args(argv)
     if (args.model is None) == (args.hf is None):
@@ -170,10 +170,20 @@ def _cmd_show(chat: Chat, arg: str) -> str:
         f"  model     {llm.model_path}",
         f"  shape     {h.arch}, {h.n_layer} layers, {h.n_embd} wide, vocab {h.n_vocab}, trained context {h.n_ctx_train}",
         f"  context   {model.n_past} / {model.n_ctx} tokens used",
-        f"  memory    {model.sizes}",
+        f"  memory    {model.sizes}; resident now {_resident_mib()}",
         f"  threads   {model.pool.n_threads}",
         f"  messages  {len(chat.messages)}" + (f" (+ system prompt: {chat.system})" if chat.system else ""),
     ])
+
+
+def _resident_mib() -> str:
+    """The process's resident memory (mapped weights count once their pages are read)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            kib = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return "unknown"
+    return f"{kib / 1024:.0f} MiB"
 
 
 def _cmd_stats(chat: Chat, arg: str) -> str:
@@ -324,12 +334,19 @@ def _settings(args: argparse.Namespace) -> dict:
             "presence_penalty": args.presence_penalty, "max_tokens": args.max_tokens, "seed": args.seed}
 
 
+def _one_line(e: Exception) -> str:
+    if isinstance(e, OSError) and e.filename and e.strerror:  # not "[Errno 2] ...: 'path'"
+        return f"{e.filename}: {e.strerror.lower()}"
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         llm = Llama(_model_path(args), n_ctx=args.n_ctx, n_threads=args.threads, context_shift=args.context_shift)
     except (OSError, GGUFError, HubError, ValueError, MemoryError) as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
+        print(f"{PROG}: error: {_one_line(e)}", file=sys.stderr)
         return EXIT_USAGE
     logit_bias = {i: float("-inf") for i in llm.tokenizer.stop_ids} if args.ignore_eos else None
     chat = Chat(llm, args.system, _settings(args), logit_bias)

@@ -119,7 +119,7 @@ def test_commands(gguf, workdir):
     say(child, "Hi")
     show = say(child, "/show")
     used = int(re.search(r"context\s+(\d+) / (\d+) tokens used", show).group(1))
-    assert used > 0 and "KV cache" in show
+    assert used > 0 and "KV cache" in show and re.search(r"resident now \d+ MiB", show)
     assert "Cleared" in say(child, "/clear")
     assert re.search(r"context\s+0 / \d+ tokens used", say(child, "/show"))
     assert "System prompt set" in say(child, "/system You are terse.")
@@ -203,17 +203,22 @@ def test_prompt_from_a_pipe(gguf, workdir):
     assert result.stdout == expected_answer(gguf, "hi", system="S") + "\n"
 
 
-@pytest.mark.parametrize("make", ["missing", "not_gguf", "directory"])
-def test_bad_model_path_is_one_line_and_exit_2(workdir, make):
+@pytest.mark.parametrize("make, message", [("missing", "no such file"), ("not_gguf", "shorter than a GGUF header"),
+                                           ("directory", "is a directory"), ("truncated", "left in the file")])
+def test_bad_model_path_is_one_line_and_exit_2(gguf, workdir, make, message):
     path = workdir / "model.gguf"
     if make == "not_gguf":
-        path.write_bytes(b"this is not a gguf file at all" * 10)
+        path.write_bytes(b"not a gguf")
     elif make == "directory":
         path.mkdir()
+    elif make == "truncated":
+        with open(gguf, "rb") as f:
+            path.write_bytes(f.read(100_000))
     result = run(workdir, path, "-p", "hi")
     assert result.returncode == 2
     assert result.stdout == "" and "Traceback" not in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith("pyphi-chat: error:")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert result.stderr.startswith(f"pyphi-chat: error: {path}") and message in result.stderr, result.stderr
 
 
 def test_entry_point_is_installed():
