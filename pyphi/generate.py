@@ -31,18 +31,15 @@ from __future__ import annotations
 import dataclasses
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
 from .model import Model
-from .sampling import check_stop_strings
+from .sampling import LogitsProcessor, Sampler, check_stop_strings
 from .tokenizer import Tokenizer
 
 DEFAULT_MAX_TOKENS = 256
-
-Sampler = Callable[[np.ndarray], int]
-LogitsProcessor = Callable[[Sequence[int], np.ndarray], np.ndarray]
 
 
 class ContextFullError(ValueError):

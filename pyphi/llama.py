@@ -53,7 +53,9 @@ ANSWER_MEMORY = 256
 class Llama:
     """A model, its tokenizer and chat template, and one KV cache. seed: of the random
     generator that calls without their own seed draw from. context_shift: when the context is
-    full, drop the oldest tokens after the system prompt instead of failing (pyphi.generate)."""
+    full, drop the oldest tokens after the system prompt instead of failing (pyphi.generate).
+    One generation at a time: the single cache is not shared between concurrent calls (finish or
+    close a stream before starting the next call)."""
 
     def __init__(self, model_path, *, n_ctx: int | None = None, n_threads: int | None = None,
                  seed: int = DEFAULT_SEED, context_shift: bool = False, verbose: bool = False):

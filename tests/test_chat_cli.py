@@ -203,6 +203,13 @@ def test_prompt_from_a_pipe(gguf, workdir):
     assert result.stdout == expected_answer(gguf, "hi", system="S") + "\n"
 
 
+def test_context_shift_answers_a_prompt_longer_than_the_context(workdir, gguf):
+    args = ["-p", "word " * 80, "--max-tokens", 100, "--threads", 1, "--n-ctx", 64, "--system", "S", "--ignore-eos"]
+    assert "n_ctx" in run(workdir, gguf, *args).stderr
+    result = run(workdir, gguf, *args, "--context-shift")
+    assert result.returncode == 0 and result.stdout.strip(), result.stderr
+
+
 @pytest.mark.parametrize("make, message", [("missing", "no such file"), ("not_gguf", "shorter than a GGUF header"),
                                            ("directory", "is a directory"), ("truncated", "left in the file")])
 def test_bad_model_path_is_one_line_and_exit_2(gguf, workdir, make, message):
