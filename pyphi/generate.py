@@ -14,7 +14,8 @@ Prefix reuse: the token ids in a model's KV cache are kept beside the Model (`ca
 A new call whose prompt shares a prefix with them truncates the cache to that prefix (O(1)) and
 prefills only the rest, so a chat that re-sends its whole conversation each turn pays only for
 the new turn. Evaluating through `Model.eval` directly bypasses that record; the next call then
-trusts only the part of the record that still fits under `model.n_past`.
+trusts only the part of the record that still fits under `model.n_past`. One generation owns a
+model's cache at a time: resuming a generator after a newer call started raises RuntimeError.
 
 A full context: by default a prompt that does not leave room for one generated token raises
 ContextFullError, and generation that fills the cache ends with finish_reason "length". With
@@ -88,6 +89,9 @@ class GenerationResponse:
 # The KV cache's token record
 
 _CACHED: weakref.WeakKeyDictionary[Model, list[int]] = weakref.WeakKeyDictionary()
+# The generation that owns each model's cache now: a newer call takes it over, and an older
+# generator that is resumed afterwards stops instead of appending to someone else's cache.
+_OWNER: weakref.WeakKeyDictionary[Model, object] = weakref.WeakKeyDictionary()
 
 
 def cached_tokens(model: Model) -> list[int]:
@@ -199,6 +203,7 @@ def generate(model: Model, tokenizer: Tokenizer, prompt_ids: Iterable[int], samp
         raise ValueError("generate: empty prompt")
     stop_ids = tokenizer.stop_ids if stop_ids is None else frozenset(stop_ids)
     tokens = cached_tokens(model)
+    owner = _OWNER[model] = object()
     logits, cache_n = _prefill(model, tokens, prompt)
     prefilled = time.perf_counter()
     prompt_ms = 1000.0 * (prefilled - start)
@@ -229,6 +234,8 @@ def generate(model: Model, tokenizer: Tokenizer, prompt_ids: Iterable[int], samp
             yield GenerationResponse(token, text + held.flush(decoder.flush()), "length", timings)
             return
         yield GenerationResponse(token, text, None, timings)
+        if _OWNER.get(model) is not owner:
+            raise RuntimeError("a newer generation on this model has taken over its cache; this one cannot go on")
         if len(tokens) >= model.n_ctx:
             _shift(model, tokens, n_keep)
         logits = model.eval([token])

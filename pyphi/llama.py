@@ -54,8 +54,8 @@ class Llama:
     """A model, its tokenizer and chat template, and one KV cache. seed: of the random
     generator that calls without their own seed draw from. context_shift: when the context is
     full, drop the oldest tokens after the system prompt instead of failing (pyphi.generate).
-    One generation at a time: the single cache is not shared between concurrent calls (finish or
-    close a stream before starting the next call)."""
+    One generation at a time: a call takes the single cache over, and a stream of an earlier
+    call that is resumed after that raises RuntimeError."""
 
     def __init__(self, model_path, *, n_ctx: int | None = None, n_threads: int | None = None,
                  seed: int = DEFAULT_SEED, context_shift: bool = False, verbose: bool = False):

@@ -200,3 +200,13 @@ def test_shift_needs_room_beyond_what_it_keeps(model, tokenizer):
     assert len(list(generate(model, tokenizer, ids, argmax, max_tokens=2, context_shift=True, n_keep=100))) == 2
     with pytest.raises(ContextFullError, match="cannot be shifted.*100 tokens to keep"):
         next(generate(model, tokenizer, ids * 3, argmax, context_shift=True, n_keep=100))
+
+
+def test_an_older_generation_cannot_resume_after_a_newer_one(model, tokenizer):
+    ids = prompt_ids(tokenizer)
+    old = generate(model, tokenizer, ids, argmax, max_tokens=50)
+    next(old)
+    assert len(list(generate(model, tokenizer, ids[:3], argmax, max_tokens=2))) == 2
+    with pytest.raises(RuntimeError, match="newer generation"):
+        next(old)
+    assert model.n_past == len(cached_tokens(model)) == 4
