@@ -284,7 +284,7 @@ def read_message() -> str:
 
 def repl(chat: Chat) -> int:
     _setup_readline()
-    print(f"{PROG}: {os.path.basename(chat.llm.model_path)}, n_ctx {chat.llm.n_ctx}. /help for help, /bye to exit.",
+    print(f"{PROG}: {os.path.basename(chat.llm.model_path)}, n_ctx {chat.llm.n_ctx()}. /help for help, /bye to exit.",
           flush=True)
     interrupted = False  # the last thing at the prompt was a Ctrl-C on an empty line
     while True:

@@ -73,9 +73,18 @@ class Llama:
         if verbose:
             print(f"pyphi: {self.model!r}: {self.model.sizes}", file=sys.stderr)
 
-    @property
+    # Methods, not properties, as in llama-cpp-python.
     def n_ctx(self) -> int:
         return self.model.n_ctx
+
+    def n_vocab(self) -> int:
+        return self.model.n_vocab
+
+    def token_eos(self) -> int | None:
+        return self.tokenizer.eos_id
+
+    def token_bos(self) -> int | None:
+        return self.tokenizer.bos_id
 
     def close(self) -> None:
         self.model.close()
@@ -160,6 +169,8 @@ class Llama:
             if r.finish_reason:
                 chunk.update(_usage_and_timings(r, n_prompt, self.tokenizer.stop_ids))
             yield chunk
+
+    __call__ = create_completion  # llm("Q: ...", max_tokens=32), as in llama-cpp-python
 
     # ---- chat ----
 

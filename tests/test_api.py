@@ -60,6 +60,13 @@ def check_shape(out, kind):
 # ---- tokens ----
 
 
+def test_llama_cpp_python_accessors(llm):
+    assert llm.n_ctx() == 512 and llm.n_vocab() == 200064
+    assert llm.token_eos() == ENDOFTEXT and llm.token_bos() == ENDOFTEXT
+    out = llm("Once upon a time", max_tokens=3, logit_bias=no_stop())
+    assert out["object"] == "text_completion" and out["usage"]["completion_tokens"] == 3
+
+
 def test_tokenize_and_detokenize(llm):
     ids = llm.tokenize(b"Hello <|user|>")
     assert ids == llm.tokenize("Hello <|user|>") and 200021 not in ids  # no BOS for Phi-4-mini
