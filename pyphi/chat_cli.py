@@ -306,7 +306,7 @@ def repl(chat: Chat) -> int:
             continue
         if text.strip() == "/bye":
             return 0
-        if text.startswith("/") and not text.startswith(MULTILINE):
+        if text.startswith("/") and "\n" not in text:  # a multi-line message is never a command
             print(run_command(chat, text), flush=True)
             continue
         try:
