@@ -138,6 +138,19 @@ def test_commands(gguf, workdir):
     assert child.exitstatus == 0
 
 
+def test_line_editing_and_history(gguf, workdir):
+    child = spawn(workdir, gguf, "--threads", 1)
+    assert "Set top_k to 5" in say(child, "/set top_k 5")
+    child.send("\x1b[A")  # up arrow: the previous line again
+    assert "Set top_k to 5" in say(child, "")
+    child.send("/set top_p 0.5\x1b[D\x1b[D\x7f7")  # left, left, backspace, 7: "/set top_p 7.5"
+    assert "Set top_p to 7.5" in say(child, "")
+    child.sendline("/bye")
+    child.expect(pexpect.EOF)
+    # readline does not repeat a line equal to the previous one
+    assert (workdir / ".pyphi_chat_history").read_text().splitlines() == ["/set top_k 5", "/set top_p 7.5", "/bye"]
+
+
 def test_multiline_message(gguf, workdir):
     child = spawn(workdir, gguf, "--max-tokens", MAX_TOKENS, "--threads", 1)
     child.sendline('"""first line')
