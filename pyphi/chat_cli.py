@@ -344,26 +344,32 @@ def _one_line(e: Exception) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
+        return _run(args)
+    except KeyboardInterrupt:  # while downloading, loading or answering a one-shot prompt
+        print(file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
         llm = Llama(_model_path(args), n_ctx=args.n_ctx, n_threads=args.threads, context_shift=args.context_shift)
     except (OSError, GGUFError, HubError, ValueError, MemoryError) as e:
         print(f"{PROG}: error: {_one_line(e)}", file=sys.stderr)
         return EXIT_USAGE
     logit_bias = {i: float("-inf") for i in llm.tokenizer.stop_ids} if args.ignore_eos else None
     chat = Chat(llm, args.system, _settings(args), logit_bias)
-    if args.prompt is not None or not sys.stdin.isatty():
-        text = args.prompt if args.prompt is not None else sys.stdin.read().strip()
-        if not text.strip():
-            return 0
-        try:
-            chat.answer(text, sys.stdout)
-        except KeyboardInterrupt:
-            return EXIT_INTERRUPTED
-        except ValueError as e:
-            print(f"{PROG}: error: {e}", file=sys.stderr)
-            return 1
-        print(flush=True)
+    if args.prompt is None and sys.stdin.isatty():
+        return repl(chat)
+    text = args.prompt if args.prompt is not None else sys.stdin.read().strip()
+    if not text.strip():
         return 0
-    return repl(chat)
+    try:
+        chat.answer(text, sys.stdout)
+    except ValueError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 1
+    print(flush=True)
+    return 0
 
 
 if __name__ == "__main__":

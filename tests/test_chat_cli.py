@@ -210,6 +210,16 @@ def test_prompt_flag_prints_the_answer(gguf, workdir):
     assert result.stdout == expected_answer(gguf, "What is 2+2?") + "\n"
 
 
+def test_ctrl_c_in_prompt_mode_exits_130(gguf, workdir):
+    cmd = command(gguf, "-p", "Go on", "--ignore-eos", "--threads", 1)
+    child = pexpect.spawn(cmd[0], cmd[1:], cwd=str(workdir), env=env_for(workdir), encoding="utf-8", timeout=TIMEOUT)
+    child.expect(r"\S{3}")
+    child.sendintr()
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 130 and "Traceback" not in child.before
+
+
 def test_prompt_from_a_pipe(gguf, workdir):
     result = run(workdir, gguf, "--max-tokens", MAX_TOKENS, "--threads", 1, "--system", "S", stdin="hi\n")
     assert result.returncode == 0, result.stderr
