@@ -61,6 +61,10 @@ def _one_line(e: Exception) -> str:
     return lines[0] if lines else type(e).__name__
 
 
+def _is_loopback(host: str) -> bool:
+    return host == "localhost" or host.startswith("127.")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -75,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     host, port = server.server_address[:2]
     print(f"{PROG}: serving {server.served.name!r} at http://{host}:{port}/v1 (n_ctx {llm.n_ctx()}); "
           "Ctrl-C stops", file=sys.stderr, flush=True)
+    if not _is_loopback(args.host) and not args.api_key:
+        print(f"{PROG}: warning: listening on {args.host} without --api-key: anyone who can reach it can use it",
+              file=sys.stderr, flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

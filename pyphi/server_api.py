@@ -162,12 +162,23 @@ def chat_request(body: dict, served: ServedModel) -> Request:
         raise APIError(400, "each message must be an object with a string 'role'", param="messages")
     _check_response_format(body.get("response_format"))
     args = _common(body)
-    args["messages"] = messages
+    args["messages"] = [_text_content(m, i) for i, m in enumerate(messages)]
     args["tools"] = _field(body, "tools", list)
     args["tool_choice"] = _field(body, "tool_choice", (str, dict))
     # max_completion_tokens is OpenAI's newer name; the older max_tokens wins if both are sent.
     args["max_tokens"] = _max_tokens(body, "max_tokens", _max_tokens(body, "max_completion_tokens", None))
     return Request(True, args, *_stream_options(body))
+
+
+def _text_content(message: dict, i: int) -> dict:
+    """A message whose content is OpenAI's list of parts, with the text parts joined: the
+    template takes a string, and the model reads nothing but text."""
+    content = message.get("content")
+    if not isinstance(content, list):
+        return message
+    if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content):
+        raise APIError(400, f"messages[{i}]: only text content parts are supported", param=f"messages[{i}].content")
+    return {**message, "content": "".join(p["text"] for p in content)}
 
 
 def _check_response_format(fmt) -> None:

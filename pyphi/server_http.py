@@ -81,9 +81,8 @@ class ModelQueue:
 
 
 class Server(ThreadingHTTPServer):
-    """pyphi-serve's HTTP server: the served model and the request policy."""
-
-    daemon_threads = True
+    """pyphi-serve's HTTP server: the served model and the request policy. (Its connection
+    threads are daemons, as ThreadingHTTPServer makes them: a stalled client never blocks exit.)"""
 
     def __init__(self, served: ServedModel, address: tuple[str, int], *, api_key: str | None = None,
                  queue: int = DEFAULT_QUEUE, max_body: int = DEFAULT_MAX_BODY, log_requests: bool = True):
@@ -106,6 +105,16 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         self._handle("POST")
+
+    # Other methods get OpenAI's 404 rather than http.server's HTML 501 page.
+    def do_PUT(self) -> None:
+        self._handle("PUT")
+
+    def do_DELETE(self) -> None:
+        self._handle("DELETE")
+
+    def do_PATCH(self) -> None:
+        self._handle("PATCH")
 
     def log_message(self, format: str, *args) -> None:
         if self.server.log_requests:

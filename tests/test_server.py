@@ -178,6 +178,17 @@ def test_completion(api, model, llm):
     assert out.usage.prompt_tokens == len(llm.tokenize("Once upon a time"))
 
 
+def test_content_parts_are_joined(api, model):
+    kwargs = {"model": model, "max_tokens": 4, "logit_bias": NO_STOP}
+    parts = [{"type": "text", "text": "What is the weather "}, {"type": "text", "text": "in Paris?"}]
+    joined = api.chat.completions.create(messages=[*MESSAGES[:1], {"role": "user", "content": parts}], **kwargs)
+    assert joined.choices[0].message.content == api.chat.completions.create(messages=MESSAGES, **kwargs).choices[0].message.content
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+    with pytest.raises(openai.BadRequestError) as e:
+        api.chat.completions.create(messages=[{"role": "user", "content": [image]}], **kwargs)
+    assert e.value.param == "messages[0].content"
+
+
 def test_streaming_reassembles_the_answer(api, model):
     kwargs = {"model": model, "max_tokens": 30, "temperature": 0.8, "seed": 3, "logit_bias": NO_STOP}
     whole = api.chat.completions.create(messages=MESSAGES, **kwargs)
@@ -286,6 +297,7 @@ def test_unknown_model_and_route(server, api):
         api.models.retrieve("gpt-4o")
     check_error(*raw(server, "GET", "/v2/anything"), 404, "unknown_route")
     check_error(*raw(server, "POST", "/v1/models", b"{}"), 404, "unknown_route")
+    check_error(*raw(server, "DELETE", "/v1/models/x"), 404, "unknown_route")
 
 
 def test_prompt_longer_than_the_context(api, model):
