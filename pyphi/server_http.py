@@ -26,6 +26,7 @@ import json
 import select
 import socket
 import threading
+import traceback
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
@@ -128,6 +129,10 @@ class Handler(BaseHTTPRequestHandler):
             except APIError as e:
                 self._drain_body()
                 self._send_json(e.status, e.body(), retry_after=e.status == 503)
+            except Exception as e:  # noqa: BLE001 - a failed generation (or a bug): the client gets a 500
+                self.log_error("%s", traceback.format_exc())
+                self.close_connection = True
+                self._send_json(500, _internal_error(e).body())
         except (ClientGone, ConnectionError, TimeoutError):
             self.close_connection = True
 
@@ -228,7 +233,8 @@ class Handler(BaseHTTPRequestHandler):
         except (ClientGone, ConnectionError, TimeoutError):
             raise
         except Exception as e:  # noqa: BLE001 - the client must learn that its answer broke off
-            self._write_event(json.dumps(APIError(500, f"generation failed: {e}", type="server_error").body()))
+            self.log_error("%s", traceback.format_exc())
+            self._write_event(json.dumps(_internal_error(e).body()))
         self._write_event("[DONE]")
 
     def _write_event(self, data: str) -> None:
@@ -263,6 +269,10 @@ class Handler(BaseHTTPRequestHandler):
                     self._send_json(200, server_api.join(request, self._while_connected(chunks)))
             finally:
                 chunks.close()
+
+
+def _internal_error(e: Exception) -> APIError:
+    return APIError(500, f"the server failed: {type(e).__name__}: {e}", type="server_error")
 
 
 # ----------------------------------------------------------------------------------------------

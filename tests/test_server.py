@@ -329,6 +329,20 @@ def test_api_key(llm, model):
         assert out.usage.completion_tokens <= 2
 
 
+def test_a_failing_generation_is_a_500(api, model, monkeypatch):
+    def make_sampler(**kwargs):
+        n = iter(range(1000))
+        return lambda logits: 64 if next(n) < 3 else 1 / 0
+
+    monkeypatch.setattr(sampling, "make_sampler", make_sampler)
+    with pytest.raises(openai.InternalServerError) as e:
+        api.chat.completions.create(model=model, messages=MESSAGES)
+    assert e.value.status_code == 500 and "ZeroDivisionError" in e.value.message
+    stream = api.chat.completions.create(model=model, messages=MESSAGES, stream=True)
+    with pytest.raises(openai.APIError, match="ZeroDivisionError"):
+        list(stream)  # the status was 200; the error comes as an event
+
+
 # ---- one model, many clients ----
 
 
