@@ -5,7 +5,8 @@ A request is read strictly: a known field of the wrong type is a 400 naming it (
 shape, `{"error": {"message", "type", "param", "code"}}`), and a feature pyphi cannot honour is
 refused with a 400 instead of being ignored: n > 1, logprobs, echo, suffix, and response_format
 json_object / json_schema (pyphi has no grammar-constrained sampling, so it cannot promise JSON).
-Fields it does not know are ignored, as OpenAI's clients send some of their own.
+Fields it does not know are ignored, as OpenAI's clients send some of their own. A message's
+content may be OpenAI's list of parts if they are all text (they are joined).
 
 The model: a request may name it by the GGUF's `general.name` or by the file's stem (the
 `/v1/models` id is the former when present); any other name is a 404 `model_not_found`. A request
@@ -27,7 +28,7 @@ from pathlib import Path
 
 from .generate import ContextFullError
 from .gguf_reader import GGUFFile
-from .llama import Llama, _join_chat, _join_completion
+from .llama import DEFAULT_COMPLETION_MAX_TOKENS, Llama, _join_chat, _join_completion
 
 MAX_ABS_LOGIT_BIAS = 100.0  # OpenAI's range for logit_bias values
 OWNER = "pyphi"
@@ -206,7 +207,7 @@ def completion_request(body: dict, served: ServedModel) -> Request:
                        param="prompt")
     args = _common(body)
     args["prompt"] = prompt
-    args["max_tokens"] = _max_tokens(body, "max_tokens", 16)  # OpenAI's default for completions
+    args["max_tokens"] = _max_tokens(body, "max_tokens", DEFAULT_COMPLETION_MAX_TOKENS)
     return Request(False, args, *_stream_options(body))
 
 
@@ -242,7 +243,9 @@ def _named(chunks, name: str, source) -> Iterator[dict]:
 
 
 def join(request: Request, chunks) -> dict:
-    """The non-streamed response made of all the chunks."""
+    """The non-streamed response made of all the chunks, joined as Llama joins its own. (A
+    request that is not streamed is still generated as a stream, so that the server can stop
+    between chunks when its client has gone.)"""
     chunks = list(chunks)
     return _join_chat(chunks) if request.chat else _join_completion(chunks)
 
