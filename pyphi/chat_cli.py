@@ -26,6 +26,7 @@ import os
 import sys
 
 from . import sampling
+from .cli_errors import one_line
 from .gguf_reader import GGUFError
 from .hub import HubError, download_gguf
 from .llama import Llama
@@ -334,13 +335,6 @@ def _settings(args: argparse.Namespace) -> dict:
             "presence_penalty": args.presence_penalty, "max_tokens": args.max_tokens, "seed": args.seed}
 
 
-def _one_line(e: Exception) -> str:
-    if isinstance(e, OSError) and e.filename and e.strerror:  # not "[Errno 2] ...: 'path'"
-        return f"{e.filename}: {e.strerror.lower()}"
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -354,7 +348,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         llm = Llama(_model_path(args), n_ctx=args.n_ctx, n_threads=args.threads, context_shift=args.context_shift)
     except (OSError, GGUFError, HubError, ValueError, MemoryError) as e:
-        print(f"{PROG}: error: {_one_line(e)}", file=sys.stderr)
+        print(f"{PROG}: error: {one_line(e)}", file=sys.stderr)
         return EXIT_USAGE
     logit_bias = {i: float("-inf") for i in llm.tokenizer.stop_ids} if args.ignore_eos else None
     chat = Chat(llm, args.system, _settings(args), logit_bias)

@@ -160,7 +160,7 @@ class Llama:
                                              presence_penalty, logit_bias, seed)
         responses = self._generate(prompt_ids, sampler, processors, max_tokens, _stop_list(stop), 0)
         chunks = self._completion_chunks(responses, len(prompt_ids))
-        return chunks if stream else _join_completion(list(chunks))
+        return chunks if stream else join_completion(list(chunks))
 
     def _completion_chunks(self, responses, n_prompt: int) -> Iterator[dict]:
         head = _head("cmpl", "text_completion", self.model_path)
@@ -191,7 +191,7 @@ class Llama:
         n_keep = _system_prefix_length(messages, prompt_ids, self.tokenizer)
         responses = self._generate(prompt_ids, sampler, processors, max_tokens, _stop_list(stop), n_keep)
         chunks = self._chat_chunks(responses, len(prompt_ids), parse_tools=bool(tools))
-        return chunks if stream else _join_chat(list(chunks))
+        return chunks if stream else join_chat(list(chunks))
 
     def chat_prompt_ids(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
         """The conversation rendered by the model's chat template, with a generation prompt.
@@ -290,13 +290,13 @@ def _usage_and_timings(last: GenerationResponse, n_prompt: int, stop_ids) -> dic
             "timings": t.as_dict()}
 
 
-def _join_completion(chunks: list[dict]) -> dict:
+def join_completion(chunks: list[dict]) -> dict:
     last = chunks[-1]
     text = "".join(c["choices"][0]["text"] for c in chunks)
     return {**last, "choices": [{**last["choices"][0], "text": text}]}
 
 
-def _join_chat(chunks: list[dict]) -> dict:
+def join_chat(chunks: list[dict]) -> dict:
     last = chunks[-1]
     deltas = [c["choices"][0]["delta"] for c in chunks]
     calls = [call for d in deltas for call in d.get("tool_calls", [])]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .cli_errors import one_line
 from .gguf_reader import GGUFError
 from .llama import Llama
 from .server_api import ServedModel
@@ -54,13 +55,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _one_line(e: Exception) -> str:
-    if isinstance(e, OSError) and e.strerror:  # not "[Errno 2] ...: 'path'"
-        return f"{e.filename}: {e.strerror.lower()}" if e.filename else e.strerror.lower()
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__
-
-
 def _is_loopback(host: str) -> bool:
     return host == "localhost" or host.startswith("127.")
 
@@ -72,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         server = Server(ServedModel.of(llm), (args.host, args.port), api_key=args.api_key, queue=args.queue,
                         max_body=args.max_body)
     except (OSError, GGUFError, ValueError, MemoryError) as e:
-        print(f"{PROG}: error: {_one_line(e)}", file=sys.stderr)
+        print(f"{PROG}: error: {one_line(e)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

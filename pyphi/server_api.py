@@ -28,7 +28,7 @@ from pathlib import Path
 
 from .generate import ContextFullError
 from .gguf_reader import GGUFFile
-from .llama import DEFAULT_COMPLETION_MAX_TOKENS, Llama, _join_chat, _join_completion
+from .llama import DEFAULT_COMPLETION_MAX_TOKENS, Llama, join_chat, join_completion
 
 MAX_ABS_LOGIT_BIAS = 100.0  # OpenAI's range for logit_bias values
 OWNER = "pyphi"
@@ -247,7 +247,7 @@ def join(request: Request, chunks) -> dict:
     request that is not streamed is still generated as a stream, so that the server can stop
     between chunks when its client has gone.)"""
     chunks = list(chunks)
-    return _join_chat(chunks) if request.chat else _join_completion(chunks)
+    return join_chat(chunks) if request.chat else join_completion(chunks)
 
 
 def events(request: Request, chunks) -> Iterator[dict]:
