@@ -221,27 +221,23 @@ static int64_t packed_size(const struct pyphi_tensor *t) {
     return bytes > 0 ? (bytes + 63) / 64 * 64 : 0; /* each matrix 64-byte aligned */
 }
 
-/* Packs t into *cursor (advancing it) and releases t's file pages: the model never reads them
- * again. MADV_PAGEOUT is a hint that never changes the caller's data (unlike MADV_DONTNEED on
- * anonymous memory), so this is safe whatever memory holds the weights. */
-static void pack_tensor(struct pyphi_tensor *t, uint8_t **cursor, int release) {
+/* Packs t into *cursor (advancing it) and drops t's pages from the process: the model never
+ * reads them again (a tied head's embedding reads a few rows, which fault back in). On the
+ * read-only file mapping pyphi.h requires, MADV_DONTNEED only unmaps: the pages stay in the page
+ * cache (a reload is fast) and a later read faults them back from the file. (MADV_PAGEOUT would
+ * evict them from the page cache too, and the next load would read the disk.) */
+static void pack_tensor(struct pyphi_tensor *t, uint8_t **cursor) {
     int64_t size = packed_size(t);
     if (size == 0) {
         return;
     }
     pyphi_pack_matrix(t->type, t->data, t->ne1, t->ne0, *cursor); /* checked by packed_size */
-#ifdef MADV_PAGEOUT
-    if (release) {
-        uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
-        uintptr_t begin = ((uintptr_t)t->data + page - 1) / page * page;
-        uintptr_t end = ((uintptr_t)t->data + (uintptr_t)pyphi_packed_bytes(t->type, t->ne1, t->ne0)) / page * page;
-        if (end > begin) {
-            madvise((void *)begin, end - begin, MADV_PAGEOUT);
-        }
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t begin = ((uintptr_t)t->data + page - 1) / page * page;
+    uintptr_t end = ((uintptr_t)t->data + (uintptr_t)pyphi_packed_bytes(t->type, t->ne1, t->ne0)) / page * page;
+    if (end > begin) {
+        madvise((void *)begin, end - begin, MADV_DONTNEED);
     }
-#else
-    (void)release;
-#endif
     t->data = *cursor;
     *cursor += size;
 }
@@ -357,13 +353,13 @@ int pyphi_model_create(const struct pyphi_model_desc *desc, const struct pyphi_m
 #endif
         m->packed_bytes = sizes.packed_bytes;
         uint8_t *cursor = m->packed;
-        /* the tied head's pages stay: the embedding reads them */
-        pack_tensor(&m->d.output, &cursor, m->d.output.data != m->d.tok_embd.data);
+        /* a tied head's pages go too: the embedding faults back in only the rows it reads */
+        pack_tensor(&m->d.output, &cursor);
         for (int64_t l = 0; l < desc->n_layer; l++) {
             const struct pyphi_tensor *ms[MATRICES_PER_LAYER];
             layer_matrices(&m->layers[l], ms);
             for (int i = 0; i < MATRICES_PER_LAYER; i++) {
-                pack_tensor((struct pyphi_tensor *)ms[i], &cursor, 1); /* our copy: writable */
+                pack_tensor((struct pyphi_tensor *)ms[i], &cursor); /* our copy: writable */
             }
         }
     }

@@ -202,9 +202,10 @@ struct pyphi_model_params {
     int32_t kv_type;         /* PYPHI_TYPE_F16 or PYPHI_TYPE_F32 */
     int32_t longrope_switch; /* enum pyphi_longrope_switch */
     int32_t pack_weights;    /* 1: copy the Q4_0/Q8_0 matrices into the packed layout at create
-                              * (faster kernels; anonymous memory of their size, and their file
-                              * pages are handed back to the kernel with MADV_PAGEOUT); 0: compute
-                              * on the caller's mapping as it is */
+                              * (faster kernels; anonymous memory of their size) and drop their
+                              * pages from the process with MADV_DONTNEED, which requires them to
+                              * be a read-only file mapping, as the GGUF is; 0: compute on the
+                              * caller's memory as it is */
 };
 
 struct pyphi_model_sizes {
