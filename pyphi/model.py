@@ -42,7 +42,9 @@ DEFAULT_KV_TYPE = "f16"
 DEFAULT_LONGROPE_SWITCH = "reprefill"
 # Q4_0/Q8_0 matrices are copied into the kernels' packed layout at load (see pyphi.h): prefill
 # several times faster, decode closer to memory bandwidth, for anonymous memory of their size.
-DEFAULT_PACK_WEIGHTS = True
+# Only AVX-512 has a SIMD packed kernel so far (AVX2 runs the scalar twin there), so elsewhere
+# the default keeps ggml's layout and the ISA's own tiles.
+DEFAULT_PACK_WEIGHTS = lib.pyphi_isa_best() == lib.PYPHI_ISA_AVX512
 KV_TYPES = {"f16": lib.PYPHI_TYPE_F16, "f32": lib.PYPHI_TYPE_F32}
 LONGROPE_SWITCHES = {"reprefill": lib.PYPHI_LONGROPE_REPREFILL, "rerotate": lib.PYPHI_LONGROPE_REROTATE}
 GIB = 1 << 30
@@ -168,7 +170,8 @@ class Model:
     most the model's context length);
     kv_type: "f16" (default) or "f32"; n_batch: tokens per forward step of a long prompt;
     longrope_switch: "reprefill" (default) or "rerotate", see the module docstring;
-    pack_weights: copy Q4_0/Q8_0 matrices into the packed layout at load (default True).
+    pack_weights: copy Q4_0/Q8_0 matrices into the packed layout at load (default: where the CPU
+    has a SIMD packed kernel, AVX-512).
     Calls from several threads are serialised (the C model has one cache and one set of
     activation buffers).
     """
