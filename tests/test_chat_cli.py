@@ -45,6 +45,12 @@ def env_for(workdir, **extra):
     return env
 
 
+def default_sigint():
+    """Ctrl-C interrupts the child as in a terminal, even when this test run was started in the
+    background (a non-interactive shell's `&` makes SIGINT ignored, and that is inherited)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def command(*args):
     return [sys.executable, "-m", "pyphi.chat_cli", *map(str, args)]
 
@@ -52,7 +58,7 @@ def command(*args):
 def spawn(workdir, *args):
     cmd = command(*args)
     child = pexpect.spawn(cmd[0], cmd[1:], cwd=str(workdir), env=env_for(workdir), encoding="utf-8",
-                          timeout=TIMEOUT, dimensions=(50, 200))
+                          timeout=TIMEOUT, dimensions=(50, 200), preexec_fn=default_sigint)
     child.expect_exact(PROMPT)
     return child
 
@@ -212,7 +218,8 @@ def test_prompt_flag_prints_the_answer(gguf, workdir):
 
 def test_ctrl_c_in_prompt_mode_exits_130(gguf, workdir):
     cmd = command(gguf, "-p", "Go on", "--ignore-eos", "--threads", 1)
-    child = pexpect.spawn(cmd[0], cmd[1:], cwd=str(workdir), env=env_for(workdir), encoding="utf-8", timeout=TIMEOUT)
+    child = pexpect.spawn(cmd[0], cmd[1:], cwd=str(workdir), env=env_for(workdir), encoding="utf-8", timeout=TIMEOUT,
+                          preexec_fn=default_sigint)
     child.expect(r"\S{3}")
     child.sendintr()
     child.expect(pexpect.EOF)
@@ -327,7 +334,7 @@ def test_hf_downloads_once_and_picks_the_quant(hub, gguf, workdir):
     # First in a terminal, where the progress bar is drawn.
     cmd = command(*args)
     child = pexpect.spawn(cmd[0], cmd[1:], cwd=str(workdir), env=env_for(workdir, **env), encoding="utf-8",
-                          timeout=TIMEOUT, dimensions=(50, 200))
+                          timeout=TIMEOUT, dimensions=(50, 200), preexec_fn=default_sigint)
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 0, child.before

@@ -418,7 +418,10 @@ def test_concurrent_clients_are_served_in_turn(server, model):
 def test_command_line(gguf, tmp_path):
     cmd = [sys.executable, "-m", "pyphi.server", gguf, "--port", "0", "--n-ctx", "256", "--threads", "1",
            "--api-key", "k3y"]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    # SIGINT as in a terminal, even when this test run was started in the background (where `&`
+    # makes it ignored, and that is inherited).
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         ready, _, _ = select.select([proc.stderr], [], [], TIMEOUT)
         assert ready, "pyphi-serve did not start"
