@@ -72,3 +72,19 @@ class ModelZoo:
 @pytest.fixture(scope="session")
 def model_zoo(tmp_path_factory):
     return ModelZoo(tmp_path_factory.mktemp("model_zoo"))
+
+
+@pytest.fixture(scope="module")
+def gguf(model_zoo):
+    """The tiny random model as Q8_0, which the API, REPL and server tests run on (a module may
+    override it)."""
+    return str(model_zoo.gguf("tiny", "q8_0"))
+
+
+@pytest.fixture(scope="module")
+def llm(gguf):
+    """A pyphi.Llama over `gguf`, shared by a test module."""
+    from pyphi.llama import Llama
+
+    with Llama(gguf, n_ctx=512, n_threads=1) as llm:
+        yield llm

@@ -27,17 +27,6 @@ TOOLS = [{"type": "function", "function": {
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
 
 
-@pytest.fixture(scope="module")
-def gguf(model_zoo):
-    return str(model_zoo.gguf("tiny", "q8_0"))
-
-
-@pytest.fixture(scope="module")
-def llm(gguf):
-    with Llama(gguf, n_ctx=512, n_threads=1) as llm:
-        yield llm
-
-
 def no_stop():
     return {END: -FORCE, ENDOFTEXT: -FORCE}
 

@@ -30,11 +30,6 @@ TIMEOUT = 60
 MAX_TOKENS = 12
 
 
-@pytest.fixture(scope="module")
-def gguf(model_zoo):
-    return str(model_zoo.gguf("tiny", "q8_0"))
-
-
 @pytest.fixture
 def workdir(tmp_path):
     return tmp_path

@@ -27,7 +27,6 @@ import openai
 import pytest
 
 from pyphi import sampling
-from pyphi.llama import Llama
 from pyphi.server_api import ServedModel
 from pyphi.server_http import Server
 
@@ -40,17 +39,6 @@ TOOLS = [{"type": "function", "function": {
     "name": "get_weather", "description": "Current weather of a city.",
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
 CALL = '<|tool_call|>[{"name": "get_weather", "arguments": {"city": "Paris"}}]<|/tool_call|>'
-
-
-@pytest.fixture(scope="module")
-def gguf(model_zoo):
-    return str(model_zoo.gguf("tiny", "q8_0"))
-
-
-@pytest.fixture(scope="module")
-def llm(gguf):
-    with Llama(gguf, n_ctx=512, n_threads=1) as llm:
-        yield llm
 
 
 @contextlib.contextmanager
