@@ -14,15 +14,49 @@
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 static uint32_t g_features;                     /* written once under g_once */
 static int g_best;                              /* written once under g_once */
+static pyphi_kernels g_tables[PYPHI_ISA_COUNT]; /* each ISA's table, gaps filled; under g_once */
 static _Atomic(const pyphi_kernels *) g_current; /* the table in use now */
 
+/* isa's own table with every NULL entry taken from the scalar table (kernels.h); NULL if this
+ * build has no table for isa. A missing vec_dot brings the scalar gemm with it, so a tile always
+ * computes what its table's vec_dot does. */
+static const pyphi_kernels *complete_table(int isa) {
+    const pyphi_kernels *own = pyphi_isa_kernels(isa);
+    if (own == NULL) {
+        return NULL;
+    }
+    const pyphi_kernels *scalar = &pyphi_kernels_scalar;
+    pyphi_kernels *t = &g_tables[isa];
+    *t = *own;
+    for (int type = 0; type < PYPHI_TYPE_ID_LIMIT; type++) {
+        if (t->vec_dot[type] == NULL) {
+            t->vec_dot[type] = scalar->vec_dot[type];
+            t->gemm[type] = scalar->gemm[type];
+        }
+        if (t->gemm_packed[type] == NULL) {
+            t->gemm_packed[type] = scalar->gemm_packed[type];
+        }
+        if (t->quantize_act[type] == NULL) {
+            t->quantize_act[type] = scalar->quantize_act[type];
+        }
+    }
+    return t;
+}
+
+static const pyphi_kernels *table(int isa) {
+    return g_tables[isa].vec_dot[PYPHI_TYPE_F32] != NULL ? &g_tables[isa] : NULL;
+}
+
 static int supported(int isa) {
-    const pyphi_kernels *k = pyphi_isa_kernels(isa);
+    const pyphi_kernels *k = table(isa);
     uint32_t need = pyphi_isa_requires(isa);
     return k != NULL && (g_features & need) == need;
 }
 
 static void init_once(void) {
+    for (int isa = 0; isa < PYPHI_ISA_COUNT; isa++) {
+        complete_table(isa);
+    }
     g_features = pyphi_cpu_detect();
     g_best = PYPHI_ISA_SCALAR;
     for (int isa = PYPHI_ISA_COUNT - 1; isa > PYPHI_ISA_SCALAR; isa--) {
@@ -31,7 +65,7 @@ static void init_once(void) {
             break;
         }
     }
-    atomic_store(&g_current, pyphi_isa_kernels(g_best));
+    atomic_store(&g_current, table(g_best));
 }
 
 static void ensure_init(void) {
@@ -66,7 +100,7 @@ int pyphi_isa_set(int isa) {
     if (!pyphi_isa_supported(isa)) {
         return PYPHI_E_ISA;
     }
-    atomic_store_explicit(&g_current, pyphi_isa_kernels(isa), memory_order_release);
+    atomic_store_explicit(&g_current, table(isa), memory_order_release);
     return PYPHI_OK;
 }
 

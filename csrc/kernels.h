@@ -33,8 +33,9 @@
  * the horizontal reduction of up to 16 lanes). */
 typedef void (*pyphi_vec_dot_fn)(int64_t n, float *s, const void *w, const void *a);
 
-/* x: (n,) float32 -> y: (n / 32) block_q8_0; n a multiple of 32. Every ISA's version is
- * bit-identical to pyphi_quantize_row_q8_0 (quants.c), i.e. to gguf.quants.quantize. */
+/* x: (n,) float32 -> y: a row of n values in one activation type (Q8_0, Q8_1, Q8_K); n a multiple
+ * of its block. Every ISA's version is bit-identical to the scalar codec of quants.c (for Q8_0,
+ * pyphi_quantize_row_q8_0, i.e. gguf.quants.quantize). */
 typedef void (*pyphi_quantize_fn)(const float *x, void *y, int64_t n);
 
 /* A tile of the matmul: for r < n_rows and t < n_tok,
@@ -84,8 +85,13 @@ typedef struct pyphi_kernels {
     pyphi_vec_dot_fn vec_dot[PYPHI_TYPE_ID_LIMIT]; /* by weight type; NULL: type not computed */
     pyphi_gemm_fn gemm[PYPHI_TYPE_ID_LIMIT];       /* by weight type; set wherever vec_dot is */
     pyphi_gemm_packed_fn gemm_packed[PYPHI_TYPE_ID_LIMIT]; /* Q4_0 and Q8_0 only */
-    pyphi_quantize_fn quantize_row_q8_0;          /* activations for Q4_0/Q8_0 weights */
+    pyphi_quantize_fn quantize_act[PYPHI_TYPE_ID_LIMIT];   /* by activation type (pyphi_vec_dot_type) */
 } pyphi_kernels;
+
+/* A SIMD table may leave any entry NULL: dispatch.c fills it from pyphi_kernels_scalar (a NULL
+ * vec_dot takes the scalar vec_dot and gemm together), so a new format can land with its scalar
+ * twin first and gain SIMD kernels one ISA at a time. pyphi_kernels_current never has a NULL
+ * entry where the scalar table has one. */
 
 extern const pyphi_kernels pyphi_kernels_scalar;
 /* Only in x86-64 builds; reached through pyphi_isa_kernels (cpu_x86.c). */

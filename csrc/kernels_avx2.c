@@ -213,5 +213,5 @@ const pyphi_kernels pyphi_kernels_avx2 = {
         [PYPHI_TYPE_Q8_0] = pyphi_gemm_packed_q8_0_scalar,
         [PYPHI_TYPE_Q4_0] = pyphi_gemm_packed_q4_0_scalar,
     },
-    .quantize_row_q8_0 = quantize_row_q8_0_avx2,
+    .quantize_act = {[PYPHI_TYPE_Q8_0] = quantize_row_q8_0_avx2},
 };

@@ -556,5 +556,5 @@ const pyphi_kernels pyphi_kernels_avx512 = {
         [PYPHI_TYPE_Q8_0] = gemm_packed_q8_0_avx512,
         [PYPHI_TYPE_Q4_0] = gemm_packed_q4_0_avx512,
     },
-    .quantize_row_q8_0 = quantize_row_q8_0_avx512,
+    .quantize_act = {[PYPHI_TYPE_Q8_0] = quantize_row_q8_0_avx512},
 };

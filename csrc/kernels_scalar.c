@@ -153,5 +153,5 @@ const pyphi_kernels pyphi_kernels_scalar = {
         [PYPHI_TYPE_Q8_0] = pyphi_gemm_packed_q8_0_scalar,
         [PYPHI_TYPE_Q4_0] = pyphi_gemm_packed_q4_0_scalar,
     },
-    .quantize_row_q8_0 = pyphi_quantize_row_q8_0,
+    .quantize_act = {[PYPHI_TYPE_Q8_0] = pyphi_quantize_row_q8_0},
 };

@@ -50,21 +50,32 @@ static int64_t matrix_bytes(int64_t rows, int64_t row_bytes) {
 
 /* The kernel table's dot for wtype, or NULL if wtype is not a weight type we compute. */
 static pyphi_vec_dot_fn dot_for(const pyphi_kernels *k, int wtype) {
-    if (pyphi_type_block_values(wtype) == 0) {
+    if (pyphi_vec_dot_type(wtype) < 0) {
         return NULL;
     }
     return k->vec_dot[wtype];
 }
 
 int pyphi_vec_dot_type(int wtype) {
+    if (pyphi_type_block_values(wtype) == 0) {
+        return PYPHI_E_TYPE; /* a type this build does not store */
+    }
     switch (wtype) {
-    case PYPHI_TYPE_Q4_0:
-    case PYPHI_TYPE_Q8_0:
-        return PYPHI_TYPE_Q8_0;
     case PYPHI_TYPE_F32:
     case PYPHI_TYPE_F16:
     case PYPHI_TYPE_BF16:
         return PYPHI_TYPE_F32;
+    case PYPHI_TYPE_Q4_0:
+    case PYPHI_TYPE_Q5_0:
+    case PYPHI_TYPE_Q8_0:
+        return PYPHI_TYPE_Q8_0;
+    case PYPHI_TYPE_Q4_1:
+    case PYPHI_TYPE_Q5_1:
+        return PYPHI_TYPE_Q8_1;
+    case PYPHI_TYPE_Q4_K:
+    case PYPHI_TYPE_Q5_K:
+    case PYPHI_TYPE_Q6_K:
+        return PYPHI_TYPE_Q8_K;
     default:
         return PYPHI_E_TYPE;
     }
@@ -98,18 +109,19 @@ struct matmul_job {
     const float *x;      /* (n_tokens, n_in) float32 */
     const uint8_t *w;    /* (n_out, w_row_bytes) in the weight type */
     const uint8_t *act;  /* (n_tokens, act_row_bytes) in the activation type: x or scratch */
-    uint8_t *act_quant;  /* scratch (n_tokens, act_row_bytes) block_q8_0, or NULL for float */
+    pyphi_quantize_fn quantize; /* float32 -> the activation type, or NULL for float32 */
+    uint8_t *act_quant;  /* scratch (n_tokens, act_row_bytes) in the activation type, or NULL */
     float *y;            /* (n_tokens, n_out) float32 */
     int64_t n_out, n_in, n_tokens;
     size_t w_row_bytes, act_row_bytes;
     int64_t rows_per_chunk;
 };
 
-/* Chunk = one token: its row of x to Q8_0. */
+/* Chunk = one token: its row of x to the activation type. */
 static void quantize_activations(void *ctx, int64_t token, int thread) {
     (void)thread;
     struct matmul_job *job = ctx;
-    job->k->quantize_row_q8_0(job->x + token * job->n_in,
+    job->quantize(job->x + token * job->n_in,
                               job->act_quant + (size_t)token * job->act_row_bytes, job->n_in);
 }
 
@@ -171,8 +183,9 @@ int pyphi_matmul(pyphi_pool *pool, int wtype, const void *w, int64_t n_out, int6
     int64_t rows = CHUNK_WEIGHT_BYTES / (w_row_bytes > 0 ? w_row_bytes : 1) / ROWS_MULTIPLE * ROWS_MULTIPLE;
     job.rows_per_chunk = rows < ROWS_MULTIPLE ? ROWS_MULTIPLE : rows > MAX_ROWS_PER_CHUNK ? MAX_ROWS_PER_CHUNK : rows;
 
-    if (atype == PYPHI_TYPE_Q8_0) {
+    if (atype != PYPHI_TYPE_F32) {
         /* quantize each row of x once; every output row of the batch then reuses it */
+        job.quantize = k->quantize_act[atype];
         job.act_quant = malloc(act_bytes > 0 ? (size_t)act_bytes : 1);
         if (job.act_quant == NULL) {
             return PYPHI_E_NOMEM;
@@ -233,7 +246,7 @@ static void quantize_packed_activations(void *ctx, int64_t token, int thread) {
     (void)thread;
     struct packed_job *job = ctx;
     const block_q8_0 *a = (const block_q8_0 *)(job->act + (size_t)token * job->act_row_bytes);
-    job->k->quantize_row_q8_0(job->x + token * job->n_in, (void *)a, job->n_in);
+    job->k->quantize_act[PYPHI_TYPE_Q8_0](job->x + token * job->n_in, (void *)a, job->n_in);
     int64_t nb = job->n_in / PYPHI_QK8_0;
     for (int64_t b = 0; b < nb; b++) {
         int32_t s = 0;

@@ -32,7 +32,15 @@ enum pyphi_type {
     PYPHI_TYPE_F32 = 0,
     PYPHI_TYPE_F16 = 1,
     PYPHI_TYPE_Q4_0 = 2,
+    PYPHI_TYPE_Q4_1 = 3,
+    PYPHI_TYPE_Q5_0 = 6,
+    PYPHI_TYPE_Q5_1 = 7,
     PYPHI_TYPE_Q8_0 = 8,
+    PYPHI_TYPE_Q8_1 = 9,  /* activations only (dotted with Q4_1/Q5_1) */
+    PYPHI_TYPE_Q4_K = 12,
+    PYPHI_TYPE_Q5_K = 13,
+    PYPHI_TYPE_Q6_K = 14,
+    PYPHI_TYPE_Q8_K = 15, /* activations only (dotted with the K-quants) */
     PYPHI_TYPE_BF16 = 30
 };
 
@@ -109,8 +117,9 @@ int pyphi_convert_rows(pyphi_pool *pool, int src_type, const void *src, int dst_
 
 /* ---- Dot products and matmul (kernels_*.c, matmul.c) -------------------------------------- */
 
-/* The format activations take when dotted with weights of type wtype: Q8_0 for Q4_0 and Q8_0
- * weights (quantized on the fly, as ggml does), F32 for F32/F16/BF16 weights. */
+/* The format activations take when dotted with weights of type wtype (ggml's vec_dot_type),
+ * quantized on the fly as ggml does: Q8_0 for Q4_0/Q5_0/Q8_0, Q8_1 for Q4_1/Q5_1, Q8_K for the
+ * K-quants; F32 for F32/F16/BF16. PYPHI_E_TYPE for a type this build does not compute. */
 int pyphi_vec_dot_type(int wtype);
 
 /* *out = dot of w (a row of n values in wtype) with a (a row of n values in

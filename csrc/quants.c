@@ -202,7 +202,7 @@ int pyphi_quantize_row(int type, const float *x, void *y, int64_t n) {
     case PYPHI_TYPE_Q8_0:
         /* the current ISA's activation quantizer: bit-identical to pyphi_quantize_row_q8_0 by
          * contract (kernels.h), faster, and so testable against gguf through this function */
-        pyphi_kernels_current()->quantize_row_q8_0(x, y, n);
+        pyphi_kernels_current()->quantize_act[PYPHI_TYPE_Q8_0](x, y, n);
         break;
     case PYPHI_TYPE_Q4_0:
         pyphi_quantize_row_q4_0(x, y, n);

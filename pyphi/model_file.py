@@ -26,13 +26,10 @@ from .gguf_reader import GGUFError, GGUFFile
 
 ARCHITECTURES = ("phi3",)
 DEFAULT_ROPE_BASE = 10000.0  # Phi3Config rope_theta default, and llama.cpp's
-# The types the C core computes (pyphi.h enum pyphi_type), and the ones norms must have.
+# The weight types the C core computes: those it stores and has a dot product for.
 COMPUTED_TYPES = {
-    lib.PYPHI_TYPE_F32: "F32",
-    lib.PYPHI_TYPE_F16: "F16",
-    lib.PYPHI_TYPE_BF16: "BF16",
-    lib.PYPHI_TYPE_Q8_0: "Q8_0",
-    lib.PYPHI_TYPE_Q4_0: "Q4_0",
+    type_id: name for type_id, name in GGML_TYPE_NAMES.items()
+    if lib.pyphi_type_block_values(type_id) > 0 and lib.pyphi_vec_dot_type(type_id) >= 0
 }
 _INT_TYPES = (ValueType.UINT8, ValueType.INT8, ValueType.UINT16, ValueType.INT16, ValueType.UINT32,
               ValueType.INT32, ValueType.UINT64, ValueType.INT64)

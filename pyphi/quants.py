@@ -16,9 +16,11 @@ _TYPE_PREFIX = "PYPHI_TYPE_"
 
 
 def type_names() -> dict[int, str]:
-    """{type id: lowercase name} for every type libpyphi computes, e.g. {2: "q4_0", ...}."""
+    """{type id: lowercase name} for every type libpyphi stores (quantizes and dequantizes), e.g.
+    {2: "q4_0", ...}. The header may name types a build does not store yet; they are left out."""
     elements = ffi.typeof("enum pyphi_type").elements
-    return {value: name[len(_TYPE_PREFIX) :].lower() for value, name in elements.items()}
+    return {value: name[len(_TYPE_PREFIX) :].lower() for value, name in elements.items()
+            if lib.pyphi_type_block_values(value) > 0}
 
 
 def type_id(t: int | str) -> int:

@@ -320,7 +320,7 @@ def test_matmul_and_vec_dot_reject_bad_arguments():
     wp, xp, yp = (ffi.from_buffer("uint8_t[]", w), ffi.from_buffer("float[]", x), ffi.from_buffer("float[]", y))
     mm = lib.pyphi_matmul
     assert mm(ffi.NULL, q4, wp, 4, 64, xp, 2, yp) == lib.PYPHI_OK
-    assert mm(ffi.NULL, 6, wp, 4, 64, xp, 2, yp) == lib.PYPHI_E_TYPE
+    assert mm(ffi.NULL, 4, wp, 4, 64, xp, 2, yp) == lib.PYPHI_E_TYPE
     assert mm(ffi.NULL, -1, wp, 4, 64, xp, 2, yp) == lib.PYPHI_E_TYPE
     assert mm(ffi.NULL, q4, ffi.NULL, 4, 64, xp, 2, yp) == lib.PYPHI_E_ARG
     assert mm(ffi.NULL, q4, wp, 4, 64, ffi.NULL, 2, yp) == lib.PYPHI_E_ARG
@@ -341,7 +341,7 @@ def test_matmul_and_vec_dot_reject_bad_arguments():
     assert lib.pyphi_vec_dot(q4, wp, wp, 65, out) == lib.PYPHI_E_SHAPE
     assert lib.pyphi_vec_dot(q4, wp, wp, 64, ffi.NULL) == lib.PYPHI_E_ARG
     assert lib.pyphi_vec_dot(q4, ffi.NULL, wp, 64, out) == lib.PYPHI_E_ARG
-    assert lib.pyphi_vec_dot(3, wp, wp, 64, out) == lib.PYPHI_E_TYPE
+    assert lib.pyphi_vec_dot(4, wp, wp, 64, out) == lib.PYPHI_E_TYPE
     assert lib.pyphi_vec_dot(f32, xp, xp, 0, out) == lib.PYPHI_OK and out[0] == 0.0
     assert lib.pyphi_vec_dot_type(q4) == lib.PYPHI_TYPE_Q8_0
     assert lib.pyphi_vec_dot_type(lib.PYPHI_TYPE_BF16) == lib.PYPHI_TYPE_F32
@@ -349,7 +349,7 @@ def test_matmul_and_vec_dot_reject_bad_arguments():
     with pytest.raises(ValueError):
         kernels.matmul(None, q4, w, np.zeros((2, 96), np.float32))  # 144 bytes: not rows of 96
     with pytest.raises(ValueError):
-        kernels.vec_dot_type(7)  # not a pyphi_type
+        kernels.vec_dot_type(5)  # not a pyphi_type (ggml's removed Q4_2)
     with pytest.raises(NativeError):
         kernels.matmul(None, q4, w, np.zeros((2, 48), np.float32))  # n_in not whole blocks
 

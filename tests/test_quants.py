@@ -212,4 +212,4 @@ def test_convert_rows_rejects_bad_arguments():
     with pytest.raises(ValueError):
         quants.convert_rows(None, "f32", b"\0" * 12, "q8_0", 32)  # not a whole row
     with pytest.raises(ValueError):
-        quants.type_id("q4_1")
+        quants.type_id("q2_k")
