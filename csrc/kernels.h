@@ -17,7 +17,8 @@
 
 /* *s = sum over i of w[i] * a[i].
  * w: one row of n values in the weight type; a: one row of n values in the activation type
- * (pyphi_vec_dot_type: block_q8_0 for Q4_0/Q8_0 weights, float32 for F32/F16/BF16 weights).
+ * (pyphi_vec_dot_type: block_q8_0 for Q4_0/Q5_0/Q8_0 weights, block_q8_1 for Q4_1/Q5_1,
+ * float32 for F32/F16/BF16 weights).
  * n: values, a multiple of the weight type's block (callers check). No alignment is required.
  * Quantized types: each block's dot is an exact int32, scaled by d_w * d_a (that product of two
  * binary16 numbers is exact in binary32) and summed in float, as ggml does; summation order is
@@ -30,7 +31,13 @@
  * multiply-add rounds product and sum once) and once per addition on its way to the result;
  * the longest such path is the m - 1 sequential additions of the scalar twin, or in the SIMD
  * versions m / lanes per lane plus at most 10 more (remainder loops, combining the accumulators,
- * the horizontal reduction of up to 16 lanes). */
+ * the horizontal reduction of up to 16 lanes).
+ * Weights with a minimum (Q4_1, Q5_1; activations Q8_1) follow ggml: a block's term is
+ * (d_w d_a) isum + m_w s_a, isum over the unsigned codes q_j and s_a the activation block's
+ * stored sum (an operand: it only approximates d_a sum a_j, so "exact" here means the sum of
+ * these terms in exact arithmetic). m_w s_a is exact in binary32 too, but adding it rounds once
+ * more, so for them k = m + 11 and sum |w[i] * a[i]| becomes
+ * sum over blocks of |d_w d_a| sum_j |q_j a_j| + |m_w s_a|. */
 typedef void (*pyphi_vec_dot_fn)(int64_t n, float *s, const void *w, const void *a);
 
 /* x: (n,) float32 -> y: a row of n values in one activation type (Q8_0, Q8_1, Q8_K); n a multiple
@@ -105,6 +112,9 @@ void pyphi_vec_dot_f16_scalar(int64_t n, float *s, const void *w, const void *a)
 void pyphi_vec_dot_bf16_scalar(int64_t n, float *s, const void *w, const void *a);
 void pyphi_vec_dot_q8_0_q8_0_scalar(int64_t n, float *s, const void *w, const void *a);
 void pyphi_vec_dot_q4_0_q8_0_scalar(int64_t n, float *s, const void *w, const void *a);
+void pyphi_vec_dot_q5_0_q8_0_scalar(int64_t n, float *s, const void *w, const void *a);
+void pyphi_vec_dot_q4_1_q8_1_scalar(int64_t n, float *s, const void *w, const void *a);
+void pyphi_vec_dot_q5_1_q8_1_scalar(int64_t n, float *s, const void *w, const void *a);
 void pyphi_gemm_packed_q8_0_scalar(int64_t n, int64_t n_groups, int64_t n_tok, const void *w,
                                    const void *a, size_t a_stride, const int32_t *a_sums,
                                    float *y, int64_t y_stride);

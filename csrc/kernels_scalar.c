@@ -71,6 +71,67 @@ void pyphi_vec_dot_q4_0_q8_0_scalar(int64_t n, float *s, const void *vw, const v
     *s = sum;
 }
 
+/* 5-bit code j of a Q5_0/Q5_1 block: nibble j | bit j of qh << 4 (0..31). */
+static inline int32_t code5(const uint8_t *qs, const uint8_t *qh, int j) {
+    uint32_t h;
+    memcpy(&h, qh, sizeof h); /* little-endian, as ggml reads it */
+    return ((qs[j % 16] >> (4 * (j / 16))) & 0x0f) | (int32_t)(((h >> j) & 1u) << 4);
+}
+
+void pyphi_vec_dot_q5_0_q8_0_scalar(int64_t n, float *s, const void *vw, const void *va) {
+    const block_q5_0 *w = vw; /* (n / 32,) */
+    const block_q8_0 *a = va; /* (n / 32,) */
+    float sum = 0.0f;
+    for (int64_t b = 0; b < n / PYPHI_QK5_0; b++) {
+        int32_t isum = 0; /* |isum| <= 32 * 16 * 128: exact */
+        for (int j = 0; j < PYPHI_QK5_0; j++) {
+            isum += (code5(w[b].qs, w[b].qh, j) - 16) * (int32_t)a[b].qs[j];
+        }
+        float dd = pyphi_fp16_to_fp32(w[b].d) * pyphi_fp16_to_fp32(a[b].d); /* exact */
+        sum += (float)isum * dd;
+    }
+    *s = sum;
+}
+
+/* Weights with a minimum (Q4_1, Q5_1) x Q8_1, ggml's formula (ggml_vec_dot_q4_1_q8_1_generic):
+ * per block, (d_w * d_a) * isum + m_w * s_a, with isum over the unsigned codes. d_w * d_a and
+ * m_w * s_a are products of two binary16 numbers, exact in binary32; (float)isum * dd and the
+ * sum of the two terms round once each, then the block is added to the row's sum. */
+static inline float min_block_term(uint16_t dw, uint16_t mw, const block_q8_1 *a, int32_t isum) {
+    float dd = pyphi_fp16_to_fp32(dw) * pyphi_fp16_to_fp32(a->d); /* exact */
+    float ms = pyphi_fp16_to_fp32(mw) * pyphi_fp16_to_fp32(a->s); /* exact */
+    return (float)isum * dd + ms;
+}
+
+void pyphi_vec_dot_q4_1_q8_1_scalar(int64_t n, float *s, const void *vw, const void *va) {
+    const block_q4_1 *w = vw; /* (n / 32,) */
+    const block_q8_1 *a = va; /* (n / 32,) */
+    float sum = 0.0f;
+    for (int64_t b = 0; b < n / PYPHI_QK4_1; b++) {
+        int32_t isum = 0; /* |isum| <= 32 * 15 * 128: exact */
+        for (int j = 0; j < PYPHI_QK4_1 / 2; j++) {
+            isum += (w[b].qs[j] & 0x0f) * (int32_t)a[b].qs[j];
+            isum += (w[b].qs[j] >> 4) * (int32_t)a[b].qs[j + PYPHI_QK4_1 / 2];
+        }
+        sum += min_block_term(w[b].d, w[b].m, &a[b], isum);
+    }
+    *s = sum;
+}
+
+void pyphi_vec_dot_q5_1_q8_1_scalar(int64_t n, float *s, const void *vw, const void *va) {
+    const block_q5_1 *w = vw; /* (n / 32,) */
+    const block_q8_1 *a = va; /* (n / 32,) */
+    float sum = 0.0f;
+    for (int64_t b = 0; b < n / PYPHI_QK5_1; b++) {
+        int32_t isum = 0; /* |isum| <= 32 * 31 * 128: exact */
+        for (int j = 0; j < PYPHI_QK5_1; j++) {
+            isum += code5(w[b].qs, w[b].qh, j) * (int32_t)a[b].qs[j];
+        }
+        sum += min_block_term(w[b].d, w[b].m, &a[b], isum);
+    }
+    *s = sum;
+}
+
 /* Packed weights (quants.h): per (row, token) the scalar dot's arithmetic above, block by block:
  * the exact block sum, times the exact d_w * d_a, added in block order. The biased codes give
  * sum (code - bias) a = sum code a - bias * sum a, exact in int32. */
@@ -132,6 +193,9 @@ PYPHI_DEFINE_GEMM_BY_DOT(gemm_f16_scalar, pyphi_vec_dot_f16_scalar)
 PYPHI_DEFINE_GEMM_BY_DOT(gemm_bf16_scalar, pyphi_vec_dot_bf16_scalar)
 PYPHI_DEFINE_GEMM_BY_DOT(gemm_q8_0_q8_0_scalar, pyphi_vec_dot_q8_0_q8_0_scalar)
 PYPHI_DEFINE_GEMM_BY_DOT(gemm_q4_0_q8_0_scalar, pyphi_vec_dot_q4_0_q8_0_scalar)
+PYPHI_DEFINE_GEMM_BY_DOT(gemm_q4_1_q8_1_scalar, pyphi_vec_dot_q4_1_q8_1_scalar)
+PYPHI_DEFINE_GEMM_BY_DOT(gemm_q5_0_q8_0_scalar, pyphi_vec_dot_q5_0_q8_0_scalar)
+PYPHI_DEFINE_GEMM_BY_DOT(gemm_q5_1_q8_1_scalar, pyphi_vec_dot_q5_1_q8_1_scalar)
 
 const pyphi_kernels pyphi_kernels_scalar = {
     .isa = PYPHI_ISA_SCALAR,
@@ -141,6 +205,9 @@ const pyphi_kernels pyphi_kernels_scalar = {
         [PYPHI_TYPE_BF16] = pyphi_vec_dot_bf16_scalar,
         [PYPHI_TYPE_Q8_0] = pyphi_vec_dot_q8_0_q8_0_scalar,
         [PYPHI_TYPE_Q4_0] = pyphi_vec_dot_q4_0_q8_0_scalar,
+        [PYPHI_TYPE_Q4_1] = pyphi_vec_dot_q4_1_q8_1_scalar,
+        [PYPHI_TYPE_Q5_0] = pyphi_vec_dot_q5_0_q8_0_scalar,
+        [PYPHI_TYPE_Q5_1] = pyphi_vec_dot_q5_1_q8_1_scalar,
     },
     .gemm = {
         [PYPHI_TYPE_F32] = gemm_f32_scalar,
@@ -148,10 +215,16 @@ const pyphi_kernels pyphi_kernels_scalar = {
         [PYPHI_TYPE_BF16] = gemm_bf16_scalar,
         [PYPHI_TYPE_Q8_0] = gemm_q8_0_q8_0_scalar,
         [PYPHI_TYPE_Q4_0] = gemm_q4_0_q8_0_scalar,
+        [PYPHI_TYPE_Q4_1] = gemm_q4_1_q8_1_scalar,
+        [PYPHI_TYPE_Q5_0] = gemm_q5_0_q8_0_scalar,
+        [PYPHI_TYPE_Q5_1] = gemm_q5_1_q8_1_scalar,
     },
     .gemm_packed = {
         [PYPHI_TYPE_Q8_0] = pyphi_gemm_packed_q8_0_scalar,
         [PYPHI_TYPE_Q4_0] = pyphi_gemm_packed_q4_0_scalar,
     },
-    .quantize_act = {[PYPHI_TYPE_Q8_0] = pyphi_quantize_row_q8_0},
+    .quantize_act = {
+        [PYPHI_TYPE_Q8_0] = pyphi_quantize_row_q8_0,
+        [PYPHI_TYPE_Q8_1] = pyphi_quantize_row_q8_1,
+    },
 };

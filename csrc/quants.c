@@ -4,7 +4,10 @@
  * dequantizers to gguf.quants.dequantize. That code is numpy over float32, so this file keeps each
  * float32 operation, and its order, exactly as numpy evaluates it; the build passes
  * -ffp-contract=off so the compiler cannot fuse a multiply and an add into one rounding.
- * Not here: SIMD (kernels_*.c; pyphi_quantize_row hands Q8_0 rows to the current ISA's
+ * The Q4_1/Q5_0/Q5_1/Q8_1 codecs live in quants_legacy.c (their numpy twins share little with
+ * the formats here, and this file stays the one place that lists every type); this file routes
+ * to them.
+ * Not here: SIMD (kernels_*.c; pyphi_quantize_row hands Q8_0/Q8_1 rows to the current ISA's
  * bit-identical quantizer) and threading (matmul.c runs these rows on the pool).
  */
 #include "kernels.h"
@@ -23,6 +26,11 @@ int64_t pyphi_type_block_values(int type) {
         return PYPHI_QK4_0;
     case PYPHI_TYPE_Q8_0:
         return PYPHI_QK8_0;
+    case PYPHI_TYPE_Q4_1:
+    case PYPHI_TYPE_Q5_0:
+    case PYPHI_TYPE_Q5_1:
+    case PYPHI_TYPE_Q8_1:
+        return 32;
     default:
         return 0;
     }
@@ -39,6 +47,14 @@ int64_t pyphi_type_block_bytes(int type) {
         return sizeof(block_q4_0);
     case PYPHI_TYPE_Q8_0:
         return sizeof(block_q8_0);
+    case PYPHI_TYPE_Q4_1:
+        return sizeof(block_q4_1);
+    case PYPHI_TYPE_Q5_0:
+        return sizeof(block_q5_0);
+    case PYPHI_TYPE_Q5_1:
+        return sizeof(block_q5_1);
+    case PYPHI_TYPE_Q8_1:
+        return sizeof(block_q8_1);
     default:
         return 0;
     }
@@ -61,29 +77,33 @@ int64_t pyphi_row_bytes(int type, int64_t n) {
 
 /* ---- Q8_0 (gguf-py Q8_0.quantize_blocks) ---------------------------------------------------- */
 
+float pyphi_quantize_block_q8(const float *xb, uint16_t *dh, int8_t *qs) {
+    /* amax = abs(block).max(): a NaN anywhere makes it NaN */
+    float amax = 0.0f;
+    for (int j = 0; j < PYPHI_QK8_0; j++) {
+        float a = fabsf(xb[j]);
+        if (isnan(a)) {
+            amax = a;
+            break;
+        }
+        amax = a > amax ? a : amax;
+    }
+    float d = amax / 127.0f;
+    float id = d == 0.0f ? 0.0f : 1.0f / d; /* numpy multiplies by 1/d; it does not divide */
+    *dh = pyphi_fp32_to_fp16(d);
+    for (int j = 0; j < PYPHI_QK8_0; j++) {
+        /* gguf's np_roundf is round-half-away-from-zero, which roundf is for every finite
+         * float; for NaN/inf both give a non-finite value, which the cast maps to 0 */
+        float q = roundf(xb[j] * id);
+        qs[j] = (int8_t)pyphi_numpy_f32_to_u8(q);
+    }
+    return d;
+}
+
 void pyphi_quantize_row_q8_0(const float *x, void *vy, int64_t n) {
     block_q8_0 *y = vy;
     for (int64_t b = 0; b < n / PYPHI_QK8_0; b++) {
-        const float *xb = x + b * PYPHI_QK8_0; /* (32,) */
-        /* amax = abs(block).max(): a NaN anywhere makes it NaN */
-        float amax = 0.0f;
-        for (int j = 0; j < PYPHI_QK8_0; j++) {
-            float a = fabsf(xb[j]);
-            if (isnan(a)) {
-                amax = a;
-                break;
-            }
-            amax = a > amax ? a : amax;
-        }
-        float d = amax / 127.0f;
-        float id = d == 0.0f ? 0.0f : 1.0f / d; /* numpy multiplies by 1/d; it does not divide */
-        y[b].d = pyphi_fp32_to_fp16(d);
-        for (int j = 0; j < PYPHI_QK8_0; j++) {
-            /* gguf's np_roundf is round-half-away-from-zero, which roundf is for every finite
-             * float; for NaN/inf both give a non-finite value, which the cast maps to 0 */
-            float q = roundf(xb[j] * id);
-            y[b].qs[j] = (int8_t)pyphi_numpy_f32_to_u8(q);
-        }
+        pyphi_quantize_block_q8(x + b * PYPHI_QK8_0, &y[b].d, y[b].qs);
     }
 }
 
@@ -99,22 +119,26 @@ static void dequantize_row_q8_0(const void *vx, float *y, int64_t n) {
 
 /* ---- Q4_0 (gguf-py Q4_0.quantize_blocks) ---------------------------------------------------- */
 
+float pyphi_block_signed_absmax(const float *xb) {
+    /* imax = abs(block).argmax(): the first largest magnitude, or the first NaN */
+    int imax = 0;
+    float amax = fabsf(xb[0]);
+    for (int j = 1; j < 32 && !isnan(amax); j++) {
+        float a = fabsf(xb[j]);
+        if (isnan(a) || a > amax) {
+            amax = a;
+            imax = j;
+        }
+    }
+    return xb[imax];
+}
+
 void pyphi_quantize_row_q4_0(const float *x, void *vy, int64_t n) {
     block_q4_0 *y = vy;
     for (int64_t b = 0; b < n / PYPHI_QK4_0; b++) {
         const float *xb = x + b * PYPHI_QK4_0; /* (32,) */
-        /* imax = abs(block).argmax(): the first largest magnitude, or the first NaN */
-        int imax = 0;
-        float amax = fabsf(xb[0]);
-        for (int j = 1; j < PYPHI_QK4_0 && !isnan(amax); j++) {
-            float a = fabsf(xb[j]);
-            if (isnan(a) || a > amax) {
-                amax = a;
-                imax = j;
-            }
-        }
         /* the signed value of largest magnitude maps to -8 (ggml quantize_row_q4_0_ref) */
-        float d = xb[imax] / -8.0f;
+        float d = pyphi_block_signed_absmax(xb) / -8.0f;
         float id = d == 0.0f ? 0.0f : 1.0f / d;
         y[b].d = pyphi_fp32_to_fp16(d);
         uint8_t q[PYPHI_QK4_0];
@@ -200,12 +224,22 @@ int pyphi_quantize_row(int type, const float *x, void *y, int64_t n) {
         quantize_row_bf16(x, y, n);
         break;
     case PYPHI_TYPE_Q8_0:
-        /* the current ISA's activation quantizer: bit-identical to pyphi_quantize_row_q8_0 by
-         * contract (kernels.h), faster, and so testable against gguf through this function */
-        pyphi_kernels_current()->quantize_act[PYPHI_TYPE_Q8_0](x, y, n);
+    case PYPHI_TYPE_Q8_1:
+        /* the current ISA's activation quantizer: bit-identical to the scalar codec by contract
+         * (kernels.h), faster, and so testable against the references through this function */
+        pyphi_kernels_current()->quantize_act[type](x, y, n);
         break;
     case PYPHI_TYPE_Q4_0:
         pyphi_quantize_row_q4_0(x, y, n);
+        break;
+    case PYPHI_TYPE_Q4_1:
+        pyphi_quantize_row_q4_1(x, y, n);
+        break;
+    case PYPHI_TYPE_Q5_0:
+        pyphi_quantize_row_q5_0(x, y, n);
+        break;
+    case PYPHI_TYPE_Q5_1:
+        pyphi_quantize_row_q5_1(x, y, n);
         break;
     }
     return PYPHI_OK;
@@ -231,6 +265,18 @@ int pyphi_dequantize_row(int type, const void *x, float *y, int64_t n) {
         break;
     case PYPHI_TYPE_Q4_0:
         dequantize_row_q4_0(x, y, n);
+        break;
+    case PYPHI_TYPE_Q4_1:
+        pyphi_dequantize_row_q4_1(x, y, n);
+        break;
+    case PYPHI_TYPE_Q5_0:
+        pyphi_dequantize_row_q5_0(x, y, n);
+        break;
+    case PYPHI_TYPE_Q5_1:
+        pyphi_dequantize_row_q5_1(x, y, n);
+        break;
+    case PYPHI_TYPE_Q8_1:
+        pyphi_dequantize_row_q8_1(x, y, n);
         break;
     }
     return PYPHI_OK;

@@ -32,6 +32,51 @@ typedef struct {
 } block_q8_0;
 _Static_assert(sizeof(block_q8_0) == 34, "block_q8_0 must be 34 bytes, as in ggml");
 
+/* The "legacy" formats beside Q4_0/Q8_0 (ggml-common.h). Q4_1 and Q5_1 store a minimum m as well
+ * as a scale, so value j is d * code_j + m with unsigned codes; Q5_0 and Q5_1 keep a fifth bit
+ * per value in qh, a little-endian uint32 whose bit j belongs to value j. Nibbles are ordered as in
+ * Q4_0 (low nibbles: values 0..15, high: 16..31). */
+#define PYPHI_QK4_1 32
+#define PYPHI_QK5_0 32
+#define PYPHI_QK5_1 32
+#define PYPHI_QK8_1 32
+
+/* ggml block_q4_1: value j is ((qs[j % 16] >> (4 * (j / 16))) & 15) * d + m. */
+typedef struct {
+    uint16_t d;                  /* scale, IEEE binary16 bits */
+    uint16_t m;                  /* minimum, IEEE binary16 bits */
+    uint8_t qs[PYPHI_QK4_1 / 2]; /* 32 x 4-bit unsigned codes */
+} block_q4_1;
+_Static_assert(sizeof(block_q4_1) == 20, "block_q4_1 must be 20 bytes, as in ggml");
+
+/* ggml block_q5_0: value j is (low nibble j | bit j of qh << 4) - 16, times d. */
+typedef struct {
+    uint16_t d;                  /* scale, IEEE binary16 bits */
+    uint8_t qh[4];               /* bit 4 of each code, little-endian uint32 */
+    uint8_t qs[PYPHI_QK5_0 / 2]; /* bits 0..3 of each code */
+} block_q5_0;
+_Static_assert(sizeof(block_q5_0) == 22, "block_q5_0 must be 22 bytes, as in ggml");
+
+/* ggml block_q5_1: value j is (low nibble j | bit j of qh << 4) * d + m. */
+typedef struct {
+    uint16_t d;                  /* scale, IEEE binary16 bits */
+    uint16_t m;                  /* minimum, IEEE binary16 bits */
+    uint8_t qh[4];               /* bit 4 of each code, little-endian uint32 */
+    uint8_t qs[PYPHI_QK5_1 / 2]; /* bits 0..3 of each code */
+} block_q5_1;
+_Static_assert(sizeof(block_q5_1) == 24, "block_q5_1 must be 24 bytes, as in ggml");
+
+/* ggml block_q8_1, the activations dotted with Q4_1/Q5_1: value j is qs[j] * d, and s caches
+ * d * sum(qs) (rounded from the binary32 scale before d was rounded to binary16, as ggml's
+ * quantize_row_q8_1_ref does), which carries the weights' m term: sum (d_w q + m) (d_a a) =
+ * d_w d_a sum q a + m s. */
+typedef struct {
+    uint16_t d;             /* scale, IEEE binary16 bits */
+    uint16_t s;             /* d * sum(qs), IEEE binary16 bits */
+    int8_t qs[PYPHI_QK8_1]; /* 32 x signed 8-bit codes */
+} block_q8_1;
+_Static_assert(sizeof(block_q8_1) == 36, "block_q8_1 must be 36 bytes, as in ggml");
+
 /* ---- Packed layout (pyphi's own, built at load time; never in a file) -------------------------
  *
  * Rows of Q4_0 or Q8_0 weights in groups of PYPHI_PACK_ROWS, so that one 512-bit register holds
@@ -163,6 +208,27 @@ static inline uint8_t pyphi_numpy_f32_to_u8(float v) {
  * activation quantizer of the kernel table. */
 void pyphi_quantize_row_q8_0(const float *x, void *y, int64_t n);
 void pyphi_quantize_row_q4_0(const float *x, void *y, int64_t n);
+
+/* The value of a block of 32 with the largest magnitude, the first one if several tie, or the
+ * first NaN (gguf-py's take_along_axis(x, abs(x).argmax())): Q4_0 and Q5_0 map it to code 0. */
+float pyphi_block_signed_absmax(const float *xb);
+
+/* One block of 32 values to Q8_0's codes and binary16 scale (*d); returns the binary32 scale that
+ * *d rounds from (Q8_1's s is computed from it). pyphi_quantize_row_q8_0 is this, block by block. */
+float pyphi_quantize_block_q8(const float *xb, uint16_t *d, int8_t *qs);
+
+/* quants_legacy.c: Q4_1, Q5_0, Q5_1 (gguf.quants bit for bit, both ways) and Q8_1 (ggml's
+ * quantize_row_q8_1_ref bit for bit on finite input; gguf-py has no Q8_1). Same contract as
+ * above: x (n,) float32 <-> n / 32 blocks. The Q8_1 quantizer is the scalar activation
+ * quantizer of the kernel table. */
+void pyphi_quantize_row_q4_1(const float *x, void *y, int64_t n);
+void pyphi_quantize_row_q5_0(const float *x, void *y, int64_t n);
+void pyphi_quantize_row_q5_1(const float *x, void *y, int64_t n);
+void pyphi_quantize_row_q8_1(const float *x, void *y, int64_t n);
+void pyphi_dequantize_row_q4_1(const void *x, float *y, int64_t n);
+void pyphi_dequantize_row_q5_0(const void *x, float *y, int64_t n);
+void pyphi_dequantize_row_q5_1(const void *x, float *y, int64_t n);
+void pyphi_dequantize_row_q8_1(const void *x, float *y, int64_t n);
 
 /* w: (n_rows, row bytes) Q4_0 or Q8_0 in ggml's layout -> dst: the packed layout, the same number
  * of bytes. n_rows a multiple of PYPHI_PACK_ROWS, n of 32 (callers check). */

@@ -15,14 +15,14 @@ from .threadpool import ThreadPool, pool_handle
 
 
 def vec_dot_type(wtype: int | str) -> int:
-    """The type activations take when dotted with weights of `wtype` (Q8_0 or F32)."""
+    """The type activations take when dotted with weights of `wtype` (Q8_0, Q8_1 or F32)."""
     return check(lib.pyphi_vec_dot_type(type_id(wtype)), "vec_dot_type")
 
 
 def vec_dot(wtype: int | str, w_row, a_row) -> float:
     """Dot of one weight row (bytes in `wtype`) with one activation row.
 
-    `a_row` is either float32 values (quantized here first if the activation type is Q8_0), or
+    `a_row` is either float32 values (quantized here first if the activation type is quantized), or
     bytes already in vec_dot_type(wtype)."""
     wt = type_id(wtype)
     at = vec_dot_type(wt)

@@ -3,11 +3,16 @@
 Reference: the exact dot of the decoded operands. Weights and Q8_0 activations are encoded and
 decoded with gguf-py (gguf.quants), not with our code, and the decoded values multiply exactly
 in float64 (24-bit significands), so numpy's float64 result is exact up to ~1e-16 relative.
+Q4_1/Q5_1 weights dot Q8_1 activations (encoded by test_quants.q8_1_reference, ggml's
+quantize_row_q8_1_ref derived by hand), whose stored s = d * sum(codes) is an operand of ggml's
+formula: there the exact value is sum over blocks of d_w d_a sum_j q_j a_j + m_w s_a, from the
+codes, scales and sums read out of the bytes.
 
 Tolerance (derived in csrc/kernels.h, after Higham sec. 3.1): every ISA's result r satisfies
     |r - exact| <= gamma(m + 10) * sum |w_i a_i|,   gamma(k) = k u / (1 - k u),  u = 2^-24,
-m = number of terms (n_in for float weights, n_in / 32 blocks for quantized ones). So two ISAs
-may differ by twice that. Where every partial sum is an integer below 2^24 (integer-valued data,
+m = number of terms (n_in for float weights, n_in / 32 blocks for quantized ones); for Q4_1/Q5_1
+gamma(m + 11) * sum over blocks of (|d_w d_a| sum_j |q_j a_j| + |m_w s_a|). So two ISAs may
+differ by twice that. Where every partial sum is an integer below 2^24 (integer-valued data,
 unit scales) no rounding happens in any order and all ISAs must agree bit for bit, with numpy's
 integer dot too. Thread counts never change a bit.
 """
@@ -18,6 +23,8 @@ import gguf
 import numpy as np
 import pytest
 
+from test_quants import q8_1_reference
+
 from pyphi import cpu, kernels, quants
 from pyphi._native import NativeError, ffi, lib
 from pyphi.threadpool import ThreadPool, physical_core_count
@@ -25,15 +32,20 @@ from pyphi.threadpool import ThreadPool, physical_core_count
 G = gguf.GGMLQuantizationType
 U = 2.0**-24
 TYPE_NAME = quants.type_names().get
-WTYPES = [lib.PYPHI_TYPE_F32, lib.PYPHI_TYPE_F16, lib.PYPHI_TYPE_BF16, lib.PYPHI_TYPE_Q8_0, lib.PYPHI_TYPE_Q4_0]
 GGUF_TYPE = {
     lib.PYPHI_TYPE_F32: G.F32,
     lib.PYPHI_TYPE_F16: G.F16,
     lib.PYPHI_TYPE_BF16: G.BF16,
     lib.PYPHI_TYPE_Q8_0: G.Q8_0,
     lib.PYPHI_TYPE_Q4_0: G.Q4_0,
+    lib.PYPHI_TYPE_Q4_1: G.Q4_1,
+    lib.PYPHI_TYPE_Q5_0: G.Q5_0,
+    lib.PYPHI_TYPE_Q5_1: G.Q5_1,
 }
-QUANTIZED = (lib.PYPHI_TYPE_Q8_0, lib.PYPHI_TYPE_Q4_0)
+WTYPES = list(GGUF_TYPE)
+QUANTIZED = (lib.PYPHI_TYPE_Q8_0, lib.PYPHI_TYPE_Q4_0, lib.PYPHI_TYPE_Q4_1, lib.PYPHI_TYPE_Q5_0, lib.PYPHI_TYPE_Q5_1)
+WITH_MIN = (lib.PYPHI_TYPE_Q4_1, lib.PYPHI_TYPE_Q5_1)  # d * q + m weights, dotted with Q8_1 (ggml)
+PACKED = (lib.PYPHI_TYPE_Q8_0, lib.PYPHI_TYPE_Q4_0)  # types with a packed layout
 N_IN = [32 * k for k in (1, 3, 7, 31, 97)]  # odd block counts: never a multiple of a SIMD width
 N_OUT = [1, 3, 17, 257]
 N_TOKENS = [1, 2, 7]
@@ -53,24 +65,53 @@ def gguf_decode(data: np.ndarray, t: int, n: int) -> np.ndarray:
     return gguf.quants.dequantize(data, GGUF_TYPE[t]).astype(np.float64).reshape(-1, n)
 
 
+def encode_activations(x: np.ndarray, wtype: int) -> np.ndarray:
+    """x (T, n) float32 -> the activation rows quantized weights of wtype are dotted with."""
+    return q8_1_reference(x) if wtype in WITH_MIN else gguf_encode(x, lib.PYPHI_TYPE_Q8_0)
+
+
 def decoded_activations(x: np.ndarray, wtype: int) -> np.ndarray:
     """What the kernels really multiply the weights with: x, or x through Q8_0 (float64)."""
-    if wtype in QUANTIZED:
+    if wtype in QUANTIZED and wtype not in WITH_MIN:
         return gguf_decode(gguf_encode(x, lib.PYPHI_TYPE_Q8_0), lib.PYPHI_TYPE_Q8_0, x.shape[1])
     return x.astype(np.float64)
 
 
-def gamma(k: int) -> float:
-    return k * U / (1 - k * U)
+def f16_field(blocks: np.ndarray, at: int) -> np.ndarray:
+    """The binary16 field at byte `at` of every block (..., block bytes) -> float64 (...)."""
+    return np.ascontiguousarray(blocks[..., at : at + 2]).view(np.float16)[..., 0].astype(np.float64)
 
 
-def n_terms(wtype: int, n_in: int) -> int:
-    return n_in // 32 if wtype in QUANTIZED else n_in
+def min_type_terms(wq: np.ndarray, wtype: int, x: np.ndarray):
+    """Q4_1/Q5_1 weights (n_out, bytes) dotted with x (T, n) through Q8_1: (exact, magnitude),
+    each (T, n_out), of ggml's per-block formula (module docstring). The unsigned weight codes are
+    gguf's dequantization of the blocks with d set to 1 and m to 0."""
+    n_out, n = wq.shape[0], x.shape[1]
+    nb = n // 32
+    wb = wq.reshape(n_out, nb, -1)
+    unit = wb.copy()
+    unit[..., 0:2] = np.frombuffer(np.float16(1.0).tobytes(), np.uint8)
+    unit[..., 2:4] = 0
+    q = gguf_decode(unit.reshape(n_out, -1), wtype, n).reshape(n_out, nb, 32)  # (n_out, nb, 32)
+    ab = encode_activations(x, wtype).reshape(x.shape[0], nb, 36)
+    a = ab[..., 4:].view(np.int8).astype(np.float64)  # (T, nb, 32)
+    dd = f16_field(ab, 0)[:, None, :] * f16_field(wb, 0)[None, :, :]  # (T, n_out, nb)
+    ms = f16_field(ab, 2)[:, None, :] * f16_field(wb, 2)[None, :, :]
+    isum = np.einsum("tbj,rbj->trb", a, q)
+    iabs = np.einsum("tbj,rbj->trb", np.abs(a), q)
+    return (dd * isum + ms).sum(-1), (np.abs(dd) * iabs + np.abs(ms)).sum(-1)
 
 
-def bound(wtype: int, w: np.ndarray, a: np.ndarray) -> np.ndarray:
-    """(T, n_out) error bound for y = a . w^T (float64 w (n_out, n), a (T, n))."""
-    return gamma(n_terms(wtype, w.shape[1]) + 10) * (np.abs(a) @ np.abs(w).T) * (1 + 1e-12)
+def exact_and_bound(wtype: int, wq: np.ndarray, x: np.ndarray):
+    """((T, n_out) exact value of matmul(wq, x), (T, n_out) error bound), kernels.h's bound."""
+    n_in = x.shape[1]
+    if wtype in WITH_MIN:
+        exact, magnitude = min_type_terms(wq, wtype, x)
+    else:
+        w64, a64 = gguf_decode(wq, wtype, n_in), decoded_activations(x, wtype)
+        exact, magnitude = a64 @ w64.T, np.abs(a64) @ np.abs(w64).T
+    k = (n_in // 32 if wtype in QUANTIZED else n_in) + (11 if wtype in WITH_MIN else 10)
+    return exact, k * U / (1 - k * U) * magnitude * (1 + 1e-12)
 
 
 def random_case(rng: np.random.Generator, wtype: int, n_out: int, n_in: int, n_tokens: int):
@@ -92,13 +133,10 @@ def test_matmul_within_bound_of_exact(wtype, isa):
             for n_out in N_OUT if n_in < 1024 else N_OUT[:3]:  # keep the run short
                 n_tokens = N_TOKENS[(n_in + n_out) % len(N_TOKENS)]
                 wq, x = random_case(rng, wtype, n_out, n_in, n_tokens)
-                w64 = gguf_decode(wq, wtype, n_in)
-                a64 = decoded_activations(x, wtype)
-                exact = a64 @ w64.T
+                exact, tol = exact_and_bound(wtype, wq, x)
                 y = kernels.matmul(None, wtype, wq, x)
                 assert y.shape == (n_tokens, n_out) and y.dtype == np.float32
                 err = np.abs(y - exact)
-                tol = bound(wtype, w64, a64)
                 assert (err <= tol).all(), f"n_in={n_in} n_out={n_out}: max err/tol {np.max(err / tol)}"
 
 
@@ -109,15 +147,53 @@ def test_vec_dot_within_bound_and_equal_to_matmul(wtype, isa):
     with cpu.forced_isa(isa):
         for n_in in N_IN:
             wq, x = random_case(rng, wtype, 1, n_in, 1)
-            w64, a64 = gguf_decode(wq, wtype, n_in), decoded_activations(x, wtype)
+            exact, tol = exact_and_bound(wtype, wq, x)
             got = kernels.vec_dot(wtype, wq[0], x[0])
-            exact = float(a64[0] @ w64[0])
-            assert abs(got - exact) <= bound(wtype, w64, a64)[0, 0]
+            assert abs(got - exact[0, 0]) <= tol[0, 0]
             # the same kernel computes each matmul element
             assert np.float32(got) == kernels.matmul(None, wtype, wq, x)[0, 0]
-            # activations given already encoded, by gguf
+            # activations given already encoded, by gguf (Q8_0) or by hand (Q8_1)
             if wtype in QUANTIZED:
-                assert kernels.vec_dot(wtype, wq[0], gguf_encode(x, lib.PYPHI_TYPE_Q8_0)[0]) == got
+                assert kernels.vec_dot(wtype, wq[0], encode_activations(x, wtype)[0]) == got
+
+
+def f16_bytes(v) -> np.ndarray:
+    """float values (...) -> their binary16 bytes (..., 2)."""
+    v = np.asarray(v, dtype=np.float16)
+    return np.ascontiguousarray(v).view(np.uint8).reshape(*v.shape, 2)
+
+
+def nibble_blocks(codes: np.ndarray, five_bit: bool) -> np.ndarray:
+    """codes (..., 32) in 0..15 (0..31) -> ggml's qh (five_bit only) and qs bytes (..., 4 + 16):
+    value j's low nibble in qs[j % 16] (high half for j >= 16), bit 4 as bit j of qh (LE)."""
+    qs = ((codes[..., :16] & 15) | ((codes[..., 16:] & 15) << 4)).astype(np.uint8)
+    if not five_bit:
+        return qs
+    qh = ((codes >> 4) << np.arange(32)).sum(axis=-1).astype("<u4")
+    return np.concatenate([np.ascontiguousarray(qh).view(np.uint8).reshape(*codes.shape[:-1], 4), qs], axis=-1)
+
+
+def integer_case_5_or_min(rng: np.random.Generator, wtype: int, n_out: int, n_in: int, n_tokens: int):
+    """integer_case for Q4_1/Q5_0/Q5_1: d_w = d_a = 1, integer minimums m_w in -8..8 and Q8_1
+    sums s stored as binary16 (exact integers or not: s is an operand), all partial sums integers
+    below 2^24. Returns as integer_case, plus the exact result (T, n_out)."""
+    nb = n_in // 32
+    five = wtype != lib.PYPHI_TYPE_Q4_1
+    codes = rng.integers(0, 32 if five else 16, (n_out, nb, 32))
+    acodes = rng.integers(-128, 128, (n_tokens, nb, 32))
+    ones_w = f16_bytes(np.ones((n_out, nb)))
+    wint = codes - 16 if wtype == lib.PYPHI_TYPE_Q5_0 else codes
+    exact = np.einsum("tbj,rbj->tr", acodes, wint)
+    if wtype == lib.PYPHI_TYPE_Q5_0:
+        wq = np.concatenate([ones_w, nibble_blocks(codes, True)], axis=2)
+        aq = np.concatenate([f16_bytes(np.ones((n_tokens, nb))), acodes.astype(np.int8).view(np.uint8)], axis=2)
+    else:
+        m = rng.integers(-8, 9, (n_out, nb))
+        s = acodes.sum(-1).astype(np.float16)  # rounds above 2048: still the operand ggml uses
+        wq = np.concatenate([ones_w, f16_bytes(m), nibble_blocks(codes, five)], axis=2)
+        aq = np.concatenate([f16_bytes(np.ones((n_tokens, nb))), f16_bytes(s), acodes.astype(np.int8).view(np.uint8)], axis=2)
+        exact = exact + s.astype(np.int64) @ m.T
+    return wq.reshape(n_out, -1), aq.reshape(n_tokens, -1), wint.reshape(n_out, n_in), acodes.reshape(n_tokens, n_in), exact
 
 
 def integer_case(rng: np.random.Generator, wtype: int, n_out: int, n_in: int, n_tokens: int):
@@ -148,8 +224,12 @@ def integer_case(rng: np.random.Generator, wtype: int, n_out: int, n_in: int, n_
 def test_every_isa_exact_on_integer_data(wtype):
     rng = np.random.default_rng(200 + wtype)
     for n_in in N_IN:
-        wq, aq, wint, aint = integer_case(rng, wtype, 3, n_in, 2)
-        exact = (aint @ wint.T).astype(np.float32)
+        if wtype in PACKED or wtype not in QUANTIZED:
+            wq, aq, wint, aint = integer_case(rng, wtype, 3, n_in, 2)
+            exact = (aint @ wint.T).astype(np.float32)
+        else:
+            wq, aq, _, _, exact = integer_case_5_or_min(rng, wtype, 3, n_in, 2)
+            exact = exact.astype(np.float32)
         for isa in ISAS:
             with cpu.forced_isa(isa):
                 for i in range(3):
@@ -164,13 +244,13 @@ def test_isas_agree_with_scalar_twin(wtype):
     rng = np.random.default_rng(300 + wtype)
     n_in, n_out, n_tokens = 32 * 31, 17, 7
     wq, x = random_case(rng, wtype, n_out, n_in, n_tokens)
-    w64, a64 = gguf_decode(wq, wtype, n_in), decoded_activations(x, wtype)
+    _, tol = exact_and_bound(wtype, wq, x)
     with cpu.forced_isa("scalar"):
         ref = kernels.matmul(None, wtype, wq, x)
     for isa in ISAS:
         with cpu.forced_isa(isa):
             y = kernels.matmul(None, wtype, wq, x)
-        assert (np.abs(y.astype(np.float64) - ref) <= 2 * bound(wtype, w64, a64)).all(), isa
+        assert (np.abs(y.astype(np.float64) - ref) <= 2 * tol).all(), isa
 
 
 # ---- tiles and packed weights ------------------------------------------------------------------
@@ -201,7 +281,7 @@ PACKED_SHAPES = [(32, 16, 1), (32 * 3, 32, 9), (32 * 7, 48, 17), (32 * 97, 16, 8
 
 
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("wtype", QUANTIZED, ids=TYPE_NAME)
+@pytest.mark.parametrize("wtype", PACKED, ids=TYPE_NAME)
 def test_packed_matmul_equals_the_scalar_dot_bit_for_bit(wtype, isa):
     """Every ISA's packed kernel gives the scalar twin's bits (kernels.h pyphi_gemm_packed_fn):
     odd block counts, token counts around the 8-token tile and the 64-token chunk, several row
@@ -216,7 +296,7 @@ def test_packed_matmul_equals_the_scalar_dot_bit_for_bit(wtype, isa):
         assert np.array_equal(_bits(y), _bits(ref)), (n_in, n_out, n_tokens)
 
 
-@pytest.mark.parametrize("wtype", QUANTIZED, ids=TYPE_NAME)
+@pytest.mark.parametrize("wtype", PACKED, ids=TYPE_NAME)
 def test_packed_matmul_exact_on_integer_data(wtype):
     rng = np.random.default_rng(700 + wtype)
     wq, aq, wint, aint = integer_case(rng, wtype, 32, 32 * 5, 3)
@@ -253,7 +333,7 @@ def test_matmul_bit_identical_for_any_thread_count(isa):
                     ys = [kernels.matmul(p, wtype, wq, x) for p in [None, *pools]]
                     for y in ys[1:]:
                         assert np.array_equal(y.view(np.uint32), ys[0].view(np.uint32)), (wtype, n_in, n_out)
-            for wtype in QUANTIZED:
+            for wtype in PACKED:
                 for n_in, n_out, n_tokens in [(32 * 7, 272, 130), (32 * 3, 16, 1)]:
                     wq, x = random_case(rng, wtype, n_out, n_in, n_tokens)
                     packed = kernels.pack(wtype, wq, n_in)

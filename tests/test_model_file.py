@@ -137,9 +137,9 @@ def test_wrong_factor_length(tmp_path):
 def test_type_we_do_not_compute(tmp_path):
     name = "blk.1.attn_output.weight"
     rows = tensors()[name]
-    raw = np.zeros((rows.shape[0], rows.shape[1] // 32 * 20), np.uint8)  # Q4_1: 20 bytes per 32
-    expect_error(write(tmp_path / "f.gguf", raw_types={name: (gguf.GGMLQuantizationType.Q4_1, raw)}),
-                 f"tensor {name!r} has type Q4_1, which pyphi does not compute")
+    raw = np.zeros((rows.shape[0], rows.shape[1] // 32 * 18), np.uint8)  # IQ4_NL: 18 bytes per 32
+    expect_error(write(tmp_path / "f.gguf", raw_types={name: (gguf.GGMLQuantizationType.IQ4_NL, raw)}),
+                 f"tensor {name!r} has type IQ4_NL, which pyphi does not compute")
 
 
 def test_norm_not_f32(tmp_path):

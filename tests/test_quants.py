@@ -4,8 +4,10 @@ Quantized bytes must equal gguf.quants.quantize bit for bit and dequantized floa
 gguf.quants.dequantize bit for bit (compared as uint32 so NaN payloads and -0.0 count), for every
 type, at awkward sizes, on data built to hit the corner cases of each format: rounding ties,
 all-zero and negative-only blocks, scales that overflow binary16 or whose inverse overflows
-binary32, subnormals, infinities, NaNs. Q8_0 runs once per ISA because pyphi_quantize_row uses
-the current ISA's (SIMD) activation quantizer.
+binary32, subnormals, infinities, NaNs. Q8_0 and Q8_1 run once per ISA because
+pyphi_quantize_row uses the current ISA's (SIMD) activation quantizer. gguf-py has no Q8_1: its
+reference here is derived by hand from ggml's quantize_row_q8_1_ref (Q8_0's codes and scale, and
+s = fp16(sum * d)); test_kernels_peer.py also checks it against ggml's own function.
 """
 
 from __future__ import annotations
@@ -28,7 +30,11 @@ TYPES = {  # our id -> gguf's
     lib.PYPHI_TYPE_BF16: G.BF16,
     lib.PYPHI_TYPE_Q8_0: G.Q8_0,
     lib.PYPHI_TYPE_Q4_0: G.Q4_0,
+    lib.PYPHI_TYPE_Q4_1: G.Q4_1,
+    lib.PYPHI_TYPE_Q5_0: G.Q5_0,
+    lib.PYPHI_TYPE_Q5_1: G.Q5_1,
 }
+BLOCK_TYPES = [t for t in TYPES if quants.block_values(t) == 32]
 BLOCK_COUNTS = [1, 2, 3, 7, 31, 100, 1000]
 FLOAT_LENGTHS = [1, 2, 5, 33, 1000, 4099]
 
@@ -65,6 +71,12 @@ def corner_blocks(rng: np.random.Generator, n_blocks: int) -> np.ndarray:
         lambda b: np.concatenate([[127.0], np.arange(31, dtype=np.float32) - 15.5]).astype(np.float32),
         # Q4_0 ties: max -8 gives d = id = 1, so x * id + 8.5 is an integer for x = k + 0.5
         lambda b: np.concatenate([[-8.0], np.arange(31, dtype=np.float32) / 4 - 3.75]).astype(np.float32),
+        # Q4_1 / Q5_1 ties: min 0 and max 15 (31) give d = id = 1, so x - min + 0.5 is an integer
+        lambda b: np.concatenate([[0.0, 15.0], np.arange(30, dtype=np.float32) / 2]).astype(np.float32),
+        lambda b: np.concatenate([[31.0, 0.0], np.arange(30, dtype=np.float32) + 0.5]).astype(np.float32),
+        # Q5_0 ties: max -16 gives d = id = 1, so x * id + 16.5 is an integer for x = k + 0.5
+        lambda b: np.concatenate([[-16.0], np.arange(31, dtype=np.float32) - 15.5]).astype(np.float32),
+        lambda b: b - np.float32(100),  # Q4_1 / Q5_1: a large minimum, small spread
         lambda b: np.round(b * 4) / 4,
         lambda b: b * np.float32(1e5),  # Q8_0/Q4_0 scale overflows binary16 to inf
         lambda b: b * np.float32(3e38),  # near float32 max
@@ -76,6 +88,9 @@ def corner_blocks(rng: np.random.Generator, n_blocks: int) -> np.ndarray:
         lambda b: np.where(b < -1.0, np.float32(-np.inf), b),
         lambda b: np.where(np.arange(32) == 7, np.float32(np.nan), b),  # one canonical NaN
         lambda b: np.full(32, -0.0, np.float32),
+        # signed zeros mixed: which zero is the min/max decides the signs of Q4_1/Q5_1's m and d
+        lambda b: np.where(b > 0, np.float32(0.0), np.float32(-0.0)),
+        lambda b: np.where(b > 0.5, np.float32(0.0), np.where(b < -0.5, np.float32(-0.0), np.float32(-1.0))),
         lambda b: np.full(32, 2.5, np.float32),
     ]
     with np.errstate(over="ignore"):  # 3e38 * N(0, 1) overflows to inf on purpose
@@ -100,7 +115,7 @@ def float_corners(rng: np.random.Generator, n: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize("isa", cpu.supported_isas())
-@pytest.mark.parametrize("t", [lib.PYPHI_TYPE_Q8_0, lib.PYPHI_TYPE_Q4_0], ids=TYPE_NAME)
+@pytest.mark.parametrize("t", BLOCK_TYPES, ids=TYPE_NAME)
 def test_block_formats_match_gguf(t, isa):
     rng = np.random.default_rng(t)
     with cpu.forced_isa(isa):
@@ -114,6 +129,39 @@ def test_block_formats_match_gguf(t, isa):
             assert np.array_equal(
                 bits(quants.dequantize(t, ref, x.shape[1])), bits(gguf_dequantize(ref, t, x.shape[1]))
             )
+
+
+def q8_1_reference(x: np.ndarray) -> np.ndarray:
+    """ggml's quantize_row_q8_1_ref for finite x (rows, n) -> (rows, row bytes), derived by hand:
+    d and the codes are Q8_0's (gguf; ggml computes them alike: amax / 127, round(x / d) half away
+    from zero), and s = fp16(float32(sum of codes) * d32) with d32 the binary32 scale before its
+    fp16 rounding."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    q8_0 = gguf_quantize(x, lib.PYPHI_TYPE_Q8_0).reshape(-1, 34)
+    codes = q8_0[:, 2:].view(np.int8)
+    d32 = np.abs(x.reshape(-1, 32)).max(axis=1) / np.float32(127)
+    with np.errstate(over="ignore"):
+        s = (codes.sum(axis=1).astype(np.float32) * d32).astype(np.float16)
+    q8_1 = np.concatenate([q8_0[:, :2], s.view(np.uint8).reshape(-1, 2), q8_0[:, 2:]], axis=1)
+    return q8_1.reshape(x.shape[0], -1)
+
+
+@pytest.mark.parametrize("isa", cpu.supported_isas())
+def test_q8_1_matches_ggml_reference(isa):
+    rng = np.random.default_rng(9)
+    with cpu.forced_isa(isa):
+        for n_blocks in BLOCK_COUNTS:
+            x = corner_blocks(rng, n_blocks)
+            x = x.reshape(-1, 32)[np.isfinite(x.reshape(-1, 32)).all(axis=1)].reshape(1, -1)  # ggml's domain
+            ours = quants.quantize(lib.PYPHI_TYPE_Q8_1, x)
+            ref = q8_1_reference(x)
+            assert ours.shape == ref.shape == (1, quants.row_bytes(lib.PYPHI_TYPE_Q8_1, x.shape[1]))
+            bad = np.flatnonzero((ours != ref)[0])
+            assert bad.size == 0, f"{n_blocks} blocks: first differing bytes {bad[:8]}"
+            # value j = code j * d (as Q8_0's, through gguf)
+            as_q8_0 = np.delete(ref.reshape(-1, 36), [2, 3], axis=1).reshape(1, -1)
+            assert np.array_equal(bits(quants.dequantize(lib.PYPHI_TYPE_Q8_1, ref, x.shape[1])),
+                                  bits(gguf_dequantize(as_q8_0, lib.PYPHI_TYPE_Q8_0, x.shape[1])))
 
 
 @pytest.mark.parametrize("t", [lib.PYPHI_TYPE_F32, lib.PYPHI_TYPE_F16, lib.PYPHI_TYPE_BF16], ids=TYPE_NAME)
@@ -145,6 +193,10 @@ def test_16_bit_formats_exhaustive(t):
 def test_row_bytes():
     assert quants.row_bytes(lib.PYPHI_TYPE_Q4_0, 64) == 36
     assert quants.row_bytes(lib.PYPHI_TYPE_Q8_0, 64) == 68
+    assert quants.row_bytes(lib.PYPHI_TYPE_Q4_1, 64) == 40  # ggml-common.h: 20, 22, 24, 36 per block
+    assert quants.row_bytes(lib.PYPHI_TYPE_Q5_0, 64) == 44
+    assert quants.row_bytes(lib.PYPHI_TYPE_Q5_1, 64) == 48
+    assert quants.row_bytes(lib.PYPHI_TYPE_Q8_1, 64) == 72
     assert quants.row_bytes(lib.PYPHI_TYPE_F32, 3) == 12
     assert quants.row_bytes(lib.PYPHI_TYPE_F16, 3) == 6
     assert quants.row_bytes(lib.PYPHI_TYPE_BF16, 0) == 0
@@ -154,7 +206,7 @@ def test_row_bytes():
     assert lib.pyphi_row_bytes(lib.PYPHI_TYPE_Q4_0, 33) == lib.PYPHI_E_SHAPE
     assert lib.pyphi_row_bytes(lib.PYPHI_TYPE_F32, -1) == lib.PYPHI_E_SHAPE
     assert lib.pyphi_row_bytes(lib.PYPHI_TYPE_F32, 2**62) == lib.PYPHI_E_SHAPE  # bytes overflow
-    assert lib.pyphi_row_bytes(3, 32) == lib.PYPHI_E_TYPE  # Q4_2: not computed
+    assert lib.pyphi_row_bytes(4, 32) == lib.PYPHI_E_TYPE  # ggml's removed Q4_2
     assert lib.pyphi_type_block_values(12) == 0 and lib.pyphi_type_block_bytes(-1) == 0
     with pytest.raises(NativeError):
         quants.row_bytes(lib.PYPHI_TYPE_Q8_0, 31)
@@ -168,7 +220,7 @@ def test_row_functions_reject_bad_arguments():
     assert lib.pyphi_quantize_row(lib.PYPHI_TYPE_Q4_0, xp, ffi.NULL, 64) == lib.PYPHI_E_ARG
     assert lib.pyphi_quantize_row(lib.PYPHI_TYPE_Q4_0, xp, yp, 48) == lib.PYPHI_E_SHAPE
     assert lib.pyphi_quantize_row(lib.PYPHI_TYPE_Q4_0, xp, yp, -32) == lib.PYPHI_E_SHAPE
-    assert lib.pyphi_quantize_row(7, xp, yp, 64) == lib.PYPHI_E_TYPE
+    assert lib.pyphi_quantize_row(4, xp, yp, 64) == lib.PYPHI_E_TYPE
     assert lib.pyphi_dequantize_row(lib.PYPHI_TYPE_Q8_0, yp, ffi.NULL, 64) == lib.PYPHI_E_ARG
     assert lib.pyphi_dequantize_row(99, yp, xp, 64) == lib.PYPHI_E_TYPE
     assert lib.pyphi_quantize_row(lib.PYPHI_TYPE_Q8_0, xp, yp, 0) == lib.PYPHI_OK
