@@ -187,13 +187,14 @@ class _StopHoldback:
 def generate(model: Model, tokenizer: Tokenizer, prompt_ids: Iterable[int], sampler: Sampler, *,
              logits_processors: Sequence[LogitsProcessor] = (), max_tokens: int | None = DEFAULT_MAX_TOKENS,
              stop: Sequence[str] = (), stop_ids: Iterable[int] | None = None,
-             context_shift: bool = False, n_keep: int = 0) -> Iterator[GenerationResponse]:
+             context_shift: bool = False, n_keep: int = 0,
+             hidden_ids: Iterable[int] = ()) -> Iterator[GenerationResponse]:
     """Sample up to max_tokens tokens (None: until a stop or a full context) after prompt_ids.
 
     sampler: logits (n_vocab,) float32 -> id; logits_processors: (ids so far, prompt included;
     logits) -> logits, applied in order before sampling. stop: strings that end generation, not
     included in the text. stop_ids: default the tokenizer's. context_shift / n_keep: see the
-    module docstring.
+    module docstring. hidden_ids: tokens generated but not shown in the text (role markers).
     """
     start = time.perf_counter()
     if max_tokens is not None and max_tokens < 1:
@@ -208,7 +209,7 @@ def generate(model: Model, tokenizer: Tokenizer, prompt_ids: Iterable[int], samp
     prefilled = time.perf_counter()
     prompt_ms = 1000.0 * (prefilled - start)
     history = list(prompt)
-    decoder = tokenizer.stream_decoder()
+    decoder = tokenizer.stream_decoder(hidden_ids)
     held = _StopHoldback([s for s in stop if s])
     ttft_ms = 0.0
     n = 0

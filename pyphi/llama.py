@@ -70,6 +70,10 @@ class Llama:
         self._rng = np.random.default_rng(seed)
         self._answers: dict[str, list[int]] = {}
         self._answer_tag = self._generation_tag()
+        # Role markers and other control tokens the model may emit are left out of the text
+        # (llama.cpp's default), except the tool-call markers tool_calls.py parses.
+        markers = {self.tokenizer.added_tokens.get(t) for t in (tool_calls.TOOL_CALL_START, tool_calls.TOOL_CALL_END)}
+        self._hidden_ids = self.tokenizer.control_ids - markers
         if verbose:
             print(f"pyphi: {self.model!r}: {self.model.sizes}", file=sys.stderr)
 
@@ -107,8 +111,10 @@ class Llama:
             ids = [self.tokenizer.bos_id, *ids]
         return ids
 
-    def detokenize(self, tokens: Sequence[int]) -> bytes:
-        return self.tokenizer.decode_bytes(tokens)
+    def detokenize(self, tokens: Sequence[int], special: bool = False) -> bytes:
+        """Bytes of tokens; CONTROL tokens (role markers) only with special=True, as in
+        llama-cpp-python."""
+        return self.tokenizer.decode_bytes(tokens, special)
 
     # ---- generation ----
 
@@ -138,7 +144,8 @@ class Llama:
 
     def _generate(self, prompt_ids, sampler, processors, max_tokens, stop, n_keep) -> Iterator[GenerationResponse]:
         responses = generate(self.model, self.tokenizer, prompt_ids, sampler, logits_processors=processors,
-                             max_tokens=max_tokens, stop=stop, context_shift=self.context_shift, n_keep=n_keep)
+                             max_tokens=max_tokens, stop=stop, context_shift=self.context_shift, n_keep=n_keep,
+                             hidden_ids=self._hidden_ids)
         for r in responses:
             if r.finish_reason and self.verbose:
                 _print_timings(r.timings)
@@ -231,7 +238,7 @@ class Llama:
         return max(tags, key=len, default=None)
 
     def _remember_answer(self, text: str, ids: list[int]) -> None:
-        if not text or self.tokenizer.decode(ids) != text:
+        if not text or self.tokenizer.decode(i for i in ids if i not in self._hidden_ids) != text:
             return
         self._answers.pop(text, None)
         self._answers[text] = ids

@@ -220,7 +220,9 @@ class Tokenizer:
 
     Attributes: `encoding` (the tiktoken.Encoding of ordinary text), `n_vocab`, `added_tokens`
     (text -> id of the CONTROL / USER_DEFINED tokens), `rstrip_ids`, `bos_id`, `eos_id`, `eot_id`
-    (None when the file has no such key) and `stop_ids` (every end-of-generation id).
+    (None when the file has no such key), `stop_ids` (every end-of-generation id) and
+    `control_ids` (the CONTROL tokens, which decoding with special=False leaves out, as
+    llama.cpp does; a GGUF marks every added `<|...|>` token CONTROL, `<|tool_call|>` included).
     """
 
     def __init__(
@@ -231,6 +233,7 @@ class Tokenizer:
         rstrip_ids: Iterable[int],
         special_ids: dict[str, int | None],
         stop_ids: Iterable[int],
+        control_ids: Iterable[int] = (),
     ):
         self.encoding = encoding
         self.n_vocab = len(token_bytes)
@@ -243,6 +246,7 @@ class Tokenizer:
         self.eos_id = special_ids.get("eos")
         self.eot_id = special_ids.get("eot")
         self.stop_ids = frozenset(stop_ids)
+        self.control_ids = frozenset(control_ids)
         self._bytes = token_bytes
         # Longest literal first: among matches at one position the regex takes the first
         # alternative, which gives HF's leftmost-longest match.
@@ -264,13 +268,14 @@ class Tokenizer:
         token_bytes = _token_bytes(gguf.path, tokens, types)
         encoding = _encoding(gguf, pre, token_bytes, np.flatnonzero(types == NORMAL).tolist())
         added = {tokens[i]: i for i in np.flatnonzero(np.isin(types, ADDED_TYPES)).tolist()}
+        control_ids = set(np.flatnonzero(types == CONTROL).tolist())
         if rstrip_ids is None:
-            rstrip_ids = _default_rstrip_ids(added, set(np.flatnonzero(types == CONTROL).tolist()))
+            rstrip_ids = _default_rstrip_ids(added, control_ids)
         special_ids = {
             kind: _id_key(gguf, f"tokenizer.ggml.{kind}_token_id", len(tokens))
             for kind in ("bos", "eos", "eot")
         }
-        return cls(encoding, token_bytes, added, rstrip_ids, special_ids, _stop_ids(gguf, tokens))
+        return cls(encoding, token_bytes, added, rstrip_ids, special_ids, _stop_ids(gguf, tokens), control_ids)
 
     @classmethod
     def from_path(cls, path: str | os.PathLike[str], rstrip_ids: Iterable[int] | None = None) -> Tokenizer:
@@ -321,21 +326,25 @@ class Tokenizer:
 
     # ---- decoding ----
 
-    def token_bytes(self, token_id: int) -> bytes:
-        """The bytes of one token (an added token's text; nothing for an UNUSED id)."""
+    def token_bytes(self, token_id: int, special: bool = True) -> bytes:
+        """The bytes of one token (an added token's text; nothing for an UNUSED id, nor for a
+        CONTROL token when special=False)."""
         if not 0 <= token_id < self.n_vocab:
             raise ValueError(f"token id {token_id} is outside the vocabulary (0..{self.n_vocab - 1})")
+        if not special and token_id in self.control_ids:
+            return b""
         return self._bytes[token_id]
 
-    def decode_bytes(self, ids: Iterable[int]) -> bytes:
-        return b"".join(map(self.token_bytes, ids))
+    def decode_bytes(self, ids: Iterable[int], special: bool = True) -> bytes:
+        return b"".join(self.token_bytes(i, special) for i in ids)
 
-    def decode(self, ids: Iterable[int]) -> str:
-        """Text of ids; bytes that are not valid UTF-8 become U+FFFD (as tiktoken and HF do)."""
-        return self.decode_bytes(ids).decode("utf-8", errors="replace")
+    def decode(self, ids: Iterable[int], special: bool = True) -> str:
+        """Text of ids; bytes that are not valid UTF-8 become U+FFFD (as tiktoken and HF do).
+        special=False leaves CONTROL tokens out (HF's skip_special_tokens, llama.cpp's default)."""
+        return self.decode_bytes(ids, special).decode("utf-8", errors="replace")
 
-    def stream_decoder(self) -> StreamDecoder:
-        return StreamDecoder(self)
+    def stream_decoder(self, hidden_ids: Iterable[int] = ()) -> StreamDecoder:
+        return StreamDecoder(self, hidden_ids)
 
 
 class StreamDecoder:
@@ -344,12 +353,14 @@ class StreamDecoder:
     the end returns what is left (an incomplete character as U+FFFD). The concatenated output
     equals `Tokenizer.decode` of all the ids."""
 
-    def __init__(self, tokenizer: Tokenizer):
+    def __init__(self, tokenizer: Tokenizer, hidden_ids: Iterable[int] = ()):
         self._tokenizer = tokenizer
+        self._hidden = frozenset(hidden_ids)  # ids whose text is left out (e.g. role markers)
         self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
     def push(self, token_id: int) -> str:
-        return self._utf8.decode(self._tokenizer.token_bytes(token_id))
+        data = b"" if token_id in self._hidden else self._tokenizer.token_bytes(token_id)
+        return self._utf8.decode(data)
 
     def flush(self) -> str:
         return self._utf8.decode(b"", final=True)

@@ -271,6 +271,29 @@ def test_decode_api(tok):
             tok.token_bytes(bad)
 
 
+def test_decode_without_special_leaves_out_control_tokens(tok):
+    # The GGUF marks every added <|...|> token CONTROL (as llama.cpp's converter does), so
+    # special=False leaves them all out, <|tool_call|> included.
+    text = "<|assistant|>Hi<|tool_call|>[]<|/tool_call|>there<|end|><|user|>é"
+    ids = tok.encode(text, special=True)
+    assert {200019, 200020, 200021, 200025, 200026} <= set(ids)
+    assert tok.decode(ids) == text
+    assert tok.decode(ids, special=False) == "Hi[]thereé"
+    stream = tok.stream_decoder(hidden_ids=[200019, 200020, 200021])
+    assert "".join([stream.push(i) for i in ids] + [stream.flush()]) == "Hi<|tool_call|>[]<|/tool_call|>thereé"
+
+
+@pytest.mark.peer
+def test_decode_without_special_equals_llama_cpp(gguf_path):
+    import llama_cpp
+
+    tok = Tokenizer.from_path(gguf_path)
+    llm = llama_cpp.Llama(str(gguf_path), vocab_only=True, verbose=False)
+    ids = tok.encode("<|system|>Be brief.<|end|><|user|>Hi <|tool_call|>[1]<|/tool_call|><|end|><|assistant|>ok", special=True)
+    for special in (False, True):
+        assert tok.decode_bytes(ids, special) == llm.detokenize(ids, special=special)
+
+
 def _split_characters(tok, ids):
     """How many tokens end inside a UTF-8 character."""
     return sum(1 for i in ids if not _is_utf8(tok.token_bytes(i)))
