@@ -37,7 +37,9 @@
  * stored sum (an operand: it only approximates d_a sum a_j, so "exact" here means the sum of
  * these terms in exact arithmetic). m_w s_a is exact in binary32 too, but adding it rounds once
  * more, so for them k = m + 11 and sum |w[i] * a[i]| becomes
- * sum over blocks of |d_w d_a| sum_j |q_j a_j| + |m_w s_a|. */
+ * sum over blocks of |d_w d_a| sum_j |q_j a_j| + |m_w s_a|.
+ * The K-quants (Q4_K/Q5_K/Q6_K x Q8_K) scale per 256-value super-block with d_a a full
+ * binary32: their order and bound are stated with their scalar twins in kernels_scalar.c. */
 typedef void (*pyphi_vec_dot_fn)(int64_t n, float *s, const void *w, const void *a);
 
 /* x: (n,) float32 -> y: a row of n values in one activation type (Q8_0, Q8_1, Q8_K); n a multiple
@@ -115,6 +117,9 @@ void pyphi_vec_dot_q4_0_q8_0_scalar(int64_t n, float *s, const void *w, const vo
 void pyphi_vec_dot_q5_0_q8_0_scalar(int64_t n, float *s, const void *w, const void *a);
 void pyphi_vec_dot_q4_1_q8_1_scalar(int64_t n, float *s, const void *w, const void *a);
 void pyphi_vec_dot_q5_1_q8_1_scalar(int64_t n, float *s, const void *w, const void *a);
+void pyphi_vec_dot_q4_K_q8_K_scalar(int64_t n, float *s, const void *w, const void *a);
+void pyphi_vec_dot_q5_K_q8_K_scalar(int64_t n, float *s, const void *w, const void *a);
+void pyphi_vec_dot_q6_K_q8_K_scalar(int64_t n, float *s, const void *w, const void *a);
 void pyphi_gemm_packed_q8_0_scalar(int64_t n, int64_t n_groups, int64_t n_tok, const void *w,
                                    const void *a, size_t a_stride, const int32_t *a_sums,
                                    float *y, int64_t y_stride);

@@ -187,6 +187,98 @@ void pyphi_gemm_packed_q4_0_scalar(int64_t n, int64_t n_groups, int64_t n_tok, c
     gemm_packed_scalar(PYPHI_TYPE_Q4_0, n, n_groups, n_tok, w, a, a_stride, a_sums, y, y_stride);
 }
 
+/* ---- K-quants x Q8_K ------------------------------------------------------------------------
+ * Per super-block of 256 values, everything integer first, exact in int32:
+ *   isum = sum over sub-blocks j of sc_j * (sum of its code * activation code products)
+ *   msum = sum over sub-blocks j of m_j * (sum of its activation codes, from bsums)
+ * (Q4_K |isum| <= 8 * 63 * 32 * 15 * 127 < 2^25; Q6_K's codes are q - 32 and it has no msum,
+ * |isum| <= 16 * 128 * 16 * 32 * 128 < 2^28). Then in float, in this order, each operation
+ * rounded once (no fused multiply-add):
+ *   term = (float)isum * (d_w * d_a) - (float)msum * (dmin_w * d_a);  sum += term
+ * over the super-blocks in order. d_a is a full binary32, so d_w * d_a rounds (unlike Q8_0's).
+ * Error bound (the kernels.h argument with m = n / 256 super-blocks): a term's longest rounding
+ * path is 4 (int -> float above 2^24, the scale product, the product, the subtraction) plus the
+ * m - 1 additions, within gamma(m + 10) of
+ *   M = sum over values i of (|d_w sc_j| |q_i| + |dmin_w m_j|) * |d_a a_i|
+ * (Q6_K: |d_w sc_j| (|q_i| + 32) |d_a a_i|, the offset 32 counted apart), which bounds every
+ * partial sum whatever order a SIMD version forms the integer parts in. */
+
+static int32_t dot_32(const uint8_t *q, int shift, const int8_t *a) {
+    int32_t s = 0;
+    for (int l = 0; l < 32; l++) {
+        s += ((q[l] >> shift) & 0xf) * (int32_t)a[l];
+    }
+    return s;
+}
+
+void pyphi_vec_dot_q4_K_q8_K_scalar(int64_t n, float *s, const void *vw, const void *va) {
+    const block_q4_K *w = vw; /* (n / 256,) */
+    const block_q8_K *a = va; /* (n / 256,) */
+    float sum = 0.0f;
+    for (int64_t b = 0; b < n / PYPHI_QK_K; b++) {
+        int32_t isum = 0, msum = 0;
+        for (int j = 0; j < PYPHI_QK_K / 32; j++) {
+            uint8_t sc, m;
+            pyphi_k_scale_min(j, w[b].scales, &sc, &m);
+            isum += sc * dot_32(w[b].qs + 32 * (j / 2), 4 * (j % 2), a[b].qs + 32 * j);
+            msum += m * (a[b].bsums[2 * j] + a[b].bsums[2 * j + 1]);
+        }
+        float dd = pyphi_fp16_to_fp32(w[b].d) * a[b].d;
+        float dm = pyphi_fp16_to_fp32(w[b].dmin) * a[b].d;
+        sum += (float)isum * dd - (float)msum * dm;
+    }
+    *s = sum;
+}
+
+void pyphi_vec_dot_q5_K_q8_K_scalar(int64_t n, float *s, const void *vw, const void *va) {
+    const block_q5_K *w = vw; /* (n / 256,) */
+    const block_q8_K *a = va; /* (n / 256,) */
+    float sum = 0.0f;
+    for (int64_t b = 0; b < n / PYPHI_QK_K; b++) {
+        int32_t isum = 0, msum = 0;
+        for (int j = 0; j < PYPHI_QK_K / 32; j++) {
+            uint8_t sc, m;
+            pyphi_k_scale_min(j, w[b].scales, &sc, &m);
+            const uint8_t *q = w[b].qs + 32 * (j / 2);
+            int32_t d = 0;
+            for (int l = 0; l < 32; l++) {
+                int code = ((q[l] >> (4 * (j % 2))) & 0xf) | (((w[b].qh[l] >> j) & 1) << 4);
+                d += code * (int32_t)a[b].qs[32 * j + l];
+            }
+            isum += sc * d;
+            msum += m * (a[b].bsums[2 * j] + a[b].bsums[2 * j + 1]);
+        }
+        float dd = pyphi_fp16_to_fp32(w[b].d) * a[b].d;
+        float dm = pyphi_fp16_to_fp32(w[b].dmin) * a[b].d;
+        sum += (float)isum * dd - (float)msum * dm;
+    }
+    *s = sum;
+}
+
+void pyphi_vec_dot_q6_K_q8_K_scalar(int64_t n, float *s, const void *vw, const void *va) {
+    const block_q6_K *w = vw; /* (n / 256,) */
+    const block_q8_K *a = va; /* (n / 256,) */
+    float sum = 0.0f;
+    for (int64_t b = 0; b < n / PYPHI_QK_K; b++) {
+        int32_t isum = 0;
+        for (int j = 0; j < PYPHI_QK_K / 16; j++) {
+            int32_t d = 0;
+            for (int l = 0; l < 16; l++) {
+                int i = 16 * j + l; /* value index; its bits as in block_q6_K */
+                int h = i / 128, r = i % 128, quarter = r / 32, k = r % 32;
+                uint8_t lo = w[b].ql[64 * h + k + 32 * (quarter & 1)];
+                int code = ((lo >> (4 * (quarter >> 1))) & 0xf) |
+                           (((w[b].qh[32 * h + k] >> (2 * quarter)) & 3) << 4);
+                d += (code - 32) * (int32_t)a[b].qs[i];
+            }
+            isum += w[b].scales[j] * d;
+        }
+        float dd = pyphi_fp16_to_fp32(w[b].d) * a[b].d;
+        sum += (float)isum * dd;
+    }
+    *s = sum;
+}
+
 /* The reference tiles: by definition, one dot per (row, token). */
 PYPHI_DEFINE_GEMM_BY_DOT(gemm_f32_scalar, pyphi_vec_dot_f32_scalar)
 PYPHI_DEFINE_GEMM_BY_DOT(gemm_f16_scalar, pyphi_vec_dot_f16_scalar)
@@ -196,6 +288,9 @@ PYPHI_DEFINE_GEMM_BY_DOT(gemm_q4_0_q8_0_scalar, pyphi_vec_dot_q4_0_q8_0_scalar)
 PYPHI_DEFINE_GEMM_BY_DOT(gemm_q4_1_q8_1_scalar, pyphi_vec_dot_q4_1_q8_1_scalar)
 PYPHI_DEFINE_GEMM_BY_DOT(gemm_q5_0_q8_0_scalar, pyphi_vec_dot_q5_0_q8_0_scalar)
 PYPHI_DEFINE_GEMM_BY_DOT(gemm_q5_1_q8_1_scalar, pyphi_vec_dot_q5_1_q8_1_scalar)
+PYPHI_DEFINE_GEMM_BY_DOT(gemm_q4_K_q8_K_scalar, pyphi_vec_dot_q4_K_q8_K_scalar)
+PYPHI_DEFINE_GEMM_BY_DOT(gemm_q5_K_q8_K_scalar, pyphi_vec_dot_q5_K_q8_K_scalar)
+PYPHI_DEFINE_GEMM_BY_DOT(gemm_q6_K_q8_K_scalar, pyphi_vec_dot_q6_K_q8_K_scalar)
 
 const pyphi_kernels pyphi_kernels_scalar = {
     .isa = PYPHI_ISA_SCALAR,
@@ -208,6 +303,9 @@ const pyphi_kernels pyphi_kernels_scalar = {
         [PYPHI_TYPE_Q4_1] = pyphi_vec_dot_q4_1_q8_1_scalar,
         [PYPHI_TYPE_Q5_0] = pyphi_vec_dot_q5_0_q8_0_scalar,
         [PYPHI_TYPE_Q5_1] = pyphi_vec_dot_q5_1_q8_1_scalar,
+        [PYPHI_TYPE_Q4_K] = pyphi_vec_dot_q4_K_q8_K_scalar,
+        [PYPHI_TYPE_Q5_K] = pyphi_vec_dot_q5_K_q8_K_scalar,
+        [PYPHI_TYPE_Q6_K] = pyphi_vec_dot_q6_K_q8_K_scalar,
     },
     .gemm = {
         [PYPHI_TYPE_F32] = gemm_f32_scalar,
@@ -218,6 +316,9 @@ const pyphi_kernels pyphi_kernels_scalar = {
         [PYPHI_TYPE_Q4_1] = gemm_q4_1_q8_1_scalar,
         [PYPHI_TYPE_Q5_0] = gemm_q5_0_q8_0_scalar,
         [PYPHI_TYPE_Q5_1] = gemm_q5_1_q8_1_scalar,
+        [PYPHI_TYPE_Q4_K] = gemm_q4_K_q8_K_scalar,
+        [PYPHI_TYPE_Q5_K] = gemm_q5_K_q8_K_scalar,
+        [PYPHI_TYPE_Q6_K] = gemm_q6_K_q8_K_scalar,
     },
     .gemm_packed = {
         [PYPHI_TYPE_Q8_0] = pyphi_gemm_packed_q8_0_scalar,
@@ -226,5 +327,6 @@ const pyphi_kernels pyphi_kernels_scalar = {
     .quantize_act = {
         [PYPHI_TYPE_Q8_0] = pyphi_quantize_row_q8_0,
         [PYPHI_TYPE_Q8_1] = pyphi_quantize_row_q8_1,
+        [PYPHI_TYPE_Q8_K] = pyphi_quantize_row_q8_K,
     },
 };

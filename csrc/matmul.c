@@ -25,9 +25,9 @@
 /* ---- Argument checks ------------------------------------------------------------------------ */
 
 /* Natural alignment of a row's elements: the kernels load binary16 scales and values as
- * uint16_t and floats as float. */
+ * uint16_t and floats (F32 values, Q8_K's scale) as float. */
 static size_t type_alignment(int type) {
-    return type == PYPHI_TYPE_F32 ? 4 : 2;
+    return type == PYPHI_TYPE_F32 || type == PYPHI_TYPE_Q8_K ? 4 : 2;
 }
 
 static int aligned(const void *p, size_t alignment) {

@@ -92,9 +92,10 @@ const char *pyphi_isa_name(int isa); /* "scalar", "avx2", "avx512"; "unknown" ot
 
 /* ---- Block formats (quants.c): ggml's layouts byte for byte ------------------------------- */
 
-int64_t pyphi_type_block_values(int type); /* values per block: 32 for Q4_0..Q8_1, 1 for floats; 0 if unsupported */
+int64_t pyphi_type_block_values(int type); /* values per block: 32 for Q4_0..Q8_1, 256 for Q4_K..Q8_K, 1 for floats; 0 if unsupported */
 int64_t pyphi_type_block_bytes(int type);  /* bytes per block: 18 Q4_0, 20 Q4_1, 22 Q5_0, 24 Q5_1, 34 Q8_0,
-                                            * 36 Q8_1, 4 F32, 2 F16/BF16; 0 if unsupported */
+                                            * 36 Q8_1, 144 Q4_K, 176 Q5_K, 210 Q6_K, 292 Q8_K, 4 F32,
+                                            * 2 F16/BF16; 0 if unsupported */
 int64_t pyphi_row_bytes(int type, int64_t n); /* bytes of a row of n values; negative status on error */
 
 /* x: (n,) float32 -> y: pyphi_row_bytes(type, n) bytes. Bit-identical to gguf.quants.quantize

@@ -31,6 +31,11 @@ int64_t pyphi_type_block_values(int type) {
     case PYPHI_TYPE_Q5_1:
     case PYPHI_TYPE_Q8_1:
         return 32;
+    case PYPHI_TYPE_Q4_K:
+    case PYPHI_TYPE_Q5_K:
+    case PYPHI_TYPE_Q6_K:
+    case PYPHI_TYPE_Q8_K:
+        return PYPHI_QK_K;
     default:
         return 0;
     }
@@ -55,6 +60,14 @@ int64_t pyphi_type_block_bytes(int type) {
         return sizeof(block_q5_1);
     case PYPHI_TYPE_Q8_1:
         return sizeof(block_q8_1);
+    case PYPHI_TYPE_Q4_K:
+        return sizeof(block_q4_K);
+    case PYPHI_TYPE_Q5_K:
+        return sizeof(block_q5_K);
+    case PYPHI_TYPE_Q6_K:
+        return sizeof(block_q6_K);
+    case PYPHI_TYPE_Q8_K:
+        return sizeof(block_q8_K);
     default:
         return 0;
     }
@@ -241,6 +254,19 @@ int pyphi_quantize_row(int type, const float *x, void *y, int64_t n) {
     case PYPHI_TYPE_Q5_1:
         pyphi_quantize_row_q5_1(x, y, n);
         break;
+    case PYPHI_TYPE_Q4_K:
+        pyphi_quantize_row_q4_K(x, y, n);
+        break;
+    case PYPHI_TYPE_Q5_K:
+        pyphi_quantize_row_q5_K(x, y, n);
+        break;
+    case PYPHI_TYPE_Q6_K:
+        pyphi_quantize_row_q6_K(x, y, n);
+        break;
+    case PYPHI_TYPE_Q8_K:
+        /* the current ISA's activation quantizer, bit-identical to pyphi_quantize_row_q8_K */
+        pyphi_kernels_current()->quantize_act[PYPHI_TYPE_Q8_K](x, y, n);
+        break;
     }
     return PYPHI_OK;
 }
@@ -277,6 +303,18 @@ int pyphi_dequantize_row(int type, const void *x, float *y, int64_t n) {
         break;
     case PYPHI_TYPE_Q8_1:
         pyphi_dequantize_row_q8_1(x, y, n);
+        break;
+    case PYPHI_TYPE_Q4_K:
+        pyphi_dequantize_row_q4_K(x, y, n);
+        break;
+    case PYPHI_TYPE_Q5_K:
+        pyphi_dequantize_row_q5_K(x, y, n);
+        break;
+    case PYPHI_TYPE_Q6_K:
+        pyphi_dequantize_row_q6_K(x, y, n);
+        break;
+    case PYPHI_TYPE_Q8_K:
+        pyphi_dequantize_row_q8_K(x, y, n);
         break;
     }
     return PYPHI_OK;

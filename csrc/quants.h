@@ -76,6 +76,69 @@ typedef struct {
     int8_t qs[PYPHI_QK8_1]; /* 32 x signed 8-bit codes */
 } block_q8_1;
 _Static_assert(sizeof(block_q8_1) == 36, "block_q8_1 must be 36 bytes, as in ggml");
+/* ---- K-quant super-blocks (ggml-common.h; QK_K = 256) -------------------------------------- */
+
+#define PYPHI_QK_K 256
+#define PYPHI_K_SCALE_SIZE 12
+
+/* ggml block_q4_K: 8 sub-blocks of 32 values; value i of sub-block j is
+ *   d * sc[j] * q_i - dmin * m[j],
+ * sc and m 6-bit (pyphi_k_scale_min), q_i a nibble: sub-blocks 2k and 2k + 1 share
+ * qs[32 k .. 32 k + 31], 2k in the low nibbles, 2k + 1 in the high ones. */
+typedef struct {
+    uint16_t d;                           /* super-block scale of the scales, binary16 */
+    uint16_t dmin;                        /* super-block scale of the mins, binary16 */
+    uint8_t scales[PYPHI_K_SCALE_SIZE];   /* 8 scales and 8 mins, 6 bits each */
+    uint8_t qs[PYPHI_QK_K / 2];           /* 256 x 4-bit codes */
+} block_q4_K;
+_Static_assert(sizeof(block_q4_K) == 144, "block_q4_K must be 144 bytes, as in ggml");
+
+/* ggml block_q5_K: block_q4_K's codes plus a fifth bit: bit 2k of qh[l] is the high bit of
+ * value l of sub-block 2k, bit 2k + 1 that of value l of sub-block 2k + 1 (codes 0..31). */
+typedef struct {
+    uint16_t d;
+    uint16_t dmin;
+    uint8_t scales[PYPHI_K_SCALE_SIZE];
+    uint8_t qh[PYPHI_QK_K / 8];           /* high bits */
+    uint8_t qs[PYPHI_QK_K / 2];           /* low 4 bits */
+} block_q5_K;
+_Static_assert(sizeof(block_q5_K) == 176, "block_q5_K must be 176 bytes, as in ggml");
+
+/* ggml block_q6_K: 16 sub-blocks of 16 values; value i of sub-block j is d * scales[j] * (q_i - 32),
+ * q_i 6 bits. In each half h (128 values) with ql + 64 h, qh + 32 h, for l < 32:
+ *   value l      = low nibble of ql[l]      | ((qh[l] >> 0) & 3) << 4
+ *   value l + 32 = low nibble of ql[l + 32] | ((qh[l] >> 2) & 3) << 4
+ *   value l + 64 = high nibble of ql[l]     | ((qh[l] >> 4) & 3) << 4
+ *   value l + 96 = high nibble of ql[l + 32]| ((qh[l] >> 6) & 3) << 4 */
+typedef struct {
+    uint8_t ql[PYPHI_QK_K / 2];           /* low 4 bits */
+    uint8_t qh[PYPHI_QK_K / 4];           /* high 2 bits */
+    int8_t scales[PYPHI_QK_K / 16];       /* 8-bit sub-block scales */
+    uint16_t d;                           /* super-block scale, binary16 */
+} block_q6_K;
+_Static_assert(sizeof(block_q6_K) == 210, "block_q6_K must be 210 bytes, as in ggml");
+
+/* ggml block_q8_K, the activations the K-quants are dotted with: value i is d * qs[i];
+ * bsums[k] = sum of qs[16 k .. 16 k + 15] (for the K-quants' min terms). */
+typedef struct {
+    float d;                              /* scale, binary32 */
+    int8_t qs[PYPHI_QK_K];
+    int16_t bsums[PYPHI_QK_K / 16];
+} block_q8_K;
+_Static_assert(sizeof(block_q8_K) == 292, "block_q8_K must be 292 bytes, as in ggml");
+
+/* Scale and min of sub-block j < 8 of a Q4_K/Q5_K block, 6 bits each (ggml get_scale_min_k4):
+ * j < 4: the low 6 bits of scales[j] and scales[j + 4]; j >= 4: the nibbles of scales[j + 4]
+ * below, the top 2 bits of scales[j - 4] (scale) and scales[j] (min) above. */
+static inline void pyphi_k_scale_min(int j, const uint8_t *q, uint8_t *sc, uint8_t *m) {
+    if (j < 4) {
+        *sc = q[j] & 63;
+        *m = q[j + 4] & 63;
+    } else {
+        *sc = (uint8_t)((q[j + 4] & 0xf) | ((q[j - 4] >> 6) << 4));
+        *m = (uint8_t)((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
+    }
+}
 
 /* ---- Packed layout (pyphi's own, built at load time; never in a file) -------------------------
  *
@@ -229,6 +292,19 @@ void pyphi_dequantize_row_q4_1(const void *x, float *y, int64_t n);
 void pyphi_dequantize_row_q5_0(const void *x, float *y, int64_t n);
 void pyphi_dequantize_row_q5_1(const void *x, float *y, int64_t n);
 void pyphi_dequantize_row_q8_1(const void *x, float *y, int64_t n);
+/* K-quant row codecs (quants_k.c). x: (n,) float32 -> y: n / 256 blocks, n a multiple of 256
+ * (callers check). Quantizers: bit-identical to ggml's quantize_row_q*_K_ref (no importance
+ * matrix), which is what llama-quantize writes without --imatrix. Dequantizers: bit-identical to
+ * gguf.quants.dequantize (and ggml's dequantize_row_q*_K). The Q8_K quantizer is also the scalar
+ * activation quantizer of the kernel table. */
+void pyphi_quantize_row_q4_K(const float *x, void *y, int64_t n);
+void pyphi_quantize_row_q5_K(const float *x, void *y, int64_t n);
+void pyphi_quantize_row_q6_K(const float *x, void *y, int64_t n);
+void pyphi_quantize_row_q8_K(const float *x, void *y, int64_t n);
+void pyphi_dequantize_row_q4_K(const void *x, float *y, int64_t n);
+void pyphi_dequantize_row_q5_K(const void *x, float *y, int64_t n);
+void pyphi_dequantize_row_q6_K(const void *x, float *y, int64_t n);
+void pyphi_dequantize_row_q8_K(const void *x, float *y, int64_t n);
 
 /* w: (n_rows, row bytes) Q4_0 or Q8_0 in ggml's layout -> dst: the packed layout, the same number
  * of bytes. n_rows a multiple of PYPHI_PACK_ROWS, n of 32 (callers check). */

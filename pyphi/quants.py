@@ -50,7 +50,7 @@ def row_bytes(t: int | str, n: int) -> int:
 
 
 def _element_alignment(t: int) -> int:
-    return 4 if t == lib.PYPHI_TYPE_F32 else 2
+    return 4 if t in (lib.PYPHI_TYPE_F32, lib.PYPHI_TYPE_Q8_K) else 2
 
 
 def as_row_bytes(data, alignment: int) -> np.ndarray:

@@ -207,7 +207,7 @@ def test_row_bytes():
     assert lib.pyphi_row_bytes(lib.PYPHI_TYPE_F32, -1) == lib.PYPHI_E_SHAPE
     assert lib.pyphi_row_bytes(lib.PYPHI_TYPE_F32, 2**62) == lib.PYPHI_E_SHAPE  # bytes overflow
     assert lib.pyphi_row_bytes(4, 32) == lib.PYPHI_E_TYPE  # ggml's removed Q4_2
-    assert lib.pyphi_type_block_values(12) == 0 and lib.pyphi_type_block_bytes(-1) == 0
+    assert lib.pyphi_type_block_values(10) == 0 and lib.pyphi_type_block_bytes(-1) == 0  # Q2_K
     with pytest.raises(NativeError):
         quants.row_bytes(lib.PYPHI_TYPE_Q8_0, 31)
 
