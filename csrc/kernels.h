@@ -127,6 +127,29 @@ void pyphi_gemm_packed_q4_0_scalar(int64_t n, int64_t n_groups, int64_t n_tok, c
                                    const void *a, size_t a_stride, const int32_t *a_sums,
                                    float *y, int64_t y_stride);
 
+/* The K-quant kernels of the x86 tables, in their own files (kernels_avx512_k.c,
+ * kernels_avx2_k.c) with their table's flags. */
+void pyphi_vec_dot_q4_K_q8_K_avx512(int64_t n, float *s, const void *w, const void *a);
+void pyphi_vec_dot_q5_K_q8_K_avx512(int64_t n, float *s, const void *w, const void *a);
+void pyphi_vec_dot_q6_K_q8_K_avx512(int64_t n, float *s, const void *w, const void *a);
+void pyphi_gemm_q4_K_q8_K_avx512(int64_t n, int64_t n_rows, int64_t n_tok, const void *w, size_t w_stride,
+                                 const void *a, size_t a_stride, float *y, int64_t y_stride);
+void pyphi_gemm_q5_K_q8_K_avx512(int64_t n, int64_t n_rows, int64_t n_tok, const void *w, size_t w_stride,
+                                 const void *a, size_t a_stride, float *y, int64_t y_stride);
+void pyphi_gemm_q6_K_q8_K_avx512(int64_t n, int64_t n_rows, int64_t n_tok, const void *w, size_t w_stride,
+                                 const void *a, size_t a_stride, float *y, int64_t y_stride);
+void pyphi_quantize_row_q8_K_avx512(const float *x, void *y, int64_t n);
+void pyphi_vec_dot_q4_K_q8_K_avx2(int64_t n, float *s, const void *w, const void *a);
+void pyphi_vec_dot_q5_K_q8_K_avx2(int64_t n, float *s, const void *w, const void *a);
+void pyphi_vec_dot_q6_K_q8_K_avx2(int64_t n, float *s, const void *w, const void *a);
+void pyphi_gemm_q4_K_q8_K_avx2(int64_t n, int64_t n_rows, int64_t n_tok, const void *w, size_t w_stride,
+                               const void *a, size_t a_stride, float *y, int64_t y_stride);
+void pyphi_gemm_q5_K_q8_K_avx2(int64_t n, int64_t n_rows, int64_t n_tok, const void *w, size_t w_stride,
+                               const void *a, size_t a_stride, float *y, int64_t y_stride);
+void pyphi_gemm_q6_K_q8_K_avx2(int64_t n, int64_t n_rows, int64_t n_tok, const void *w, size_t w_stride,
+                               const void *a, size_t a_stride, float *y, int64_t y_stride);
+void pyphi_quantize_row_q8_K_avx2(const float *x, void *y, int64_t n);
+
 /* ---- Selection --------------------------------------------------------------------------- */
 
 /* dispatch.c: the table in use now (chosen once, on first use, unless pyphi_isa_set changed it). */

@@ -544,6 +544,9 @@ const pyphi_kernels pyphi_kernels_avx512 = {
         [PYPHI_TYPE_BF16] = vec_dot_bf16_avx512,
         [PYPHI_TYPE_Q8_0] = vec_dot_q8_0_q8_0_avx512,
         [PYPHI_TYPE_Q4_0] = vec_dot_q4_0_q8_0_avx512,
+        [PYPHI_TYPE_Q4_K] = pyphi_vec_dot_q4_K_q8_K_avx512,
+        [PYPHI_TYPE_Q5_K] = pyphi_vec_dot_q5_K_q8_K_avx512,
+        [PYPHI_TYPE_Q6_K] = pyphi_vec_dot_q6_K_q8_K_avx512,
     },
     .gemm = {
         [PYPHI_TYPE_F32] = gemm_f32_avx512,
@@ -551,10 +554,16 @@ const pyphi_kernels pyphi_kernels_avx512 = {
         [PYPHI_TYPE_BF16] = gemm_bf16_avx512,
         [PYPHI_TYPE_Q8_0] = gemm_q8_0_q8_0_avx512,
         [PYPHI_TYPE_Q4_0] = gemm_q4_0_q8_0_avx512,
+        [PYPHI_TYPE_Q4_K] = pyphi_gemm_q4_K_q8_K_avx512,
+        [PYPHI_TYPE_Q5_K] = pyphi_gemm_q5_K_q8_K_avx512,
+        [PYPHI_TYPE_Q6_K] = pyphi_gemm_q6_K_q8_K_avx512,
     },
     .gemm_packed = {
         [PYPHI_TYPE_Q8_0] = gemm_packed_q8_0_avx512,
         [PYPHI_TYPE_Q4_0] = gemm_packed_q4_0_avx512,
     },
-    .quantize_act = {[PYPHI_TYPE_Q8_0] = quantize_row_q8_0_avx512},
+    .quantize_act = {
+        [PYPHI_TYPE_Q8_0] = quantize_row_q8_0_avx512,
+        [PYPHI_TYPE_Q8_K] = pyphi_quantize_row_q8_K_avx512,
+    },
 };

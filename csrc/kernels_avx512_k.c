@@ -1,0 +1,285 @@
+/* kernels_avx512_k.c: the K-quant kernels of the AVX-512 table (Q4_K, Q5_K, Q6_K x Q8_K, and the
+ * Q8_K activation quantizer), for AVX-512 F/BW/VL/DQ + VNNI cores.
+ *
+ * Compiled with kernels_avx512.c's flags and reached only through its table (pyphi_kernels_avx512)
+ * after dispatch.c checked CPUID. Each function computes what the scalar twin of
+ * kernels_scalar.c defines: the same exact integers per super-block, then float scaling in this
+ * file's order, within the bound stated there.
+ *
+ * A super-block is four steps of 64 values. Step s multiplies 64 unsigned weight codes with the
+ * 64 activation codes a.qs[64 s .. 64 s + 63] by vpmaddubsw (pairs to int16: |code * a| sums at
+ * most 2 * 63 * 128, no saturation for any input) and vpdpwssd (int16 pairs times the sub-block
+ * scale, summed into int32 lanes), so each (row, token) keeps one int32 accumulator per
+ * super-block, exact: a lane gathers at most 4 steps x 2 products x 2 codes, below 2^25. Then
+ *   acc += (float)lanes * (d_w * d_a)                       (one FMA per lane)
+ *   acc -= (float)(min lanes) * (dmin_w * d_a)              (Q4_K, Q5_K; min lanes = m_j times
+ *                                                            the activation sums, from bsums)
+ * and the 16 lanes are added at the end. Q6_K's codes are stored + 32: its lanes subtract
+ * 32 * sum_j sc_j bsums_j in integer before the conversion. Rounding path of any lane: the
+ * conversion (above 2^24), d_w * d_a, one FMA per super-block, the min FMA, the 4-level reduction:
+ * at most m + 7 for m super-blocks, inside kernels_scalar.c's gamma(m + 10) * M.
+ * Tiles (gemm) run exactly the dot's operations per (row, token), sharing the weight unpacking
+ * across tokens and the activation loads across rows; the dot is the 1 x 1 tile.
+ */
+#include "kernels.h"
+#include "pyphi.h"
+#include "quants.h"
+
+#include <immintrin.h>
+#include <string.h>
+
+/* ---- Weight side: codes and scales of one super-block ------------------------------------- */
+
+/* Q4_K/Q5_K: the 8 scales (words 0-7) and 8 mins (words 8-15) as int16 (ggml's utmp unpacking
+ * of get_scale_min_k4, four 32-bit masks at a time). */
+static inline __m256i k4_scales_mins(const uint8_t *scales) {
+    uint32_t u[4];
+    memcpy(u, scales, 12);
+    u[3] = ((u[2] >> 4) & 0x0f0f0f0fu) | (((u[1] >> 6) & 0x03030303u) << 4);
+    const uint32_t mins_lo = u[1] & 0x3f3f3f3fu;
+    u[1] = (u[2] & 0x0f0f0f0fu) | (((u[0] >> 6) & 0x03030303u) << 4);
+    u[2] = mins_lo;
+    u[0] &= 0x3f3f3f3fu;
+    return _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)u));
+}
+
+/* vpermw indices of the scale words of each step: Q4_K/Q5_K step s takes sub-block 2s for the
+ * low 32 codes (16 words) and 2s + 1 for the high 32; Q6_K step s takes sub-blocks 4s .. 4s + 3,
+ * 16 codes (8 words) each. */
+static const uint16_t K4_STEP_IDX[4][32] = {
+#define HALVES(a, b) {a, a, a, a, a, a, a, a, a, a, a, a, a, a, a, a, b, b, b, b, b, b, b, b, b, b, b, b, b, b, b, b}
+    HALVES(0, 1), HALVES(2, 3), HALVES(4, 5), HALVES(6, 7),
+#undef HALVES
+};
+static const uint16_t K6_STEP_IDX[4][32] = {
+#define QUARTERS(a) {a, a, a, a, a, a, a, a, a + 1, a + 1, a + 1, a + 1, a + 1, a + 1, a + 1, a + 1, \
+                     a + 2, a + 2, a + 2, a + 2, a + 2, a + 2, a + 2, a + 2, a + 3, a + 3, a + 3, a + 3, a + 3, a + 3, a + 3, a + 3}
+    QUARTERS(0), QUARTERS(4), QUARTERS(8), QUARTERS(12),
+#undef QUARTERS
+};
+
+static inline __m512i step_scales(const uint16_t idx[32], __m256i words) {
+    return _mm512_permutexvar_epi16(_mm512_loadu_si512(idx), _mm512_castsi256_si512(words));
+}
+
+/* [m0, m0, m1, m1, ..., m7, m7]: madd with bsums gives m_j * (bsums[2j] + bsums[2j + 1]). */
+static inline __m256i k4_min_pairs(__m256i sc_m) {
+    const __m256i idx = _mm256_setr_epi16(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15);
+    return _mm256_permutexvar_epi16(idx, sc_m);
+}
+
+/* Q4_K codes of step s: the 32 bytes qs[32 s ..] low nibbles (sub-block 2s) then high nibbles. */
+static inline __m512i q4_K_codes(const block_q4_K *w, int s) {
+    __m512i x = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(w->qs + 32 * s)));
+    const __m512i shift = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(4), 1);
+    return _mm512_and_si512(_mm512_srlv_epi16(x, shift), _mm512_set1_epi8(0x0f));
+}
+
+/* Q5_K: the same nibbles, plus 16 where bit 2s (low half) or 2s + 1 (high half) of qh is set. */
+static inline __m512i q5_K_codes(const block_q5_K *w, int s) {
+    __m512i x = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(w->qs + 32 * s)));
+    const __m512i shift = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(4), 1);
+    __m512i lo = _mm512_and_si512(_mm512_srlv_epi16(x, shift), _mm512_set1_epi8(0x0f));
+    __m512i h = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)w->qh));
+    __m512i bit = _mm512_inserti64x4(_mm512_set1_epi8((char)(1 << (2 * s))),
+                                     _mm256_set1_epi8((char)(1 << (2 * s + 1))), 1);
+    return _mm512_mask_add_epi8(lo, _mm512_test_epi8_mask(h, bit), lo, _mm512_set1_epi8(16));
+}
+
+/* Q6_K codes of step s (values 64 s .. 64 s + 63: half s / 2, quarters 2 (s % 2) and
+ * 2 (s % 2) + 1): nibble s % 2 of ql[64 h .. 64 h + 63], high bits from qh[32 h ..] at bit
+ * pairs 4 (s % 2) (low 32 values) and 4 (s % 2) + 2 (high 32), moved to bits 4-5. */
+static inline __m512i q6_K_codes(const block_q6_K *w, int s) {
+    const int h = s / 2, p = s % 2;
+    __m512i x = _mm512_loadu_si512(w->ql + 64 * h);
+    __m512i lo = p ? _mm512_srli_epi16(x, 4) : x;
+    lo = _mm512_and_si512(lo, _mm512_set1_epi8(0x0f));
+    __m512i qh = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(w->qh + 32 * h)));
+    __m512i hb;
+    if (p == 0) { /* bits 0-1 -> 4-5 (shift left 4), bits 2-3 -> 4-5 (shift left 2) */
+        const __m512i sh = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(2), 1);
+        hb = _mm512_sllv_epi16(qh, sh);
+    } else { /* bits 4-5 stay, bits 6-7 -> 4-5 (shift right 2) */
+        const __m512i sh = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(2), 1);
+        hb = _mm512_srlv_epi16(qh, sh);
+    }
+    return _mm512_or_si512(lo, _mm512_and_si512(hb, _mm512_set1_epi8(0x30)));
+}
+
+
+/* ---- The tile: nr rows x nt tokens, the dot's operations per (row, token) ---------------- */
+
+enum { KIND_Q4_K = 4, KIND_Q5_K = 5, KIND_Q6_K = 6 };
+
+#define TILE_ROWS 2
+#define TILE_TOKENS 4
+#define DECODE_ROWS 4 /* one token: more rows in flight per activation load */
+#define MAX_ROWS 4
+
+/* kind, nr and nt are compile-time constants at every call (the switch in DEFINE_GEMM_K), so
+ * the loops unroll and the accumulators stay in registers. */
+static inline __attribute__((always_inline)) void tile_k(int kind, int nr, int nt, int64_t nb,
+                                                         const uint8_t *w, size_t w_stride,
+                                                         const uint8_t *a, size_t a_stride,
+                                                         float *y, int64_t y_stride) {
+    const size_t wblock = kind == KIND_Q4_K   ? sizeof(block_q4_K)
+                          : kind == KIND_Q5_K ? sizeof(block_q5_K)
+                                              : sizeof(block_q6_K);
+    const uint16_t(*step_idx)[32] = kind == KIND_Q6_K ? K6_STEP_IDX : K4_STEP_IDX;
+    __m512 acc[MAX_ROWS][TILE_TOKENS];
+    _Pragma("GCC unroll 4") for (int r = 0; r < nr; r++) {
+        _Pragma("GCC unroll 4") for (int t = 0; t < nt; t++) acc[r][t] = _mm512_setzero_ps();
+    }
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *blk[MAX_ROWS];
+        __m256i words[MAX_ROWS]; /* scales (and mins) as int16 */
+        _Pragma("GCC unroll 4") for (int r = 0; r < nr; r++) {
+            blk[r] = w + (size_t)r * w_stride + (size_t)b * wblock;
+            words[r] = kind == KIND_Q6_K
+                           ? _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)((const block_q6_K *)blk[r])->scales))
+                           : k4_scales_mins(((const block_q4_K *)blk[r])->scales); /* same offset in Q5_K */
+        }
+        __m512i isum[MAX_ROWS][TILE_TOKENS];
+        _Pragma("GCC unroll 4") for (int r = 0; r < nr; r++) {
+            _Pragma("GCC unroll 4") for (int t = 0; t < nt; t++) isum[r][t] = _mm512_setzero_si512();
+        }
+        _Pragma("GCC unroll 4") for (int s = 0; s < 4; s++) {
+            __m512i code[MAX_ROWS], scv[MAX_ROWS];
+            _Pragma("GCC unroll 4") for (int r = 0; r < nr; r++) {
+                code[r] = kind == KIND_Q4_K   ? q4_K_codes((const block_q4_K *)blk[r], s)
+                          : kind == KIND_Q5_K ? q5_K_codes((const block_q5_K *)blk[r], s)
+                                              : q6_K_codes((const block_q6_K *)blk[r], s);
+                scv[r] = step_scales(step_idx[s], words[r]);
+            }
+            _Pragma("GCC unroll 4") for (int t = 0; t < nt; t++) {
+                const block_q8_K *at = (const block_q8_K *)(a + (size_t)t * a_stride) + b;
+                __m512i av = _mm512_loadu_si512(at->qs + 64 * s);
+                _Pragma("GCC unroll 4") for (int r = 0; r < nr; r++) {
+                    isum[r][t] = _mm512_dpwssd_epi32(isum[r][t], _mm512_maddubs_epi16(code[r], av), scv[r]);
+                }
+            }
+        }
+        _Pragma("GCC unroll 4") for (int r = 0; r < nr; r++) {
+            const block_q4_K *b4 = (const block_q4_K *)blk[r]; /* d, dmin: same offsets in Q5_K */
+            const float dw = _cvtsh_ss(kind == KIND_Q6_K ? ((const block_q6_K *)blk[r])->d : b4->d);
+            const float dmw = kind == KIND_Q6_K ? 0.0f : _cvtsh_ss(b4->dmin);
+            const __m256i mins = kind == KIND_Q6_K ? _mm256_slli_epi16(words[r], 5) /* 32 sc_j */
+                                                   : k4_min_pairs(words[r]);
+            _Pragma("GCC unroll 4") for (int t = 0; t < nt; t++) {
+                const block_q8_K *at = (const block_q8_K *)(a + (size_t)t * a_stride) + b;
+                __m256i bs = _mm256_loadu_si256((const __m256i *)at->bsums);
+                __m512i mlanes = _mm512_zextsi256_si512(_mm256_madd_epi16(bs, mins));
+                __m512i lanes = isum[r][t];
+                if (kind == KIND_Q6_K) {
+                    lanes = _mm512_sub_epi32(lanes, mlanes); /* the codes' offset 32, exact */
+                }
+                acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(lanes), _mm512_set1_ps(dw * at->d), acc[r][t]);
+                if (kind != KIND_Q6_K) {
+                    acc[r][t] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(mlanes), _mm512_set1_ps(dmw * at->d),
+                                                 acc[r][t]);
+                }
+            }
+        }
+    }
+    _Pragma("GCC unroll 4") for (int r = 0; r < nr; r++) {
+        _Pragma("GCC unroll 4") for (int t = 0; t < nt; t++) y[t * y_stride + r] = _mm512_reduce_add_ps(acc[r][t]);
+    }
+}
+
+#define DEFINE_DOT_K(NAME, KIND)                                                                   \
+    void NAME(int64_t n, float *s, const void *w, const void *a) {                                \
+        tile_k(KIND, 1, 1, n / PYPHI_QK_K, w, 0, a, 0, s, 0);                                     \
+    }
+
+DEFINE_DOT_K(pyphi_vec_dot_q4_K_q8_K_avx512, KIND_Q4_K)
+DEFINE_DOT_K(pyphi_vec_dot_q5_K_q8_K_avx512, KIND_Q5_K)
+DEFINE_DOT_K(pyphi_vec_dot_q6_K_q8_K_avx512, KIND_Q6_K)
+
+/* Tokens in groups of TILE_TOKENS (outer: their activations stay in L1 while the rows pass),
+ * rows in groups of TILE_ROWS, or DECODE_ROWS for a single token; each edge size its own
+ * unrolled instance. */
+#define DEFINE_GEMM_K(NAME, KIND)                                                                  \
+    void NAME(int64_t n, int64_t n_rows, int64_t n_tok, const void *vw, size_t w_stride,          \
+              const void *va, size_t a_stride, float *y, int64_t y_stride) {                      \
+        const uint8_t *w = vw, *a = va;                                                           \
+        int64_t nb = n / PYPHI_QK_K;                                                              \
+        for (int64_t t0 = 0; t0 < n_tok; t0 += TILE_TOKENS) {                                     \
+            int64_t nt = n_tok - t0 < TILE_TOKENS ? n_tok - t0 : TILE_TOKENS;                     \
+            const uint8_t *at = a + (size_t)t0 * a_stride;                                        \
+            float *yt = y + t0 * y_stride;                                                        \
+            int64_t r0 = 0;                                                                       \
+            if (nt == 1) {                                                                        \
+                for (; r0 + DECODE_ROWS <= n_rows; r0 += DECODE_ROWS) {                           \
+                    tile_k(KIND, DECODE_ROWS, 1, nb, w + (size_t)r0 * w_stride, w_stride, at,     \
+                           a_stride, yt + r0, y_stride);                                          \
+                }                                                                                 \
+            }                                                                                     \
+            for (; r0 < n_rows; r0 += TILE_ROWS) {                                                \
+                int64_t nr = n_rows - r0 < TILE_ROWS ? n_rows - r0 : TILE_ROWS;                   \
+                const uint8_t *wr = w + (size_t)r0 * w_stride;                                    \
+                float *yr = yt + r0;                                                              \
+                switch (nr * 8 + nt) {                                                            \
+                case 1 * 8 + 1: tile_k(KIND, 1, 1, nb, wr, w_stride, at, a_stride, yr, y_stride); break; \
+                case 1 * 8 + 2: tile_k(KIND, 1, 2, nb, wr, w_stride, at, a_stride, yr, y_stride); break; \
+                case 1 * 8 + 3: tile_k(KIND, 1, 3, nb, wr, w_stride, at, a_stride, yr, y_stride); break; \
+                case 1 * 8 + 4: tile_k(KIND, 1, 4, nb, wr, w_stride, at, a_stride, yr, y_stride); break; \
+                case 2 * 8 + 1: tile_k(KIND, 2, 1, nb, wr, w_stride, at, a_stride, yr, y_stride); break; \
+                case 2 * 8 + 2: tile_k(KIND, 2, 2, nb, wr, w_stride, at, a_stride, yr, y_stride); break; \
+                case 2 * 8 + 3: tile_k(KIND, 2, 3, nb, wr, w_stride, at, a_stride, yr, y_stride); break; \
+                default: tile_k(KIND, 2, 4, nb, wr, w_stride, at, a_stride, yr, y_stride); break;       \
+                }                                                                                 \
+            }                                                                                     \
+        }                                                                                         \
+    }
+
+DEFINE_GEMM_K(pyphi_gemm_q4_K_q8_K_avx512, KIND_Q4_K)
+DEFINE_GEMM_K(pyphi_gemm_q5_K_q8_K_avx512, KIND_Q5_K)
+DEFINE_GEMM_K(pyphi_gemm_q6_K_q8_K_avx512, KIND_Q6_K)
+
+/* ---- Q8_K activation quantizer: bit-identical to pyphi_quantize_row_q8_K ------------------- */
+
+/* ggml's nearest_int on 16 lanes: the same float addition and bit arithmetic. */
+static inline __m512i nearest_int16(__m512 v) {
+    __m512i i = _mm512_castps_si512(_mm512_add_ps(v, _mm512_set1_ps(12582912.f)));
+    return _mm512_sub_epi32(_mm512_and_si512(i, _mm512_set1_epi32(0x007fffff)), _mm512_set1_epi32(0x00400000));
+}
+
+void pyphi_quantize_row_q8_K_avx512(const float *x, void *vy, int64_t n) {
+    block_q8_K *y = vy;
+    for (int64_t b = 0; b < n / PYPHI_QK_K; b++, x += PYPHI_QK_K) {
+        __m512 v[16];
+        __m512 amaxv = _mm512_setzero_ps();
+        __mmask16 nan = 0;
+        for (int k = 0; k < 16; k++) {
+            v[k] = _mm512_loadu_ps(x + 16 * k);
+            nan |= _mm512_cmp_ps_mask(v[k], v[k], _CMP_UNORD_Q);
+            amaxv = _mm512_max_ps(amaxv, _mm512_abs_ps(v[k]));
+        }
+        if (nan) { /* the scalar scan order decides what a NaN does */
+            pyphi_quantize_row_q8_K(x, &y[b], PYPHI_QK_K);
+            continue;
+        }
+        const float amax = _mm512_reduce_max_ps(amaxv);
+        if (!amax) {
+            memset(&y[b], 0, sizeof y[b]);
+            continue;
+        }
+        /* the signed value of the first element of largest magnitude */
+        float max = 0;
+        for (int k = 0; k < 16; k++) {
+            __mmask16 hit = _mm512_cmp_ps_mask(_mm512_abs_ps(v[k]), _mm512_set1_ps(amax), _CMP_EQ_OQ);
+            if (hit) {
+                max = x[16 * k + __builtin_ctz(hit)];
+                break;
+            }
+        }
+        const float iscale = -127.f / max;
+        const __m512 is = _mm512_set1_ps(iscale);
+        for (int k = 0; k < 16; k++) {
+            __m512i q = _mm512_min_epi32(nearest_int16(_mm512_mul_ps(is, v[k])), _mm512_set1_epi32(127));
+            _mm_storeu_si128((__m128i *)(y[b].qs + 16 * k), _mm512_cvtepi32_epi8(q)); /* low bytes */
+            y[b].bsums[k] = (int16_t)_mm512_reduce_add_epi32(_mm512_cvtepi8_epi32(_mm512_cvtepi32_epi8(q)));
+        }
+        y[b].d = 1 / iscale;
+    }
+}

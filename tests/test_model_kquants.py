@@ -1,0 +1,130 @@
+"""pyphi.model on GGUFs whose matrices are K-quants (Q4_K, Q5_K, Q6_K), against transformers.
+
+The "head128" random checkpoint (hidden 256, FFN 512, head_dim 128: every row length a multiple
+of 256, as the K-quants need) is converted to F32 by pyphi-convert, then its 2-D weights are
+requantized here (pyphi's quantizer, which tests/test_quants_k.py holds bit-identical to
+ggml's): every matrix in one K-quant, or a Q4_K_M-like mix (Q4_K, with Q6_K for ffn_down and the
+tied embedding/head, which llama-quantize gives more bits). Each matrix is then computed in its
+own type by the K-quant kernels. Measures, as test_model.py: top-1 agreement with transformers'
+float32 logits and mean KL(transformers || pyphi) per token, with bounds set from what was
+measured (below); more bits must do better. Every ISA agrees with the scalar forward (bounds
+below ISA_MAX_KL).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pyphi.convert.gguf_writer import GGUFWriter
+from pyphi import cpu, quants
+from pyphi._native import lib
+from pyphi.gguf_format import ValueType
+from pyphi.gguf_reader import GGUFFile
+from pyphi.model import Model
+
+from test_model import hf_logits, mean_kl, prompt, ratio
+
+Q4_K, Q5_K, Q6_K = lib.PYPHI_TYPE_Q4_K, lib.PYPHI_TYPE_Q5_K, lib.PYPHI_TYPE_Q6_K
+MIXES = {
+    "q4_k": lambda name: Q4_K,
+    "q5_k": lambda name: Q5_K,
+    "q6_k": lambda name: Q6_K,
+    "q4_k_m_like": lambda name: Q6_K if ("ffn_down" in name or name == "token_embd.weight") else Q4_K,
+}
+# mix -> (minimum top-1 agreement, maximum mean KL in nats), f32 KV cache; measured (80-token
+# prompt, seed 1), the same on every ISA: q4_k 0.688 / 1.8e-3, q5_k 0.775 / 5.9e-4, q6_k 0.912 /
+# 1.0e-4, q4_k_m_like 0.750 / 1.2e-3 (test_model.py's head128 q4_0: 0.725 / 1.6e-3, q8_0: 0.963 /
+# 1.7e-5). Random weights give near-flat distributions, so these only rank the formats.
+BOUNDS = {
+    "q4_k": (0.6, 3e-3),
+    "q5_k": (0.7, 1e-3),
+    "q6_k": (0.85, 2e-4),
+    "q4_k_m_like": (0.65, 2e-3),
+}
+# Each SIMD ISA against the scalar forward. The K-quant dots agree across ISAs only within the
+# float bound (kernels_scalar.c), and the next layer requantizes its input to Q8_K, where a last-bit
+# difference can move a code by one step: measured max |diff| / max |logit| up to 1.1e-2 (a few
+# positions), but KL(scalar || ISA) at most 4.6e-6 and top-1 agreement 1.000 on every mix.
+ISA_MIN_TOP1, ISA_MAX_KL = 0.97, 3e-5
+
+
+def requantize(src, dst, choose) -> dict[str, int]:
+    """Copy the GGUF `src` to `dst` with each 2-D F32 tensor quantized to choose(name).
+    Returns {tensor name: type written}."""
+    types = {}
+    with GGUFFile(src) as f, open(dst, "wb") as out:
+        w = GGUFWriter(f.alignment)
+        for key, value in f.metadata.items():
+            vt = f.value_type(key)
+            if vt == ValueType.ARRAY:
+                w.add_array(key, f.element_type(key), value)
+            elif vt == ValueType.STRING:
+                w.add_string(key, value)
+            else:
+                w.add_scalar(key, vt, value)
+        for name, info in f.tensors.items():
+            t = choose(name) if info.type == lib.PYPHI_TYPE_F32 and len(info.shape) == 2 else info.type
+            types[name] = t
+            w.add_tensor(name, info.shape, t)
+        w.write_header(out)
+        for name, info in f.tensors.items():
+            data = f.tensor_data(name)
+            w.write_data(quants.quantize(types[name], data) if types[name] != info.type else data)
+            w.end_tensor()
+        w.finish()
+    return types
+
+
+@pytest.fixture(scope="module")
+def kquant_files(model_zoo, tmp_path_factory):
+    src = model_zoo.gguf("head128", "f32")
+    out = tmp_path_factory.mktemp("kquants")
+    files = {}
+    for mix, choose in MIXES.items():
+        path = out / f"head128-{mix}.gguf"
+        types = requantize(src, path, choose)
+        files[mix] = (path, types)
+    return files
+
+
+@pytest.fixture(scope="module")
+def hf_reference(model_zoo):
+    return hf_logits(model_zoo.hf_model("head128"), prompt())
+
+
+def test_matrices_are_stored_in_the_requested_types(kquant_files):
+    _, types = kquant_files["q4_k_m_like"]
+    assert types["token_embd.weight"] == Q6_K and types["blk.0.ffn_down.weight"] == Q6_K
+    assert types["blk.1.attn_qkv.weight"] == Q4_K and types["blk.0.ffn_up.weight"] == Q4_K
+    assert types["output_norm.weight"] == lib.PYPHI_TYPE_F32
+
+
+def test_k_quant_models_top1_and_kl(kquant_files, hf_reference):
+    kls = {}
+    for mix, (path, _) in kquant_files.items():
+        with Model(path, n_ctx=256, kv_type="f32") as model:
+            ours = model.eval(prompt(), logits="all")
+        top1 = float((ours.argmax(-1) == hf_reference.argmax(-1)).mean())
+        kls[mix] = mean_kl(hf_reference, ours)
+        print(f"head128 {mix}: top-1 agreement {top1:.3f}, mean KL {kls[mix]:.3g}")
+        min_top1, max_kl = BOUNDS[mix]
+        assert top1 >= min_top1, mix
+        assert kls[mix] <= max_kl, mix
+    assert kls["q6_k"] < kls["q5_k"] < kls["q4_k"]
+    assert kls["q4_k_m_like"] < kls["q4_k"]
+
+
+@pytest.mark.parametrize("mix", ["q4_k_m_like", "q5_k"])
+def test_every_isa_agrees_with_the_scalar_forward(kquant_files, mix):
+    path, _ = kquant_files[mix]
+    results = {}
+    for isa in cpu.supported_isas():
+        with cpu.forced_isa(isa), Model(path, n_ctx=128, kv_type="f32") as model:
+            results[isa] = model.eval(prompt(), logits="all")
+    ref = results["scalar"]
+    for isa, logits in results.items():
+        top1 = float((logits.argmax(-1) == ref.argmax(-1)).mean())
+        kl = mean_kl(ref, logits)
+        print(f"{mix} {isa} vs scalar: top-1 {top1:.3f}, KL {kl:.3g}, ratio {ratio(logits, ref):.3g}")
+        assert top1 >= ISA_MIN_TOP1 and kl <= ISA_MAX_KL, isa
