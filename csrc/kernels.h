@@ -149,6 +149,35 @@ void pyphi_gemm_q5_K_q8_K_avx2(int64_t n, int64_t n_rows, int64_t n_tok, const v
 void pyphi_gemm_q6_K_q8_K_avx2(int64_t n, int64_t n_rows, int64_t n_tok, const void *w, size_t w_stride,
                                const void *a, size_t a_stride, float *y, int64_t y_stride);
 void pyphi_quantize_row_q8_K_avx2(const float *x, void *y, int64_t n);
+/* The K-quants' packed tiles (pyphi_gemm_packed_fn with a = Q8_K rows and a_sums unused): each
+ * element is its own table's vec_dot bit for bit (not the scalar one, as Q4_0/Q8_0's are). */
+void pyphi_gemm_packed_q4_K_scalar(int64_t n, int64_t n_groups, int64_t n_tok, const void *w,
+                                   const void *a, size_t a_stride, const int32_t *a_sums,
+                                   float *y, int64_t y_stride);
+void pyphi_gemm_packed_q5_K_scalar(int64_t n, int64_t n_groups, int64_t n_tok, const void *w,
+                                   const void *a, size_t a_stride, const int32_t *a_sums,
+                                   float *y, int64_t y_stride);
+void pyphi_gemm_packed_q6_K_scalar(int64_t n, int64_t n_groups, int64_t n_tok, const void *w,
+                                   const void *a, size_t a_stride, const int32_t *a_sums,
+                                   float *y, int64_t y_stride);
+void pyphi_gemm_packed_q4_K_avx2(int64_t n, int64_t n_groups, int64_t n_tok, const void *w,
+                                   const void *a, size_t a_stride, const int32_t *a_sums,
+                                   float *y, int64_t y_stride);
+void pyphi_gemm_packed_q5_K_avx2(int64_t n, int64_t n_groups, int64_t n_tok, const void *w,
+                                   const void *a, size_t a_stride, const int32_t *a_sums,
+                                   float *y, int64_t y_stride);
+void pyphi_gemm_packed_q6_K_avx2(int64_t n, int64_t n_groups, int64_t n_tok, const void *w,
+                                   const void *a, size_t a_stride, const int32_t *a_sums,
+                                   float *y, int64_t y_stride);
+void pyphi_gemm_packed_q4_K_avx512(int64_t n, int64_t n_groups, int64_t n_tok, const void *w,
+                                   const void *a, size_t a_stride, const int32_t *a_sums,
+                                   float *y, int64_t y_stride);
+void pyphi_gemm_packed_q5_K_avx512(int64_t n, int64_t n_groups, int64_t n_tok, const void *w,
+                                   const void *a, size_t a_stride, const int32_t *a_sums,
+                                   float *y, int64_t y_stride);
+void pyphi_gemm_packed_q6_K_avx512(int64_t n, int64_t n_groups, int64_t n_tok, const void *w,
+                                   const void *a, size_t a_stride, const int32_t *a_sums,
+                                   float *y, int64_t y_stride);
 
 /* ---- Selection --------------------------------------------------------------------------- */
 

@@ -61,17 +61,18 @@ static inline __m256i q6_K_codes(const block_q6_K *w, int s) {
 /* ---- The tile ---------------------------------------------------------------------------------- */
 
 enum { KIND_Q4_K = 4, KIND_Q5_K = 5, KIND_Q6_K = 6 };
+#define KIND_BLOCK(kind) ((kind) == KIND_Q4_K   ? sizeof(block_q4_K)                                \
+                          : (kind) == KIND_Q5_K ? sizeof(block_q5_K)                                \
+                                                : sizeof(block_q6_K))
 
 #define TILE_ROWS 2
 #define TILE_TOKENS 2
 
 static inline __attribute__((always_inline)) void tile_k(int kind, int nr, int nt, int64_t nb,
-                                                         const uint8_t *w, size_t w_stride,
-                                                         const uint8_t *a, size_t a_stride,
+                                                         const uint8_t *w, size_t r_stride,
+                                                         size_t b_stride, const uint8_t *a,
+                                                         size_t a_stride,
                                                          float *y, int64_t y_stride) {
-    const size_t wblock = kind == KIND_Q4_K   ? sizeof(block_q4_K)
-                          : kind == KIND_Q5_K ? sizeof(block_q5_K)
-                                              : sizeof(block_q6_K);
     __m256 acc[TILE_ROWS][TILE_TOKENS];
     _Pragma("GCC unroll 2") for (int r = 0; r < nr; r++) {
         _Pragma("GCC unroll 2") for (int t = 0; t < nt; t++) acc[r][t] = _mm256_setzero_ps();
@@ -80,7 +81,7 @@ static inline __attribute__((always_inline)) void tile_k(int kind, int nr, int n
         const uint8_t *blk[TILE_ROWS];
         uint8_t sm[TILE_ROWS][16]; /* Q4_K/Q5_K: scales then mins */
         _Pragma("GCC unroll 2") for (int r = 0; r < nr; r++) {
-            blk[r] = w + (size_t)r * w_stride + (size_t)b * wblock;
+            blk[r] = w + (size_t)r * r_stride + (size_t)b * b_stride;
             if (kind != KIND_Q6_K) {
                 k4_scales_mins(((const block_q4_K *)blk[r])->scales, sm[r]); /* same offset in Q5_K */
             }
@@ -150,7 +151,7 @@ static inline __attribute__((always_inline)) void tile_k(int kind, int nr, int n
 
 #define DEFINE_DOT_K(NAME, KIND)                                                                   \
     void NAME(int64_t n, float *s, const void *w, const void *a) {                                \
-        tile_k(KIND, 1, 1, n / PYPHI_QK_K, w, 0, a, 0, s, 0);                                     \
+        tile_k(KIND, 1, 1, n / PYPHI_QK_K, w, 0, KIND_BLOCK(KIND), a, 0, s, 0);                                     \
     }
 
 DEFINE_DOT_K(pyphi_vec_dot_q4_K_q8_K_avx2, KIND_Q4_K)
@@ -171,10 +172,10 @@ DEFINE_DOT_K(pyphi_vec_dot_q6_K_q8_K_avx2, KIND_Q6_K)
                 const uint8_t *wr = w + (size_t)r0 * w_stride;                                    \
                 float *yr = y + t0 * y_stride + r0;                                               \
                 switch (nr * 4 + nt) {                                                            \
-                case 1 * 4 + 1: tile_k(KIND, 1, 1, nb, wr, w_stride, at, a_stride, yr, y_stride); break; \
-                case 1 * 4 + 2: tile_k(KIND, 1, 2, nb, wr, w_stride, at, a_stride, yr, y_stride); break; \
-                case 2 * 4 + 1: tile_k(KIND, 2, 1, nb, wr, w_stride, at, a_stride, yr, y_stride); break; \
-                default: tile_k(KIND, 2, 2, nb, wr, w_stride, at, a_stride, yr, y_stride); break;       \
+                case 1 * 4 + 1: tile_k(KIND, 1, 1, nb, wr, w_stride, KIND_BLOCK(KIND), at, a_stride, yr, y_stride); break; \
+                case 1 * 4 + 2: tile_k(KIND, 1, 2, nb, wr, w_stride, KIND_BLOCK(KIND), at, a_stride, yr, y_stride); break; \
+                case 2 * 4 + 1: tile_k(KIND, 2, 1, nb, wr, w_stride, KIND_BLOCK(KIND), at, a_stride, yr, y_stride); break; \
+                default: tile_k(KIND, 2, 2, nb, wr, w_stride, KIND_BLOCK(KIND), at, a_stride, yr, y_stride); break;       \
                 }                                                                                 \
             }                                                                                     \
         }                                                                                         \
@@ -183,6 +184,38 @@ DEFINE_DOT_K(pyphi_vec_dot_q6_K_q8_K_avx2, KIND_Q6_K)
 DEFINE_GEMM_K(pyphi_gemm_q4_K_q8_K_avx2, KIND_Q4_K)
 DEFINE_GEMM_K(pyphi_gemm_q5_K_q8_K_avx2, KIND_Q5_K)
 DEFINE_GEMM_K(pyphi_gemm_q6_K_q8_K_avx2, KIND_Q6_K)
+
+/* Packed weights (quants.h, PYPHI_PACK_ROWS_K rows per group, blocks interleaved): the same tiles
+ * with the rows one block apart and a row's blocks a group-block apart, so each element is bit for
+ * bit this file's dot. a_sums is not used (NULL). */
+#define DEFINE_GEMM_PACKED_K(NAME, KIND)                                                           \
+    void NAME(int64_t n, int64_t n_groups, int64_t n_tok, const void *vw, const void *va,         \
+              size_t a_stride, const int32_t *a_sums, float *y, int64_t y_stride) {               \
+        (void)a_sums;                                                                             \
+        const uint8_t *w = vw, *a = va;                                                           \
+        const int64_t nb = n / PYPHI_QK_K;                                                        \
+        const size_t blk = KIND_BLOCK(KIND), b_stride = PYPHI_PACK_ROWS_K * blk;                  \
+        for (int64_t t0 = 0; t0 < n_tok; t0 += TILE_TOKENS) {                                     \
+            int64_t nt = n_tok - t0 < TILE_TOKENS ? n_tok - t0 : TILE_TOKENS;                     \
+            const uint8_t *at = a + (size_t)t0 * a_stride;                                        \
+            for (int64_t g = 0; g < n_groups; g++) {                                              \
+                const uint8_t *wg = w + (size_t)g * (size_t)nb * b_stride;                        \
+                for (int r0 = 0; r0 < PYPHI_PACK_ROWS_K; r0 += TILE_ROWS) {                       \
+                    float *yr = y + t0 * y_stride + g * PYPHI_PACK_ROWS_K + r0;                   \
+                    if (nt == 1) {                                                                \
+                        tile_k(KIND, 2, 1, nb, wg + (size_t)r0 * blk, blk, b_stride, at, a_stride, yr, y_stride); \
+                    } else {                                                                      \
+                        tile_k(KIND, 2, 2, nb, wg + (size_t)r0 * blk, blk, b_stride, at, a_stride, yr, y_stride); \
+                    }                                                                             \
+                }                                                                                 \
+            }                                                                                     \
+        }                                                                                         \
+    }
+
+_Static_assert(PYPHI_PACK_ROWS_K % TILE_ROWS == 0, "a packed group is whole tiles");
+DEFINE_GEMM_PACKED_K(pyphi_gemm_packed_q4_K_avx2, KIND_Q4_K)
+DEFINE_GEMM_PACKED_K(pyphi_gemm_packed_q5_K_avx2, KIND_Q5_K)
+DEFINE_GEMM_PACKED_K(pyphi_gemm_packed_q6_K_avx2, KIND_Q6_K)
 
 /* ---- Q8_K activation quantizer: bit-identical to pyphi_quantize_row_q8_K ------------------- */
 

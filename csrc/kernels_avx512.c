@@ -561,6 +561,9 @@ const pyphi_kernels pyphi_kernels_avx512 = {
     .gemm_packed = {
         [PYPHI_TYPE_Q8_0] = gemm_packed_q8_0_avx512,
         [PYPHI_TYPE_Q4_0] = gemm_packed_q4_0_avx512,
+        [PYPHI_TYPE_Q4_K] = pyphi_gemm_packed_q4_K_avx512,
+        [PYPHI_TYPE_Q5_K] = pyphi_gemm_packed_q5_K_avx512,
+        [PYPHI_TYPE_Q6_K] = pyphi_gemm_packed_q6_K_avx512,
     },
     .quantize_act = {
         [PYPHI_TYPE_Q8_0] = quantize_row_q8_0_avx512,

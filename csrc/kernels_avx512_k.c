@@ -110,6 +110,9 @@ static inline __m512i q6_K_codes(const block_q6_K *w, int s) {
 /* ---- The tile: nr rows x nt tokens, the dot's operations per (row, token) ---------------- */
 
 enum { KIND_Q4_K = 4, KIND_Q5_K = 5, KIND_Q6_K = 6 };
+#define KIND_BLOCK(kind) ((kind) == KIND_Q4_K   ? sizeof(block_q4_K)                                \
+                          : (kind) == KIND_Q5_K ? sizeof(block_q5_K)                                \
+                                                : sizeof(block_q6_K))
 
 #define TILE_ROWS 2
 #define TILE_TOKENS 4
@@ -119,12 +122,10 @@ enum { KIND_Q4_K = 4, KIND_Q5_K = 5, KIND_Q6_K = 6 };
 /* kind, nr and nt are compile-time constants at every call (the switch in DEFINE_GEMM_K), so
  * the loops unroll and the accumulators stay in registers. */
 static inline __attribute__((always_inline)) void tile_k(int kind, int nr, int nt, int64_t nb,
-                                                         const uint8_t *w, size_t w_stride,
-                                                         const uint8_t *a, size_t a_stride,
+                                                         const uint8_t *w, size_t r_stride,
+                                                         size_t b_stride, const uint8_t *a,
+                                                         size_t a_stride,
                                                          float *y, int64_t y_stride) {
-    const size_t wblock = kind == KIND_Q4_K   ? sizeof(block_q4_K)
-                          : kind == KIND_Q5_K ? sizeof(block_q5_K)
-                                              : sizeof(block_q6_K);
     const uint16_t(*step_idx)[32] = kind == KIND_Q6_K ? K6_STEP_IDX : K4_STEP_IDX;
     __m512 acc[MAX_ROWS][TILE_TOKENS];
     _Pragma("GCC unroll 4") for (int r = 0; r < nr; r++) {
@@ -134,7 +135,7 @@ static inline __attribute__((always_inline)) void tile_k(int kind, int nr, int n
         const uint8_t *blk[MAX_ROWS];
         __m256i words[MAX_ROWS]; /* scales (and mins) as int16 */
         _Pragma("GCC unroll 4") for (int r = 0; r < nr; r++) {
-            blk[r] = w + (size_t)r * w_stride + (size_t)b * wblock;
+            blk[r] = w + (size_t)r * r_stride + (size_t)b * b_stride;
             words[r] = kind == KIND_Q6_K
                            ? _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)((const block_q6_K *)blk[r])->scales))
                            : k4_scales_mins(((const block_q4_K *)blk[r])->scales); /* same offset in Q5_K */
@@ -188,7 +189,7 @@ static inline __attribute__((always_inline)) void tile_k(int kind, int nr, int n
 
 #define DEFINE_DOT_K(NAME, KIND)                                                                   \
     void NAME(int64_t n, float *s, const void *w, const void *a) {                                \
-        tile_k(KIND, 1, 1, n / PYPHI_QK_K, w, 0, a, 0, s, 0);                                     \
+        tile_k(KIND, 1, 1, n / PYPHI_QK_K, w, 0, KIND_BLOCK(KIND), a, 0, s, 0);                                     \
     }
 
 DEFINE_DOT_K(pyphi_vec_dot_q4_K_q8_K_avx512, KIND_Q4_K)
@@ -210,8 +211,8 @@ DEFINE_DOT_K(pyphi_vec_dot_q6_K_q8_K_avx512, KIND_Q6_K)
             int64_t r0 = 0;                                                                       \
             if (nt == 1) {                                                                        \
                 for (; r0 + DECODE_ROWS <= n_rows; r0 += DECODE_ROWS) {                           \
-                    tile_k(KIND, DECODE_ROWS, 1, nb, w + (size_t)r0 * w_stride, w_stride, at,     \
-                           a_stride, yt + r0, y_stride);                                          \
+                    tile_k(KIND, DECODE_ROWS, 1, nb, w + (size_t)r0 * w_stride, w_stride,         \
+                           KIND_BLOCK(KIND), at, a_stride, yt + r0, y_stride);                    \
                 }                                                                                 \
             }                                                                                     \
             for (; r0 < n_rows; r0 += TILE_ROWS) {                                                \
@@ -219,14 +220,14 @@ DEFINE_DOT_K(pyphi_vec_dot_q6_K_q8_K_avx512, KIND_Q6_K)
                 const uint8_t *wr = w + (size_t)r0 * w_stride;                                    \
                 float *yr = yt + r0;                                                              \
                 switch (nr * 8 + nt) {                                                            \
-                case 1 * 8 + 1: tile_k(KIND, 1, 1, nb, wr, w_stride, at, a_stride, yr, y_stride); break; \
-                case 1 * 8 + 2: tile_k(KIND, 1, 2, nb, wr, w_stride, at, a_stride, yr, y_stride); break; \
-                case 1 * 8 + 3: tile_k(KIND, 1, 3, nb, wr, w_stride, at, a_stride, yr, y_stride); break; \
-                case 1 * 8 + 4: tile_k(KIND, 1, 4, nb, wr, w_stride, at, a_stride, yr, y_stride); break; \
-                case 2 * 8 + 1: tile_k(KIND, 2, 1, nb, wr, w_stride, at, a_stride, yr, y_stride); break; \
-                case 2 * 8 + 2: tile_k(KIND, 2, 2, nb, wr, w_stride, at, a_stride, yr, y_stride); break; \
-                case 2 * 8 + 3: tile_k(KIND, 2, 3, nb, wr, w_stride, at, a_stride, yr, y_stride); break; \
-                default: tile_k(KIND, 2, 4, nb, wr, w_stride, at, a_stride, yr, y_stride); break;       \
+                case 1 * 8 + 1: tile_k(KIND, 1, 1, nb, wr, w_stride, KIND_BLOCK(KIND), at, a_stride, yr, y_stride); break; \
+                case 1 * 8 + 2: tile_k(KIND, 1, 2, nb, wr, w_stride, KIND_BLOCK(KIND), at, a_stride, yr, y_stride); break; \
+                case 1 * 8 + 3: tile_k(KIND, 1, 3, nb, wr, w_stride, KIND_BLOCK(KIND), at, a_stride, yr, y_stride); break; \
+                case 1 * 8 + 4: tile_k(KIND, 1, 4, nb, wr, w_stride, KIND_BLOCK(KIND), at, a_stride, yr, y_stride); break; \
+                case 2 * 8 + 1: tile_k(KIND, 2, 1, nb, wr, w_stride, KIND_BLOCK(KIND), at, a_stride, yr, y_stride); break; \
+                case 2 * 8 + 2: tile_k(KIND, 2, 2, nb, wr, w_stride, KIND_BLOCK(KIND), at, a_stride, yr, y_stride); break; \
+                case 2 * 8 + 3: tile_k(KIND, 2, 3, nb, wr, w_stride, KIND_BLOCK(KIND), at, a_stride, yr, y_stride); break; \
+                default: tile_k(KIND, 2, 4, nb, wr, w_stride, KIND_BLOCK(KIND), at, a_stride, yr, y_stride); break;       \
                 }                                                                                 \
             }                                                                                     \
         }                                                                                         \
@@ -235,6 +236,45 @@ DEFINE_DOT_K(pyphi_vec_dot_q6_K_q8_K_avx512, KIND_Q6_K)
 DEFINE_GEMM_K(pyphi_gemm_q4_K_q8_K_avx512, KIND_Q4_K)
 DEFINE_GEMM_K(pyphi_gemm_q5_K_q8_K_avx512, KIND_Q5_K)
 DEFINE_GEMM_K(pyphi_gemm_q6_K_q8_K_avx512, KIND_Q6_K)
+
+/* Packed weights (quants.h, PYPHI_PACK_ROWS_K = DECODE_ROWS rows per group, blocks interleaved):
+ * the same tiles with the rows one block apart and a row's blocks a group-block apart, so each
+ * element is bit for bit this file's dot. A single token runs the group as one tile, reading one
+ * contiguous stream; a batch runs it as two TILE_ROWS tiles. a_sums is not used (NULL). */
+#define DEFINE_GEMM_PACKED_K(NAME, KIND)                                                           \
+    void NAME(int64_t n, int64_t n_groups, int64_t n_tok, const void *vw, const void *va,         \
+              size_t a_stride, const int32_t *a_sums, float *y, int64_t y_stride) {               \
+        (void)a_sums;                                                                             \
+        const uint8_t *w = vw, *a = va;                                                           \
+        const int64_t nb = n / PYPHI_QK_K;                                                        \
+        const size_t blk = KIND_BLOCK(KIND), b_stride = PYPHI_PACK_ROWS_K * blk;                  \
+        for (int64_t t0 = 0; t0 < n_tok; t0 += TILE_TOKENS) {                                     \
+            int64_t nt = n_tok - t0 < TILE_TOKENS ? n_tok - t0 : TILE_TOKENS;                     \
+            const uint8_t *at = a + (size_t)t0 * a_stride;                                        \
+            for (int64_t g = 0; g < n_groups; g++) {                                              \
+                const uint8_t *wg = w + (size_t)g * (size_t)nb * b_stride;                        \
+                float *yg = y + t0 * y_stride + g * PYPHI_PACK_ROWS_K;                            \
+                if (nt == 1) {                                                                    \
+                    tile_k(KIND, DECODE_ROWS, 1, nb, wg, blk, b_stride, at, a_stride, yg, y_stride); \
+                    continue;                                                                     \
+                }                                                                                 \
+                for (int r0 = 0; r0 < PYPHI_PACK_ROWS_K; r0 += TILE_ROWS) {                       \
+                    const uint8_t *wr = wg + (size_t)r0 * blk;                                    \
+                    switch (nt) {                                                                 \
+                    case 2: tile_k(KIND, 2, 2, nb, wr, blk, b_stride, at, a_stride, yg + r0, y_stride); break; \
+                    case 3: tile_k(KIND, 2, 3, nb, wr, blk, b_stride, at, a_stride, yg + r0, y_stride); break; \
+                    default: tile_k(KIND, 2, 4, nb, wr, blk, b_stride, at, a_stride, yg + r0, y_stride); break; \
+                    }                                                                             \
+                }                                                                                 \
+            }                                                                                     \
+        }                                                                                         \
+    }
+
+_Static_assert(PYPHI_PACK_ROWS_K == DECODE_ROWS && PYPHI_PACK_ROWS_K % TILE_ROWS == 0,
+               "a packed group is one decode tile, or whole batch tiles");
+DEFINE_GEMM_PACKED_K(pyphi_gemm_packed_q4_K_avx512, KIND_Q4_K)
+DEFINE_GEMM_PACKED_K(pyphi_gemm_packed_q5_K_avx512, KIND_Q5_K)
+DEFINE_GEMM_PACKED_K(pyphi_gemm_packed_q6_K_avx512, KIND_Q6_K)
 
 /* ---- Q8_K activation quantizer: bit-identical to pyphi_quantize_row_q8_K ------------------- */
 

@@ -211,73 +211,105 @@ static int32_t dot_32(const uint8_t *q, int shift, const int8_t *a) {
     return s;
 }
 
-void pyphi_vec_dot_q4_K_q8_K_scalar(int64_t n, float *s, const void *vw, const void *va) {
-    const block_q4_K *w = vw; /* (n / 256,) */
-    const block_q8_K *a = va; /* (n / 256,) */
-    float sum = 0.0f;
-    for (int64_t b = 0; b < n / PYPHI_QK_K; b++) {
-        int32_t isum = 0, msum = 0;
-        for (int j = 0; j < PYPHI_QK_K / 32; j++) {
-            uint8_t sc, m;
-            pyphi_k_scale_min(j, w[b].scales, &sc, &m);
-            isum += sc * dot_32(w[b].qs + 32 * (j / 2), 4 * (j % 2), a[b].qs + 32 * j);
-            msum += m * (a[b].bsums[2 * j] + a[b].bsums[2 * j + 1]);
-        }
-        float dd = pyphi_fp16_to_fp32(w[b].d) * a[b].d;
-        float dm = pyphi_fp16_to_fp32(w[b].dmin) * a[b].d;
-        sum += (float)isum * dd - (float)msum * dm;
+/* One super-block's term of each dot (the formula above). */
+static float term_q4_K(const void *vw, const block_q8_K *a) {
+    const block_q4_K *w = vw;
+    int32_t isum = 0, msum = 0;
+    for (int j = 0; j < PYPHI_QK_K / 32; j++) {
+        uint8_t sc, m;
+        pyphi_k_scale_min(j, w->scales, &sc, &m);
+        isum += sc * dot_32(w->qs + 32 * (j / 2), 4 * (j % 2), a->qs + 32 * j);
+        msum += m * (a->bsums[2 * j] + a->bsums[2 * j + 1]);
     }
-    *s = sum;
+    float dd = pyphi_fp16_to_fp32(w->d) * a->d;
+    float dm = pyphi_fp16_to_fp32(w->dmin) * a->d;
+    return (float)isum * dd - (float)msum * dm;
 }
 
-void pyphi_vec_dot_q5_K_q8_K_scalar(int64_t n, float *s, const void *vw, const void *va) {
-    const block_q5_K *w = vw; /* (n / 256,) */
-    const block_q8_K *a = va; /* (n / 256,) */
-    float sum = 0.0f;
-    for (int64_t b = 0; b < n / PYPHI_QK_K; b++) {
-        int32_t isum = 0, msum = 0;
-        for (int j = 0; j < PYPHI_QK_K / 32; j++) {
-            uint8_t sc, m;
-            pyphi_k_scale_min(j, w[b].scales, &sc, &m);
-            const uint8_t *q = w[b].qs + 32 * (j / 2);
-            int32_t d = 0;
-            for (int l = 0; l < 32; l++) {
-                int code = ((q[l] >> (4 * (j % 2))) & 0xf) | (((w[b].qh[l] >> j) & 1) << 4);
-                d += code * (int32_t)a[b].qs[32 * j + l];
-            }
-            isum += sc * d;
-            msum += m * (a[b].bsums[2 * j] + a[b].bsums[2 * j + 1]);
+static float term_q5_K(const void *vw, const block_q8_K *a) {
+    const block_q5_K *w = vw;
+    int32_t isum = 0, msum = 0;
+    for (int j = 0; j < PYPHI_QK_K / 32; j++) {
+        uint8_t sc, m;
+        pyphi_k_scale_min(j, w->scales, &sc, &m);
+        const uint8_t *q = w->qs + 32 * (j / 2);
+        int32_t d = 0;
+        for (int l = 0; l < 32; l++) {
+            int code = ((q[l] >> (4 * (j % 2))) & 0xf) | (((w->qh[l] >> j) & 1) << 4);
+            d += code * (int32_t)a->qs[32 * j + l];
         }
-        float dd = pyphi_fp16_to_fp32(w[b].d) * a[b].d;
-        float dm = pyphi_fp16_to_fp32(w[b].dmin) * a[b].d;
-        sum += (float)isum * dd - (float)msum * dm;
+        isum += sc * d;
+        msum += m * (a->bsums[2 * j] + a->bsums[2 * j + 1]);
     }
-    *s = sum;
+    float dd = pyphi_fp16_to_fp32(w->d) * a->d;
+    float dm = pyphi_fp16_to_fp32(w->dmin) * a->d;
+    return (float)isum * dd - (float)msum * dm;
 }
 
-void pyphi_vec_dot_q6_K_q8_K_scalar(int64_t n, float *s, const void *vw, const void *va) {
-    const block_q6_K *w = vw; /* (n / 256,) */
-    const block_q8_K *a = va; /* (n / 256,) */
-    float sum = 0.0f;
-    for (int64_t b = 0; b < n / PYPHI_QK_K; b++) {
-        int32_t isum = 0;
-        for (int j = 0; j < PYPHI_QK_K / 16; j++) {
-            int32_t d = 0;
-            for (int l = 0; l < 16; l++) {
-                int i = 16 * j + l; /* value index; its bits as in block_q6_K */
-                int h = i / 128, r = i % 128, quarter = r / 32, k = r % 32;
-                uint8_t lo = w[b].ql[64 * h + k + 32 * (quarter & 1)];
-                int code = ((lo >> (4 * (quarter >> 1))) & 0xf) |
-                           (((w[b].qh[32 * h + k] >> (2 * quarter)) & 3) << 4);
-                d += (code - 32) * (int32_t)a[b].qs[i];
-            }
-            isum += w[b].scales[j] * d;
+static float term_q6_K(const void *vw, const block_q8_K *a) {
+    const block_q6_K *w = vw;
+    int32_t isum = 0;
+    for (int j = 0; j < PYPHI_QK_K / 16; j++) {
+        int32_t d = 0;
+        for (int l = 0; l < 16; l++) {
+            int i = 16 * j + l; /* value index; its bits as in block_q6_K */
+            int h = i / 128, r = i % 128, quarter = r / 32, k = r % 32;
+            uint8_t lo = w->ql[64 * h + k + 32 * (quarter & 1)];
+            int code = ((lo >> (4 * (quarter >> 1))) & 0xf) | (((w->qh[32 * h + k] >> (2 * quarter)) & 3) << 4);
+            d += (code - 32) * (int32_t)a->qs[i];
         }
-        float dd = pyphi_fp16_to_fp32(w[b].d) * a[b].d;
-        sum += (float)isum * dd;
+        isum += w->scales[j] * d;
     }
-    *s = sum;
+    float dd = pyphi_fp16_to_fp32(w->d) * a->d;
+    return (float)isum * dd;
 }
+
+/* The dot: the terms of the super-blocks b_stride bytes apart (the row's, or a packed group's
+ * row), added in order. */
+static float dot_k(float (*term)(const void *, const block_q8_K *), int64_t nb, const uint8_t *w,
+                   size_t b_stride, const block_q8_K *a) {
+    float sum = 0.0f;
+    for (int64_t b = 0; b < nb; b++) {
+        sum += term(w + (size_t)b * b_stride, &a[b]);
+    }
+    return sum;
+}
+
+void pyphi_vec_dot_q4_K_q8_K_scalar(int64_t n, float *s, const void *w, const void *a) {
+    *s = dot_k(term_q4_K, n / PYPHI_QK_K, w, sizeof(block_q4_K), a);
+}
+
+void pyphi_vec_dot_q5_K_q8_K_scalar(int64_t n, float *s, const void *w, const void *a) {
+    *s = dot_k(term_q5_K, n / PYPHI_QK_K, w, sizeof(block_q5_K), a);
+}
+
+void pyphi_vec_dot_q6_K_q8_K_scalar(int64_t n, float *s, const void *w, const void *a) {
+    *s = dot_k(term_q6_K, n / PYPHI_QK_K, w, sizeof(block_q6_K), a);
+}
+
+/* Packed K-quant weights (quants.h, PYPHI_PACK_ROWS_K): per (row, token) the dot above, bit for
+ * bit, reading the row's blocks at the group's stride. a_sums is not used (NULL). */
+#define DEFINE_GEMM_PACKED_K(NAME, TERM, BLOCK)                                                    \
+    void NAME(int64_t n, int64_t n_groups, int64_t n_tok, const void *w, const void *a,           \
+              size_t a_stride, const int32_t *a_sums, float *y, int64_t y_stride) {               \
+        (void)a_sums;                                                                             \
+        const int64_t nb = n / PYPHI_QK_K;                                                        \
+        const size_t b_stride = PYPHI_PACK_ROWS_K * sizeof(BLOCK);                                \
+        for (int64_t g = 0; g < n_groups; g++) {                                                  \
+            const uint8_t *group = (const uint8_t *)w + (size_t)g * (size_t)nb * b_stride;        \
+            for (int64_t t = 0; t < n_tok; t++) {                                                 \
+                const block_q8_K *at = (const block_q8_K *)((const uint8_t *)a + (size_t)t * a_stride); \
+                for (int i = 0; i < PYPHI_PACK_ROWS_K; i++) {                                     \
+                    y[t * y_stride + g * PYPHI_PACK_ROWS_K + i] =                                 \
+                        dot_k(TERM, nb, group + (size_t)i * sizeof(BLOCK), b_stride, at);         \
+                }                                                                                 \
+            }                                                                                     \
+        }                                                                                         \
+    }
+
+DEFINE_GEMM_PACKED_K(pyphi_gemm_packed_q4_K_scalar, term_q4_K, block_q4_K)
+DEFINE_GEMM_PACKED_K(pyphi_gemm_packed_q5_K_scalar, term_q5_K, block_q5_K)
+DEFINE_GEMM_PACKED_K(pyphi_gemm_packed_q6_K_scalar, term_q6_K, block_q6_K)
 
 /* The reference tiles: by definition, one dot per (row, token). */
 PYPHI_DEFINE_GEMM_BY_DOT(gemm_f32_scalar, pyphi_vec_dot_f32_scalar)
@@ -323,6 +355,9 @@ const pyphi_kernels pyphi_kernels_scalar = {
     .gemm_packed = {
         [PYPHI_TYPE_Q8_0] = pyphi_gemm_packed_q8_0_scalar,
         [PYPHI_TYPE_Q4_0] = pyphi_gemm_packed_q4_0_scalar,
+        [PYPHI_TYPE_Q4_K] = pyphi_gemm_packed_q4_K_scalar,
+        [PYPHI_TYPE_Q5_K] = pyphi_gemm_packed_q5_K_scalar,
+        [PYPHI_TYPE_Q6_K] = pyphi_gemm_packed_q6_K_scalar,
     },
     .quantize_act = {
         [PYPHI_TYPE_Q8_0] = pyphi_quantize_row_q8_0,

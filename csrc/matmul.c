@@ -201,9 +201,9 @@ int pyphi_matmul(pyphi_pool *pool, int wtype, const void *w, int64_t n_out, int6
 
 /* ---- Matmul over packed weights --------------------------------------------------------------- */
 
-/* A chunk is PACKED_CHUNK_GROUPS groups of 16 rows x PACKED_CHUNK_TOKENS tokens: about 110 KB of
+/* A chunk is PACKED_CHUNK_ROWS rows (whole groups) x PACKED_CHUNK_TOKENS tokens: about 110 KB of
  * Q4_0 weights (n_in 3072) and 200 KB of activations, both L2-resident while the chunk runs. */
-#define PACKED_CHUNK_GROUPS 4
+#define PACKED_CHUNK_ROWS 64
 #define PACKED_CHUNK_TOKENS 64
 
 struct packed_job {
@@ -211,19 +211,36 @@ struct packed_job {
     pyphi_gemm_packed_fn gemm;
     const float *x;      /* (n_tokens, n_in) float32 */
     const uint8_t *w;    /* (n_groups, group_bytes) packed */
-    uint8_t *act;        /* (n_tokens, act_row_bytes) block_q8_0 */
-    int32_t *sums;       /* (n_tokens, n_in / 32): code sums of act's blocks */
+    int atype;           /* activation type: Q8_0, or Q8_K for the K-quants */
+    uint8_t *act;        /* (n_tokens, act_row_bytes) in atype */
+    int32_t *sums;       /* Q8_0: (n_tokens, n_in / 32) code sums of act's blocks; else NULL */
     float *y;            /* (n_tokens, n_out) */
-    int64_t n_out, n_in, n_tokens, n_groups, group_chunks;
+    int64_t n_out, n_in, n_tokens, n_groups, group_rows, chunk_groups, group_chunks;
     size_t group_bytes, act_row_bytes;
 };
 
+/* Rows per packed group (quants.h): 16 for Q4_0/Q8_0, 4 for the K-quants; 0 if not packable. */
+static int64_t pack_group_rows(int wtype) {
+    switch (wtype) {
+    case PYPHI_TYPE_Q4_0:
+    case PYPHI_TYPE_Q8_0:
+        return PYPHI_PACK_ROWS;
+    case PYPHI_TYPE_Q4_K:
+    case PYPHI_TYPE_Q5_K:
+    case PYPHI_TYPE_Q6_K:
+        return PYPHI_PACK_ROWS_K;
+    default:
+        return 0;
+    }
+}
+
 int64_t pyphi_packed_bytes(int wtype, int64_t n_out, int64_t n_in) {
-    if (wtype != PYPHI_TYPE_Q4_0 && wtype != PYPHI_TYPE_Q8_0) {
+    int64_t group_rows = pack_group_rows(wtype);
+    if (group_rows == 0) {
         return PYPHI_E_TYPE;
     }
     int64_t row_bytes = pyphi_row_bytes(wtype, n_in);
-    if (row_bytes < 0 || n_out % PYPHI_PACK_ROWS != 0) {
+    if (row_bytes < 0 || n_out < 0 || n_out % group_rows != 0) {
         return PYPHI_E_SHAPE;
     }
     return matrix_bytes(n_out, row_bytes);
@@ -241,12 +258,15 @@ int pyphi_pack_matrix(int wtype, const void *w, int64_t n_out, int64_t n_in, voi
     return PYPHI_OK;
 }
 
-/* Chunk = one token: its row of x to Q8_0, and each block's code sum. */
+/* Chunk = one token: its row of x to the activation type, and for Q8_0 each block's code sum. */
 static void quantize_packed_activations(void *ctx, int64_t token, int thread) {
     (void)thread;
     struct packed_job *job = ctx;
     const block_q8_0 *a = (const block_q8_0 *)(job->act + (size_t)token * job->act_row_bytes);
-    job->k->quantize_act[PYPHI_TYPE_Q8_0](job->x + token * job->n_in, (void *)a, job->n_in);
+    job->k->quantize_act[job->atype](job->x + token * job->n_in, (void *)a, job->n_in);
+    if (job->sums == NULL) {
+        return;
+    }
     int64_t nb = job->n_in / PYPHI_QK8_0;
     for (int64_t b = 0; b < nb; b++) {
         int32_t s = 0;
@@ -260,14 +280,14 @@ static void quantize_packed_activations(void *ctx, int64_t token, int thread) {
 static void matmul_packed_chunk(void *ctx, int64_t chunk, int thread) {
     (void)thread;
     struct packed_job *job = ctx;
-    int64_t g0 = chunk % job->group_chunks * PACKED_CHUNK_GROUPS;
+    int64_t g0 = chunk % job->group_chunks * job->chunk_groups;
     int64_t t0 = chunk / job->group_chunks * PACKED_CHUNK_TOKENS;
-    int64_t ng = job->n_groups - g0 < PACKED_CHUNK_GROUPS ? job->n_groups - g0 : PACKED_CHUNK_GROUPS;
+    int64_t ng = job->n_groups - g0 < job->chunk_groups ? job->n_groups - g0 : job->chunk_groups;
     int64_t nt = job->n_tokens - t0 < PACKED_CHUNK_TOKENS ? job->n_tokens - t0 : PACKED_CHUNK_TOKENS;
     job->gemm(job->n_in, ng, nt, job->w + (size_t)g0 * job->group_bytes,
               job->act + (size_t)t0 * job->act_row_bytes, job->act_row_bytes,
-              job->sums + t0 * (job->n_in / PYPHI_QK8_0), job->y + t0 * job->n_out + g0 * PYPHI_PACK_ROWS,
-              job->n_out);
+              job->sums != NULL ? job->sums + t0 * (job->n_in / PYPHI_QK8_0) : NULL,
+              job->y + t0 * job->n_out + g0 * job->group_rows, job->n_out);
 }
 
 int pyphi_matmul_packed(pyphi_pool *pool, int wtype, const void *w, int64_t n_out, int64_t n_in,
@@ -290,31 +310,39 @@ int pyphi_matmul_packed(pyphi_pool *pool, int wtype, const void *w, int64_t n_ou
         return PYPHI_OK;
     }
     const pyphi_kernels *k = pyphi_kernels_current();
-    int64_t nb = n_in / PYPHI_QK8_0;
+    int atype = pyphi_vec_dot_type(wtype);
+    int64_t group_rows = pack_group_rows(wtype);
+    /* act_row_bytes fits: it is at most the float row's 4 n_in bytes, checked in x_bytes */
     struct packed_job job = {
         .k = k,
         .gemm = k->gemm_packed[wtype],
         .x = x,
         .w = w,
+        .atype = atype,
         .y = y,
         .n_out = n_out,
         .n_in = n_in,
         .n_tokens = n_tokens,
-        .n_groups = n_out / PYPHI_PACK_ROWS,
-        .group_bytes = (size_t)pyphi_row_bytes(wtype, n_in) * PYPHI_PACK_ROWS,
-        .act_row_bytes = (size_t)nb * sizeof(block_q8_0),
+        .n_groups = n_out / group_rows,
+        .group_rows = group_rows,
+        .chunk_groups = PACKED_CHUNK_ROWS / group_rows,
+        .group_bytes = (size_t)pyphi_row_bytes(wtype, n_in) * (size_t)group_rows,
+        .act_row_bytes = (size_t)pyphi_row_bytes(atype, n_in),
     };
-    job.group_chunks = (job.n_groups + PACKED_CHUNK_GROUPS - 1) / PACKED_CHUNK_GROUPS;
-    size_t sums_bytes = (size_t)n_tokens * (size_t)nb * sizeof(int32_t);
-    job.sums = malloc(sums_bytes + (size_t)n_tokens * job.act_row_bytes); /* sums, then act */
-    if (job.sums == NULL) {
+    job.group_chunks = (job.n_groups + job.chunk_groups - 1) / job.chunk_groups;
+    size_t sums_bytes = atype == PYPHI_TYPE_Q8_0
+                            ? (size_t)n_tokens * (size_t)(n_in / PYPHI_QK8_0) * sizeof(int32_t)
+                            : 0;
+    uint8_t *scratch = malloc(sums_bytes + (size_t)n_tokens * job.act_row_bytes); /* sums, then act */
+    if (scratch == NULL) {
         return PYPHI_E_NOMEM;
     }
-    job.act = (uint8_t *)job.sums + sums_bytes;
+    job.sums = sums_bytes > 0 ? (int32_t *)scratch : NULL;
+    job.act = scratch + sums_bytes;
     pyphi_pool_run(pool, quantize_packed_activations, &job, n_tokens);
     int64_t token_chunks = (n_tokens + PACKED_CHUNK_TOKENS - 1) / PACKED_CHUNK_TOKENS;
     pyphi_pool_run(pool, matmul_packed_chunk, &job, job.group_chunks * token_chunks);
-    free(job.sums);
+    free(scratch);
     return PYPHI_OK;
 }
 

@@ -137,15 +137,18 @@ int pyphi_matmul(pyphi_pool *pool, int wtype, const void *w, int64_t n_out, int6
 
 /* Packed weights: pyphi's own layout of a Q4_0 or Q8_0 matrix (quants.h: 16 rows interleaved per
  * block, the same number of bytes), built in memory, never stored. It lets the SIMD kernels
- * advance 16 output rows per instruction. The model packs its matrices at load time.
- * pyphi_packed_bytes: the bytes of the packed (n_out, n_in) matrix, or PYPHI_E_TYPE (not Q4_0 or
- * Q8_0) / PYPHI_E_SHAPE (n_out not a multiple of 16, or n_in of 32). */
+ * advance 16 output rows per instruction. Q4_K/Q5_K/Q6_K pack 4 rows, whole super-blocks
+ * interleaved, so a 4-row kernel streams one contiguous run. The model packs its matrices at
+ * load time. pyphi_packed_bytes: the bytes of the packed (n_out, n_in) matrix, or PYPHI_E_TYPE
+ * (another type) / PYPHI_E_SHAPE (n_out not a multiple of 16 (4 for the K-quants), or n_in not a
+ * multiple of the block). */
 int64_t pyphi_packed_bytes(int wtype, int64_t n_out, int64_t n_in);
 /* w (n_out, n_in) in ggml's layout -> dst (pyphi_packed_bytes); w and dst must not overlap. */
 int pyphi_pack_matrix(int wtype, const void *w, int64_t n_out, int64_t n_in, void *dst);
 /* y (n_tokens, n_out) = x (n_tokens, n_in) . w^T with w packed. Every element is, bit for bit,
  * the scalar vec_dot (pyphi_isa_set(PYPHI_ISA_SCALAR) then pyphi_vec_dot) of its weight row with
- * its token quantized to Q8_0, on every ISA and for any pool size. */
+ * its token quantized to Q8_0, on every ISA and for any pool size. K-quants: the current ISA's
+ * vec_dot with the token quantized to Q8_K (what pyphi_matmul computes), for any pool size. */
 int pyphi_matmul_packed(pyphi_pool *pool, int wtype, const void *w, int64_t n_out, int64_t n_in,
                         const float *x, int64_t n_tokens, float *y);
 
@@ -213,7 +216,7 @@ struct pyphi_model_params {
     int64_t n_batch;         /* tokens per forward step of a long prompt (activation memory) */
     int32_t kv_type;         /* PYPHI_TYPE_F16 or PYPHI_TYPE_F32 */
     int32_t longrope_switch; /* enum pyphi_longrope_switch */
-    int32_t pack_weights;    /* 1: copy the Q4_0/Q8_0 matrices into the packed layout at create
+    int32_t pack_weights;    /* 1: copy the Q4_0/Q8_0/K-quant matrices into the packed layout at create
                               * (faster kernels; anonymous memory of their size) and drop their
                               * pages from the process with MADV_DONTNEED, which requires them to
                               * be a read-only file mapping, as the GGUF is; 0: compute on the

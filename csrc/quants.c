@@ -323,6 +323,10 @@ int pyphi_dequantize_row(int type, const void *x, float *y, int64_t n) {
 /* ---- Packed layout (quants.h) ---------------------------------------------------------------- */
 
 void pyphi_pack_rows(int type, const void *w, int64_t n_rows, int64_t n, void *dst) {
+    if (type != PYPHI_TYPE_Q4_0 && type != PYPHI_TYPE_Q8_0) {
+        pyphi_pack_rows_k(type, w, n_rows, n, dst);
+        return;
+    }
     size_t block_bytes = (size_t)pyphi_type_block_bytes(type);
     size_t qs_bytes = block_bytes - sizeof(uint16_t); /* 16 (Q4_0) or 32 (Q8_0) */
     uint32_t flip = type == PYPHI_TYPE_Q8_0 ? 0x80808080u : 0; /* per byte */

@@ -152,6 +152,11 @@ static inline void pyphi_k_scale_min(int j, const uint8_t *q, uint8_t *sc, uint8
  * Q8_0 codes are stored XOR 0x80, i.e. as the unsigned code + 128. */
 #define PYPHI_PACK_ROWS 16
 
+/* K-quant matrices pack PYPHI_PACK_ROWS_K rows per group, whole super-blocks interleaved: group g
+ * holds block b of its rows 0..3, then block b + 1 of rows 0..3, ... (n / 256 x 4 blocks), bytes
+ * unchanged. A 4-row kernel then reads one contiguous stream instead of four. */
+#define PYPHI_PACK_ROWS_K 4
+
 /* ---- Bit casts ------------------------------------------------------------------------------ */
 
 static inline uint32_t pyphi_f32_bits(float f) {
@@ -305,6 +310,10 @@ void pyphi_dequantize_row_q4_K(const void *x, float *y, int64_t n);
 void pyphi_dequantize_row_q5_K(const void *x, float *y, int64_t n);
 void pyphi_dequantize_row_q6_K(const void *x, float *y, int64_t n);
 void pyphi_dequantize_row_q8_K(const void *x, float *y, int64_t n);
+
+/* w: (n_rows, row bytes) Q4_K, Q5_K or Q6_K -> dst: the K packed layout, the same number of bytes.
+ * n_rows a multiple of PYPHI_PACK_ROWS_K, n of 256 (callers check). */
+void pyphi_pack_rows_k(int type, const void *w, int64_t n_rows, int64_t n, void *dst);
 
 /* w: (n_rows, row bytes) Q4_0 or Q8_0 in ggml's layout -> dst: the packed layout, the same number
  * of bytes. n_rows a multiple of PYPHI_PACK_ROWS, n of 32 (callers check). */

@@ -381,3 +381,21 @@ void pyphi_dequantize_row_q8_K(const void *vx, float *y, int64_t n) {
         }
     }
 }
+
+/* ---- Packed layout (quants.h, PYPHI_PACK_ROWS_K) --------------------------------------------- */
+
+void pyphi_pack_rows_k(int type, const void *w, int64_t n_rows, int64_t n, void *dst) {
+    const size_t block = (size_t)pyphi_type_block_bytes(type);
+    const int64_t nb = n / PYPHI_QK_K;
+    const size_t row_bytes = (size_t)nb * block;
+    uint8_t *out = dst;
+    for (int64_t g = 0; g < n_rows / PYPHI_PACK_ROWS_K; g++) {
+        const uint8_t *rows = (const uint8_t *)w + (size_t)g * PYPHI_PACK_ROWS_K * row_bytes;
+        for (int64_t b = 0; b < nb; b++) {
+            for (int i = 0; i < PYPHI_PACK_ROWS_K; i++) {
+                memcpy(out, rows + (size_t)i * row_bytes + (size_t)b * block, block);
+                out += block;
+            }
+        }
+    }
+}

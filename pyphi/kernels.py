@@ -77,8 +77,9 @@ def matmul(pool: ThreadPool | None, wtype: int | str, w, x) -> np.ndarray:
 
 
 def pack(wtype: int | str, w, n_in: int) -> np.ndarray:
-    """Q4_0/Q8_0 weights (n_out, row_bytes) in ggml's layout -> the same bytes in the packed
-    layout the model computes with (csrc/quants.h; n_out a multiple of 16)."""
+    """Q4_0/Q8_0 (n_out a multiple of 16) or Q4_K/Q5_K/Q6_K (n_out a multiple of 4) weights
+    (n_out, row_bytes) in ggml's layout -> the same bytes in the packed layout the model
+    computes with (csrc/quants.h)."""
     wt = type_id(wtype)
     rb = row_bytes(wt, n_in)
     wb = as_row_bytes(w, 4)
@@ -90,8 +91,8 @@ def pack(wtype: int | str, w, n_in: int) -> np.ndarray:
 
 
 def matmul_packed(pool: ThreadPool | None, wtype: int | str, packed, n_out: int, x) -> np.ndarray:
-    """y = x . w^T for w packed by `pack`: float32 (T, n_out); each element is the scalar
-    vec_dot's value bit for bit."""
+    """y = x . w^T for w packed by `pack`: float32 (T, n_out); each element is, bit for bit,
+    the scalar vec_dot's value (Q4_0/Q8_0) or the current ISA's vec_dot's (the K-quants)."""
     wt = type_id(wtype)
     x2 = np.ascontiguousarray(np.atleast_2d(x), dtype=np.float32)
     n_tokens, n_in = x2.shape

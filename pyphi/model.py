@@ -58,7 +58,7 @@ class ContextTooLargeError(MemoryError):
 @dataclasses.dataclass(frozen=True)
 class Sizes:
     """Memory of a model at one n_ctx, in bytes. Weights are mapped from the file, not allocated;
-    packed copies of the Q4_0/Q8_0 matrices (pack_weights) are."""
+    packed copies of the Q4_0/Q8_0/K-quant matrices (pack_weights) are."""
 
     weights_bytes: int
     kv_bytes: int
@@ -170,7 +170,7 @@ class Model:
     most the model's context length);
     kv_type: "f16" (default) or "f32"; n_batch: tokens per forward step of a long prompt;
     longrope_switch: "reprefill" (default) or "rerotate", see the module docstring;
-    pack_weights: copy Q4_0/Q8_0 matrices into the packed layout at load (default: where the CPU
+    pack_weights: copy Q4_0/Q8_0/K-quant matrices into the packed layout at load (default: where the CPU
     has a SIMD packed kernel, AVX-512).
     Calls from several threads are serialised (the C model has one cache and one set of
     activation buffers).

@@ -264,3 +264,36 @@ def test_vec_dot_close_to_ggml(t):
             for isa in ISAS:
                 with cpu.forced_isa(isa):
                     assert abs(kernels.vec_dot(t, wq[r], aq[r]) - float(out[0])) <= 3 * tol, isa
+
+
+# ---- packed weights ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("t", WTYPES, ids=TYPE_NAME)
+def test_packed_matmul_equals_the_isa_matmul_bit_for_bit(t, isa):
+    """The packed layout (4 rows, super-blocks interleaved) changes no bit of the ISA's result:
+    single tokens (the decode tile), batches around the tile and the 64-token chunk, several
+    groups, 1 and 2 threads."""
+    rng = np.random.default_rng(700 + t)
+    with cpu.forced_isa(isa), ThreadPool(2) as pool:
+        for n_in, n_out, n_tokens in [(256, 4, 1), (256 * 3, 12, 9), (256 * 12, 68, 1), (256 * 2, 8, 70), (256, 132, 5)]:
+            wq = random_weights(rng, t, n_out, n_in)
+            x = rng.standard_normal((n_tokens, n_in)).astype(np.float32)
+            ref = kernels.matmul(None, t, wq, x)
+            packed = kernels.pack(t, wq, n_in)
+            assert packed.nbytes == wq.nbytes
+            for p in (None, pool):
+                y = kernels.matmul_packed(p, t, packed, n_out, x)
+                assert np.array_equal(y.view(np.uint32), ref.view(np.uint32)), (n_in, n_out, n_tokens)
+
+
+def test_pack_layout_interleaves_whole_super_blocks():
+    """Hand-derived: group g holds block b of rows 4g .. 4g + 3, then block b + 1 (quants.h)."""
+    rng = np.random.default_rng(800)
+    wq = random_weights(rng, Q4_K, 8, 512)  # 2 groups x 2 super-blocks of 144 bytes
+    packed = kernels.pack(Q4_K, wq, 512).reshape(2, 2, 4, 144)  # (group, block, row, bytes)
+    blocks = wq.reshape(2, 4, 2, 144)  # (group, row, block, bytes)
+    assert np.array_equal(packed, blocks.transpose(0, 2, 1, 3))
+    with pytest.raises(Exception):
+        kernels.pack(Q4_K, wq[:6], 512)  # 6 rows: not whole groups
