@@ -31,6 +31,7 @@
 #include "kv_cache.h"
 #include "ops.h"
 #include "pyphi.h"
+#include "quants.h"
 #include "threadpool.h"
 
 #include <stdlib.h>
@@ -46,6 +47,15 @@
         }                                                                                          \
     } while (0)
 
+/* A matrix whose packed copy is still to be made: t (the model's copy of the tensor, data still
+ * the caller's) -> dst, inside the model's packed buffer. Its chunks of the pack job are
+ * first_chunk .. the next item's first_chunk - 1. */
+struct pack_item {
+    struct pyphi_tensor *t;
+    uint8_t *dst;
+    int64_t first_chunk;
+};
+
 struct pyphi_model {
     struct pyphi_model_desc d;
     struct pyphi_layer_weights *layers; /* (n_layer,): a copy; d.layers points here */
@@ -60,6 +70,8 @@ struct pyphi_model {
     int64_t attn_scratch_floats;
     uint8_t *packed;     /* (packed_bytes,): the packed matrices; layers[].x.data point here */
     int64_t packed_bytes;
+    struct pack_item *pending; /* (1 + n_layer MATRICES_PER_LAYER,): copies the first eval makes */
+    int64_t n_pending, pending_chunks;
 
     /* Activations of one batch of up to n_batch tokens. */
     float *x;       /* (n_batch, n_embd): the residual stream */
@@ -200,11 +212,18 @@ static int check_params(const struct pyphi_model_desc *d, const struct pyphi_mod
 
 /* ---- Packed weights -------------------------------------------------------------------------- */
 
+#define HUGE_PAGE ((size_t)2 << 20)
+/* Rows per chunk of the pack, a multiple of every packed group (16 rows, 4 for the K-quants):
+ * 1-4 MB of Phi-4-mini's rows, so the pool's chunk counter is fetched rarely and the largest
+ * matrix (the head) still splits finely. */
+#define PACK_CHUNK_ROWS 512
+_Static_assert(PACK_CHUNK_ROWS % PYPHI_PACK_ROWS == 0 && PACK_CHUNK_ROWS % PYPHI_PACK_ROWS_K == 0,
+               "a pack chunk must hold whole groups");
+
 /* The matrices of a description that the model may pack, in a fixed order (NULL-data parts and
  * unpackable types are skipped by the callers). The tied head (output == tok_embd) is packed as
  * its own copy: the embedding keeps reading ggml's rows. */
 #define MATRICES_PER_LAYER 9
-#define HUGE_PAGE ((size_t)2 << 20)
 static void layer_matrices(const struct pyphi_layer_weights *L,
                            const struct pyphi_tensor *out[MATRICES_PER_LAYER]) {
     const struct pyphi_tensor *ts[MATRICES_PER_LAYER] = {
@@ -221,25 +240,73 @@ static int64_t packed_size(const struct pyphi_tensor *t) {
     return bytes > 0 ? (bytes + 63) / 64 * 64 : 0; /* each matrix 64-byte aligned */
 }
 
-/* Packs t into *cursor (advancing it) and drops t's pages from the process: the model never
- * reads them again (a tied head's embedding reads a few rows, which fault back in). On the
- * read-only file mapping pyphi.h requires, MADV_DONTNEED only unmaps: the pages stay in the page
- * cache (a reload is fast) and a later read faults them back from the file. (MADV_PAGEOUT would
- * evict them from the page cache too, and the next load would read the disk.) */
-static void pack_tensor(struct pyphi_tensor *t, uint8_t **cursor) {
+/* Drops the whole pages inside [p, p + bytes) from the process. On the read-only file mapping
+ * pyphi.h requires, MADV_DONTNEED only unmaps: the pages stay in the page cache (a reload is
+ * fast) and a later read faults them back from the file. (MADV_PAGEOUT would evict them from the
+ * page cache too, and the next load would read the disk.) */
+static void drop_pages(const void *p, size_t bytes) {
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t begin = ((uintptr_t)p + page - 1) / page * page;
+    uintptr_t end = ((uintptr_t)p + bytes) / page * page;
+    if (end > begin) {
+        madvise((void *)begin, end - begin, MADV_DONTNEED);
+    }
+}
+
+/* Reserves t's packed copy at *cursor (advancing it) as a pending pack; the copy is made by the
+ * first eval, on its pool (pack_pending). */
+static void reserve_pack(pyphi_model *m, struct pyphi_tensor *t, uint8_t **cursor) {
     int64_t size = packed_size(t);
     if (size == 0) {
         return;
     }
-    pyphi_pack_matrix(t->type, t->data, t->ne1, t->ne0, *cursor); /* checked by packed_size */
-    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
-    uintptr_t begin = ((uintptr_t)t->data + page - 1) / page * page;
-    uintptr_t end = ((uintptr_t)t->data + (uintptr_t)pyphi_packed_bytes(t->type, t->ne1, t->ne0)) / page * page;
-    if (end > begin) {
-        madvise((void *)begin, end - begin, MADV_DONTNEED);
-    }
-    t->data = *cursor;
+    m->pending[m->n_pending++] = (struct pack_item){
+        .t = t, .dst = *cursor, .first_chunk = m->pending_chunks,
+    };
+    m->pending_chunks += (t->ne1 + PACK_CHUNK_ROWS - 1) / PACK_CHUNK_ROWS;
     *cursor += size;
+}
+
+/* Chunk = PACK_CHUNK_ROWS rows (whole groups) of one pending matrix: packs them and drops the
+ * file pages they came from (the model never reads them again; a tied head's embedding reads a
+ * few rows, which fault back in). Packing is a copy, so chunks are independent and the result
+ * does not depend on the pool size. */
+static void pack_chunk(void *ctx, int64_t chunk, int thread) {
+    (void)thread;
+    const pyphi_model *m = ctx;
+    int64_t lo = 0, hi = m->n_pending - 1; /* the last item whose first chunk <= chunk */
+    while (lo < hi) {
+        int64_t mid = (lo + hi + 1) / 2;
+        if (m->pending[mid].first_chunk <= chunk) {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    const struct pack_item *it = &m->pending[lo];
+    const struct pyphi_tensor *t = it->t;
+    int64_t r0 = (chunk - it->first_chunk) * PACK_CHUNK_ROWS;
+    int64_t rows = t->ne1 - r0 < PACK_CHUNK_ROWS ? t->ne1 - r0 : PACK_CHUNK_ROWS;
+    /* a packed group holds the bytes of its rows (quants.h): the same offset on both sides, and
+     * rows is whole groups since t->ne1 is (packed_size checked it) */
+    size_t row_bytes = (size_t)pyphi_row_bytes(t->type, t->ne0);
+    size_t offset = (size_t)r0 * row_bytes, bytes = (size_t)rows * row_bytes;
+    const uint8_t *src = (const uint8_t *)t->data + offset;
+    pyphi_pack_matrix(t->type, src, rows, t->ne0, it->dst + offset); /* checked */
+    drop_pages(src, bytes);
+}
+
+/* Makes the pending packed copies on the pool and points the tensors at them. Done at the first
+ * eval rather than at create, which has no pool: the copy of a few GB is then spread over every
+ * thread. Pages a chunk shares with its neighbours are dropped once all chunks are done. */
+static void pack_pending(pyphi_model *m, pyphi_pool *pool) {
+    pyphi_pool_run(pool, pack_chunk, m, m->pending_chunks);
+    for (int64_t i = 0; i < m->n_pending; i++) {
+        struct pyphi_tensor *t = m->pending[i].t;
+        drop_pages(t->data, (size_t)pyphi_packed_bytes(t->type, t->ne1, t->ne0));
+        t->data = m->pending[i].dst;
+    }
+    m->n_pending = 0;
 }
 
 /* Floats of the activation buffers for one batch of n_batch tokens. */
@@ -306,6 +373,7 @@ void pyphi_model_free(pyphi_model *m) {
     free(m->inv_freq[0]);
     free(m->x); /* one allocation holds every activation buffer */
     free(m->packed);
+    free(m->pending);
     free(m->attn_scratch);
     free(m);
 }
@@ -352,14 +420,19 @@ int pyphi_model_create(const struct pyphi_model_desc *desc, const struct pyphi_m
         madvise(m->packed, bytes, MADV_HUGEPAGE);
 #endif
         m->packed_bytes = sizes.packed_bytes;
+        m->pending = malloc((size_t)(1 + desc->n_layer * MATRICES_PER_LAYER) * sizeof *m->pending);
+        if (m->pending == NULL) {
+            pyphi_model_free(m);
+            return PYPHI_E_NOMEM;
+        }
         uint8_t *cursor = m->packed;
         /* a tied head's pages go too: the embedding faults back in only the rows it reads */
-        pack_tensor(&m->d.output, &cursor);
+        reserve_pack(m, &m->d.output, &cursor);
         for (int64_t l = 0; l < desc->n_layer; l++) {
             const struct pyphi_tensor *ms[MATRICES_PER_LAYER];
             layer_matrices(&m->layers[l], ms);
             for (int i = 0; i < MATRICES_PER_LAYER; i++) {
-                pack_tensor((struct pyphi_tensor *)ms[i], &cursor); /* our copy: writable */
+                reserve_pack(m, (struct pyphi_tensor *)ms[i], &cursor); /* our copy: writable */
             }
         }
     }
@@ -523,6 +596,9 @@ int pyphi_model_eval(pyphi_model *m, pyphi_pool *pool, const int32_t *tokens, in
         if (tokens[t] < 0 || tokens[t] >= m->d.n_vocab) {
             return PYPHI_E_ARG;
         }
+    }
+    if (m->n_pending > 0) {
+        pack_pending(m, pool);
     }
     int64_t end = pos + n_tokens;
     int want_long = uses_longrope(&m->d) && end > m->d.n_ctx_orig;

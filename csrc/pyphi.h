@@ -139,7 +139,7 @@ int pyphi_matmul(pyphi_pool *pool, int wtype, const void *w, int64_t n_out, int6
  * block, the same number of bytes), built in memory, never stored. It lets the SIMD kernels
  * advance 16 output rows per instruction. Q4_K/Q5_K/Q6_K pack 4 rows, whole super-blocks
  * interleaved, so a 4-row kernel streams one contiguous run. The model packs its matrices at
- * load time. pyphi_packed_bytes: the bytes of the packed (n_out, n_in) matrix, or PYPHI_E_TYPE
+ * its first eval. pyphi_packed_bytes: the bytes of the packed (n_out, n_in) matrix, or PYPHI_E_TYPE
  * (another type) / PYPHI_E_SHAPE (n_out not a multiple of 16 (4 for the K-quants), or n_in not a
  * multiple of the block). */
 int64_t pyphi_packed_bytes(int wtype, int64_t n_out, int64_t n_in);
@@ -216,10 +216,11 @@ struct pyphi_model_params {
     int64_t n_batch;         /* tokens per forward step of a long prompt (activation memory) */
     int32_t kv_type;         /* PYPHI_TYPE_F16 or PYPHI_TYPE_F32 */
     int32_t longrope_switch; /* enum pyphi_longrope_switch */
-    int32_t pack_weights;    /* 1: copy the Q4_0/Q8_0/K-quant matrices into the packed layout at create
-                              * (faster kernels; anonymous memory of their size) and drop their
-                              * pages from the process with MADV_DONTNEED, which requires them to
-                              * be a read-only file mapping, as the GGUF is; 0: compute on the
+    int32_t pack_weights;    /* 1: copy the Q4_0/Q8_0/K-quant matrices into the packed layout (faster
+                              * kernels; anonymous memory of their size, allocated at create,
+                              * filled by the first eval on its pool) and drop their pages from
+                              * the process with MADV_DONTNEED, which requires them to be a
+                              * read-only file mapping, as the GGUF is; 0: compute on the
                               * caller's memory as it is */
 };
 

@@ -40,8 +40,8 @@ DEFAULT_N_CTX = 4096
 DEFAULT_N_BATCH = 256
 DEFAULT_KV_TYPE = "f16"
 DEFAULT_LONGROPE_SWITCH = "reprefill"
-# Q4_0/Q8_0 matrices are copied into the kernels' packed layout at load (see pyphi.h): prefill
-# several times faster, decode closer to memory bandwidth, for anonymous memory of their size.
+# Q4_0/Q8_0 matrices are copied into the kernels' packed layout by the first eval, on the pool
+# (see pyphi.h): prefill several times faster, decode closer to memory bandwidth, for anonymous memory of their size.
 # Only AVX-512 has a SIMD packed kernel so far (AVX2 runs the scalar twin there), so elsewhere
 # the default keeps ggml's layout and the ISA's own tiles.
 DEFAULT_PACK_WEIGHTS = lib.pyphi_isa_best() == lib.PYPHI_ISA_AVX512
@@ -170,8 +170,8 @@ class Model:
     most the model's context length);
     kv_type: "f16" (default) or "f32"; n_batch: tokens per forward step of a long prompt;
     longrope_switch: "reprefill" (default) or "rerotate", see the module docstring;
-    pack_weights: copy Q4_0/Q8_0/K-quant matrices into the packed layout at load (default: where the CPU
-    has a SIMD packed kernel, AVX-512).
+    pack_weights: copy Q4_0/Q8_0/K-quant matrices into the packed layout, at the first eval (default:
+    where the CPU has a SIMD packed kernel, AVX-512).
     Calls from several threads are serialised (the C model has one cache and one set of
     activation buffers).
     """
