@@ -78,6 +78,8 @@ const pyphi_kernels *pyphi_isa_kernels(int isa) {
         return &pyphi_kernels_avx2;
     case PYPHI_ISA_AVX512:
         return &pyphi_kernels_avx512;
+    case PYPHI_ISA_AVX512BF16:
+        return &pyphi_kernels_avx512bf16;
     default:
         return NULL;
     }
@@ -91,6 +93,8 @@ uint32_t pyphi_isa_requires(int isa) {
         return PYPHI_CPU_AVX | PYPHI_CPU_AVX2 | PYPHI_CPU_FMA | PYPHI_CPU_F16C |
                PYPHI_CPU_AVX512F | PYPHI_CPU_AVX512BW | PYPHI_CPU_AVX512VL |
                PYPHI_CPU_AVX512DQ | PYPHI_CPU_AVX512VNNI;
+    case PYPHI_ISA_AVX512BF16:
+        return pyphi_isa_requires(PYPHI_ISA_AVX512) | PYPHI_CPU_AVX512BF16;
     default:
         return 0;
     }

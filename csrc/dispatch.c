@@ -17,34 +17,38 @@ static int g_best;                              /* written once under g_once */
 static pyphi_kernels g_tables[PYPHI_ISA_COUNT]; /* each ISA's table, gaps filled; under g_once */
 static _Atomic(const pyphi_kernels *) g_current; /* the table in use now */
 
-/* isa's own table with every NULL entry taken from the scalar table (kernels.h); NULL if this
- * build has no table for isa. A missing vec_dot brings the scalar gemm with it, so a tile always
- * computes what its table's vec_dot does. */
+/* isa's completed table, or NULL before init_once or if this build has none. */
+static const pyphi_kernels *table(int isa) {
+    return g_tables[isa].vec_dot[PYPHI_TYPE_F32] != NULL ? &g_tables[isa] : NULL;
+}
+
+/* isa's own table with every NULL entry taken from its base's completed table (kernels.h), the
+ * scalar one by default; NULL if this build has no table for isa. Called in increasing isa order,
+ * so a base (always below isa) is complete first. A missing vec_dot brings the base's gemm with
+ * it, so a tile always computes what its table's vec_dot does. */
 static const pyphi_kernels *complete_table(int isa) {
     const pyphi_kernels *own = pyphi_isa_kernels(isa);
     if (own == NULL) {
         return NULL;
     }
-    const pyphi_kernels *scalar = &pyphi_kernels_scalar;
+    const pyphi_kernels *base = own->base > 0 && own->base < isa && table(own->base) != NULL
+                                    ? table(own->base)
+                                    : &pyphi_kernels_scalar;
     pyphi_kernels *t = &g_tables[isa];
     *t = *own;
     for (int type = 0; type < PYPHI_TYPE_ID_LIMIT; type++) {
         if (t->vec_dot[type] == NULL) {
-            t->vec_dot[type] = scalar->vec_dot[type];
-            t->gemm[type] = scalar->gemm[type];
+            t->vec_dot[type] = base->vec_dot[type];
+            t->gemm[type] = base->gemm[type];
         }
         if (t->gemm_packed[type] == NULL) {
-            t->gemm_packed[type] = scalar->gemm_packed[type];
+            t->gemm_packed[type] = base->gemm_packed[type];
         }
         if (t->quantize_act[type] == NULL) {
-            t->quantize_act[type] = scalar->quantize_act[type];
+            t->quantize_act[type] = base->quantize_act[type];
         }
     }
     return t;
-}
-
-static const pyphi_kernels *table(int isa) {
-    return g_tables[isa].vec_dot[PYPHI_TYPE_F32] != NULL ? &g_tables[isa] : NULL;
 }
 
 static int supported(int isa) {
@@ -112,6 +116,8 @@ const char *pyphi_isa_name(int isa) {
         return "avx2";
     case PYPHI_ISA_AVX512:
         return "avx512";
+    case PYPHI_ISA_AVX512BF16:
+        return "avx512bf16";
     default:
         return "unknown";
     }

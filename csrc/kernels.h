@@ -18,7 +18,9 @@
 /* *s = sum over i of w[i] * a[i].
  * w: one row of n values in the weight type; a: one row of n values in the activation type
  * (pyphi_vec_dot_type: block_q8_0 for Q4_0/Q5_0/Q8_0 weights, block_q8_1 for Q4_1/Q5_1,
- * float32 for F32/F16/BF16 weights).
+ * float32 for F32/F16 weights, bfloat16 for BF16 weights, as in ggml: the activations are
+ * rounded to bfloat16 (pyphi_quantize_row_bf16), which lets AVX512_BF16's vdpbf16ps take 32
+ * products per instruction; a product of two bfloat16 numbers is exact in binary32).
  * n: values, a multiple of the weight type's block (callers check). No alignment is required.
  * Quantized types: each block's dot is an exact int32, scaled by d_w * d_a (that product of two
  * binary16 numbers is exact in binary32) and summed in float, as ggml does; summation order is
@@ -38,6 +40,11 @@
  * these terms in exact arithmetic). m_w s_a is exact in binary32 too, but adding it rounds once
  * more, so for them k = m + 11 and sum |w[i] * a[i]| becomes
  * sum over blocks of |d_w d_a| sum_j |q_j a_j| + |m_w s_a|.
+ * BF16 with AVX512_BF16 (the avx512bf16 table): vdpbf16ps adds each lane's two exact products
+ * one after the other, rounding each sum to nearest even (Intel SDM, VDPBF16PS), so the bound
+ * above holds as for an FMA; it also treats subnormal inputs as zero and flushes subnormal sums
+ * to zero, which adds at most |w[i] a[i]| per subnormal operand and 2^-126 per addition (no
+ * such values in real weights and activations, nor in the tests).
  * The K-quants (Q4_K/Q5_K/Q6_K x Q8_K) scale per 256-value super-block with d_a a full
  * binary32: their order and bound are stated with their scalar twins in kernels_scalar.c. */
 typedef void (*pyphi_vec_dot_fn)(int64_t n, float *s, const void *w, const void *a);
@@ -91,21 +98,24 @@ typedef void (*pyphi_gemm_packed_fn)(int64_t n, int64_t n_groups, int64_t n_tok,
 
 typedef struct pyphi_kernels {
     int isa;                                      /* enum pyphi_isa */
+    int base; /* the ISA whose completed table fills this one's gaps (below isa; 0: scalar) */
     pyphi_vec_dot_fn vec_dot[PYPHI_TYPE_ID_LIMIT]; /* by weight type; NULL: type not computed */
     pyphi_gemm_fn gemm[PYPHI_TYPE_ID_LIMIT];       /* by weight type; set wherever vec_dot is */
     pyphi_gemm_packed_fn gemm_packed[PYPHI_TYPE_ID_LIMIT]; /* Q4_0 and Q8_0 only */
     pyphi_quantize_fn quantize_act[PYPHI_TYPE_ID_LIMIT];   /* by activation type (pyphi_vec_dot_type) */
 } pyphi_kernels;
 
-/* A SIMD table may leave any entry NULL: dispatch.c fills it from pyphi_kernels_scalar (a NULL
- * vec_dot takes the scalar vec_dot and gemm together), so a new format can land with its scalar
- * twin first and gain SIMD kernels one ISA at a time. pyphi_kernels_current never has a NULL
- * entry where the scalar table has one. */
+/* A SIMD table may leave any entry NULL: dispatch.c fills it from its base's completed table,
+ * which is pyphi_kernels_scalar unless the table names another (a NULL vec_dot takes the base's
+ * vec_dot and gemm together), so a new format can land with its scalar twin first and gain SIMD
+ * kernels one ISA at a time, and an extension table (avx512bf16 on avx512) holds only what the
+ * extension changes. pyphi_kernels_current never has a NULL entry where the scalar table has one. */
 
 extern const pyphi_kernels pyphi_kernels_scalar;
 /* Only in x86-64 builds; reached through pyphi_isa_kernels (cpu_x86.c). */
 extern const pyphi_kernels pyphi_kernels_avx2;
 extern const pyphi_kernels pyphi_kernels_avx512;
+extern const pyphi_kernels pyphi_kernels_avx512bf16;
 
 /* The scalar twins (kernels_scalar.c): the definitions every ISA's vec_dot entry follows, named
  * here so that later kernels (e.g. a blocked GEMM's reference) can be written in terms of them. */

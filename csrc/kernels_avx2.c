@@ -30,7 +30,7 @@ static inline __m256 block_scale(uint16_t dw, uint16_t da) {
     return _mm256_set1_ps(_mm_cvtss_f32(d) * _mm_cvtss_f32(_mm_movehdup_ps(d)));
 }
 
-/* ---- Float weights x float32 activations ------------------------------------------------- */
+/* ---- Float weights x float32 (bfloat16 for BF16) activations ---------------------------- */
 
 static inline __m256 load_f32(const float *p) {
     return _mm256_loadu_ps(p);
@@ -46,28 +46,28 @@ static inline __m256 load_bf16(const uint16_t *p) {
     return _mm256_castsi256_ps(_mm256_slli_epi32(u, 16));
 }
 
-/* One body for the three float weight types: W is the element type, LOAD widens 8 of them to
- * binary32 and TO_F32 one of them (the scalar twin's conversion) for the last n % 8 values.
- * Four independent accumulators hide the FMA latency. */
-#define DEFINE_VEC_DOT_FLOAT(NAME, W, LOAD, TO_F32)                                              \
+/* One body for the three float weight types: W / A are the weight / activation element types,
+ * LOAD / ALOAD widen 8 of them to binary32 and TO_F32 / A_TO_F32 one of them (the scalar twin's
+ * conversion) for the last n % 8 values. Four independent accumulators hide the FMA latency. */
+#define DEFINE_VEC_DOT_FLOAT(NAME, W, LOAD, TO_F32, A, ALOAD, A_TO_F32)                          \
     static void NAME(int64_t n, float *s, const void *vw, const void *va) {                      \
-        const W *w = vw;     /* (n,) */                                                           \
-        const float *a = va; /* (n,) */                                                           \
+        const W *w = vw; /* (n,) */                                                               \
+        const A *a = va; /* (n,) */                                                               \
         __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();                            \
         __m256 acc2 = _mm256_setzero_ps(), acc3 = _mm256_setzero_ps();                            \
         int64_t i = 0;                                                                            \
         for (; i + 32 <= n; i += 32) {                                                            \
-            acc0 = _mm256_fmadd_ps(LOAD(w + i), _mm256_loadu_ps(a + i), acc0);                     \
-            acc1 = _mm256_fmadd_ps(LOAD(w + i + 8), _mm256_loadu_ps(a + i + 8), acc1);             \
-            acc2 = _mm256_fmadd_ps(LOAD(w + i + 16), _mm256_loadu_ps(a + i + 16), acc2);           \
-            acc3 = _mm256_fmadd_ps(LOAD(w + i + 24), _mm256_loadu_ps(a + i + 24), acc3);           \
+            acc0 = _mm256_fmadd_ps(LOAD(w + i), ALOAD(a + i), acc0);                               \
+            acc1 = _mm256_fmadd_ps(LOAD(w + i + 8), ALOAD(a + i + 8), acc1);                       \
+            acc2 = _mm256_fmadd_ps(LOAD(w + i + 16), ALOAD(a + i + 16), acc2);                     \
+            acc3 = _mm256_fmadd_ps(LOAD(w + i + 24), ALOAD(a + i + 24), acc3);                     \
         }                                                                                         \
         for (; i + 8 <= n; i += 8) {                                                              \
-            acc0 = _mm256_fmadd_ps(LOAD(w + i), _mm256_loadu_ps(a + i), acc0);                     \
+            acc0 = _mm256_fmadd_ps(LOAD(w + i), ALOAD(a + i), acc0);                               \
         }                                                                                         \
         float sum = hsum_ps(_mm256_add_ps(_mm256_add_ps(acc0, acc1), _mm256_add_ps(acc2, acc3))); \
         for (; i < n; i++) {                                                                      \
-            sum += TO_F32(w[i]) * a[i];                                                           \
+            sum += TO_F32(w[i]) * A_TO_F32(a[i]);                                                 \
         }                                                                                         \
         *s = sum;                                                                                 \
     }
@@ -76,9 +76,12 @@ static inline float f32_identity(float v) {
     return v;
 }
 
-DEFINE_VEC_DOT_FLOAT(vec_dot_f32_avx2, float, load_f32, f32_identity)
-DEFINE_VEC_DOT_FLOAT(vec_dot_f16_avx2, uint16_t, load_f16, pyphi_fp16_to_fp32)
-DEFINE_VEC_DOT_FLOAT(vec_dot_bf16_avx2, uint16_t, load_bf16, pyphi_bf16_to_fp32)
+DEFINE_VEC_DOT_FLOAT(vec_dot_f32_avx2, float, load_f32, f32_identity, float, load_f32, f32_identity)
+DEFINE_VEC_DOT_FLOAT(vec_dot_f16_avx2, uint16_t, load_f16, pyphi_fp16_to_fp32, float, load_f32,
+                     f32_identity)
+/* bfloat16 activations (kernels.h): the products are exact, the FMA rounds only the sum */
+DEFINE_VEC_DOT_FLOAT(vec_dot_bf16_avx2, uint16_t, load_bf16, pyphi_bf16_to_fp32, uint16_t, load_bf16,
+                     pyphi_bf16_to_fp32)
 
 /* ---- Quantized weights x Q8_0 activations ------------------------------------------------ */
 

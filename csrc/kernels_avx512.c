@@ -52,34 +52,39 @@ static inline __m512 load_f32_masked(const float *p, __mmask16 m) {
     return _mm512_maskz_loadu_ps(m, p);
 }
 
-/* One body for the three float weight types: W is the element type, LOAD / LOAD_MASKED widen 16
- * of them to binary32. Four accumulators hide the FMA latency. */
-#define DEFINE_VEC_DOT_FLOAT(NAME, W, LOAD, LOAD_MASKED)                                         \
+/* One body for the three float weight types: W / A are the weight / activation element types,
+ * LOAD / LOAD_MASKED and ALOAD / ALOAD_MASKED widen 16 of them to binary32. Four accumulators
+ * hide the FMA latency. */
+#define DEFINE_VEC_DOT_FLOAT(NAME, W, LOAD, LOAD_MASKED, A, ALOAD, ALOAD_MASKED)                   \
     static void NAME(int64_t n, float *s, const void *vw, const void *va) {                      \
         const W *w = vw;     /* (n,) */                                                           \
-        const float *a = va; /* (n,) */                                                           \
+        const A *a = va;     /* (n,) */                                                           \
         __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();                            \
         __m512 acc2 = _mm512_setzero_ps(), acc3 = _mm512_setzero_ps();                            \
         int64_t i = 0;                                                                            \
         for (; i + 64 <= n; i += 64) {                                                            \
-            acc0 = _mm512_fmadd_ps(LOAD(w + i), _mm512_loadu_ps(a + i), acc0);                     \
-            acc1 = _mm512_fmadd_ps(LOAD(w + i + 16), _mm512_loadu_ps(a + i + 16), acc1);           \
-            acc2 = _mm512_fmadd_ps(LOAD(w + i + 32), _mm512_loadu_ps(a + i + 32), acc2);           \
-            acc3 = _mm512_fmadd_ps(LOAD(w + i + 48), _mm512_loadu_ps(a + i + 48), acc3);           \
+            acc0 = _mm512_fmadd_ps(LOAD(w + i), ALOAD(a + i), acc0);                     \
+            acc1 = _mm512_fmadd_ps(LOAD(w + i + 16), ALOAD(a + i + 16), acc1);           \
+            acc2 = _mm512_fmadd_ps(LOAD(w + i + 32), ALOAD(a + i + 32), acc2);           \
+            acc3 = _mm512_fmadd_ps(LOAD(w + i + 48), ALOAD(a + i + 48), acc3);           \
         }                                                                                         \
         for (; i + 16 <= n; i += 16) {                                                            \
-            acc0 = _mm512_fmadd_ps(LOAD(w + i), _mm512_loadu_ps(a + i), acc0);                     \
+            acc0 = _mm512_fmadd_ps(LOAD(w + i), ALOAD(a + i), acc0);                     \
         }                                                                                         \
         if (i < n) {                                                                              \
             __mmask16 m = tail_mask(n - i);                                                       \
-            acc1 = _mm512_fmadd_ps(LOAD_MASKED(w + i, m), _mm512_maskz_loadu_ps(m, a + i), acc1);  \
+            acc1 = _mm512_fmadd_ps(LOAD_MASKED(w + i, m), ALOAD_MASKED(a + i, m), acc1);  \
         }                                                                                         \
         *s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc0, acc1), _mm512_add_ps(acc2, acc3))); \
     }
 
-DEFINE_VEC_DOT_FLOAT(vec_dot_f32_avx512, float, load_f32, load_f32_masked)
-DEFINE_VEC_DOT_FLOAT(vec_dot_f16_avx512, uint16_t, load_f16, load_f16_masked)
-DEFINE_VEC_DOT_FLOAT(vec_dot_bf16_avx512, uint16_t, load_bf16, load_bf16_masked)
+DEFINE_VEC_DOT_FLOAT(vec_dot_f32_avx512, float, load_f32, load_f32_masked, float, load_f32,
+                     load_f32_masked)
+DEFINE_VEC_DOT_FLOAT(vec_dot_f16_avx512, uint16_t, load_f16, load_f16_masked, float, load_f32,
+                     load_f32_masked)
+/* bfloat16 activations (kernels.h): the products are exact, the FMA rounds only the sum */
+DEFINE_VEC_DOT_FLOAT(vec_dot_bf16_avx512, uint16_t, load_bf16, load_bf16_masked, uint16_t, load_bf16,
+                     load_bf16_masked)
 
 /* ---- Quantized weights x Q8_0 activations ------------------------------------------------ */
 
@@ -329,7 +334,7 @@ DEFINE_GEMM(gemm_q8_0_q8_0_avx512, tile_q8_0)
 #define FLOAT_ROWS 2
 #define FLOAT_TOKENS 3
 
-#define DEFINE_FLOAT_TILE(NAME, W, LOAD, LOAD_MASKED)                                              \
+#define DEFINE_FLOAT_TILE(NAME, W, LOAD, LOAD_MASKED, A, ALOAD, ALOAD_MASKED)                      \
     static inline __attribute__((always_inline)) void NAME(                                       \
         int nr, int nt, int64_t n, const uint8_t *w, size_t w_stride, const uint8_t *a,           \
         size_t a_stride, float *y, int64_t y_stride) {                                            \
@@ -344,7 +349,7 @@ DEFINE_GEMM(gemm_q8_0_q8_0_avx512, tile_q8_0)
                 _Pragma("GCC unroll 2") for (int r = 0; r < nr; r++)                              \
                     wv[r] = LOAD((const W *)(w + (size_t)r * w_stride) + i + 16 * c);             \
                 _Pragma("GCC unroll 3") for (int t = 0; t < nt; t++) {                            \
-                    __m512 av = _mm512_loadu_ps((const float *)(a + (size_t)t * a_stride) + i + 16 * c); \
+                    __m512 av = ALOAD((const A *)(a + (size_t)t * a_stride) + i + 16 * c); \
                     _Pragma("GCC unroll 2") for (int r = 0; r < nr; r++)                          \
                         acc[r][t][c] = _mm512_fmadd_ps(wv[r], av, acc[r][t][c]);                  \
                 }                                                                                 \
@@ -355,7 +360,7 @@ DEFINE_GEMM(gemm_q8_0_q8_0_avx512, tile_q8_0)
             _Pragma("GCC unroll 2") for (int r = 0; r < nr; r++)                                  \
                 wv[r] = LOAD((const W *)(w + (size_t)r * w_stride) + i);                          \
             _Pragma("GCC unroll 3") for (int t = 0; t < nt; t++) {                                \
-                __m512 av = _mm512_loadu_ps((const float *)(a + (size_t)t * a_stride) + i);       \
+                __m512 av = ALOAD((const A *)(a + (size_t)t * a_stride) + i);       \
                 _Pragma("GCC unroll 2") for (int r = 0; r < nr; r++)                              \
                     acc[r][t][0] = _mm512_fmadd_ps(wv[r], av, acc[r][t][0]);                      \
             }                                                                                     \
@@ -366,7 +371,7 @@ DEFINE_GEMM(gemm_q8_0_q8_0_avx512, tile_q8_0)
             _Pragma("GCC unroll 2") for (int r = 0; r < nr; r++)                                  \
                 wv[r] = LOAD_MASKED((const W *)(w + (size_t)r * w_stride) + i, m);                \
             _Pragma("GCC unroll 3") for (int t = 0; t < nt; t++) {                                \
-                __m512 av = _mm512_maskz_loadu_ps(m, (const float *)(a + (size_t)t * a_stride) + i); \
+                __m512 av = ALOAD_MASKED((const A *)(a + (size_t)t * a_stride) + i, m); \
                 _Pragma("GCC unroll 2") for (int r = 0; r < nr; r++)                              \
                     acc[r][t][1] = _mm512_fmadd_ps(wv[r], av, acc[r][t][1]);                      \
             }                                                                                     \
@@ -378,9 +383,10 @@ DEFINE_GEMM(gemm_q8_0_q8_0_avx512, tile_q8_0)
                               _mm512_add_ps(acc[r][t][2], acc[r][t][3])));                        \
     }
 
-DEFINE_FLOAT_TILE(tile_f32, float, load_f32, load_f32_masked)
-DEFINE_FLOAT_TILE(tile_f16, uint16_t, load_f16, load_f16_masked)
-DEFINE_FLOAT_TILE(tile_bf16, uint16_t, load_bf16, load_bf16_masked)
+DEFINE_FLOAT_TILE(tile_f32, float, load_f32, load_f32_masked, float, load_f32, load_f32_masked)
+DEFINE_FLOAT_TILE(tile_f16, uint16_t, load_f16, load_f16_masked, float, load_f32, load_f32_masked)
+DEFINE_FLOAT_TILE(tile_bf16, uint16_t, load_bf16, load_bf16_masked, uint16_t, load_bf16,
+                  load_bf16_masked)
 
 #define DEFINE_GEMM_FLOAT(NAME, TILE)                                                              \
     static void NAME(int64_t n, int64_t n_rows, int64_t n_tok, const void *vw, size_t w_stride,  \

@@ -32,10 +32,11 @@ void pyphi_vec_dot_f16_scalar(int64_t n, float *s, const void *vw, const void *v
 
 void pyphi_vec_dot_bf16_scalar(int64_t n, float *s, const void *vw, const void *va) {
     const uint16_t *w = vw; /* (n,) bfloat16 */
-    const float *a = va;    /* (n,) */
+    const uint16_t *a = va; /* (n,) bfloat16 */
     float sum = 0.0f;
     for (int64_t i = 0; i < n; i++) {
-        sum += pyphi_bf16_to_fp32(w[i]) * a[i];
+        /* 8-bit significands: the product is exact in binary32, only the sum rounds */
+        sum += pyphi_bf16_to_fp32(w[i]) * pyphi_bf16_to_fp32(a[i]);
     }
     *s = sum;
 }
@@ -360,6 +361,7 @@ const pyphi_kernels pyphi_kernels_scalar = {
         [PYPHI_TYPE_Q6_K] = pyphi_gemm_packed_q6_K_scalar,
     },
     .quantize_act = {
+        [PYPHI_TYPE_BF16] = pyphi_quantize_row_bf16,
         [PYPHI_TYPE_Q8_0] = pyphi_quantize_row_q8_0,
         [PYPHI_TYPE_Q8_1] = pyphi_quantize_row_q8_1,
         [PYPHI_TYPE_Q8_K] = pyphi_quantize_row_q8_K,

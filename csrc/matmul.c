@@ -63,8 +63,9 @@ int pyphi_vec_dot_type(int wtype) {
     switch (wtype) {
     case PYPHI_TYPE_F32:
     case PYPHI_TYPE_F16:
-    case PYPHI_TYPE_BF16:
         return PYPHI_TYPE_F32;
+    case PYPHI_TYPE_BF16:
+        return PYPHI_TYPE_BF16; /* ggml's vec_dot_type too: AVX512_BF16 dots pairs of bf16 */
     case PYPHI_TYPE_Q4_0:
     case PYPHI_TYPE_Q5_0:
     case PYPHI_TYPE_Q8_0:

@@ -49,7 +49,8 @@ enum pyphi_isa {
     PYPHI_ISA_SCALAR = 0, /* portable C: the reference, and the fallback on any CPU */
     PYPHI_ISA_AVX2 = 1,   /* AVX2 + FMA + F16C (Haswell and later) */
     PYPHI_ISA_AVX512 = 2, /* AVX-512 F/BW/VL/DQ + VNNI (Ice Lake, Zen 4 and later) */
-    PYPHI_ISA_COUNT = 3
+    PYPHI_ISA_AVX512BF16 = 3, /* AVX-512 + AVX512_BF16 (Cooper Lake, Sapphire Rapids, Zen 4) */
+    PYPHI_ISA_COUNT = 4
 };
 
 /* CPU feature bits returned by pyphi_cpu_features() (each one also enabled by the OS). */

@@ -194,7 +194,7 @@ static void dequantize_row_f16(const void *vx, float *y, int64_t n) {
     }
 }
 
-static void quantize_row_bf16(const float *x, void *vy, int64_t n) {
+void pyphi_quantize_row_bf16(const float *x, void *vy, int64_t n) {
     uint16_t *y = vy;
     for (int64_t i = 0; i < n; i++) {
         y[i] = pyphi_fp32_to_bf16(x[i]);
@@ -234,7 +234,7 @@ int pyphi_quantize_row(int type, const float *x, void *y, int64_t n) {
         quantize_row_f16(x, y, n);
         break;
     case PYPHI_TYPE_BF16:
-        quantize_row_bf16(x, y, n);
+        pyphi_quantize_row_bf16(x, y, n);
         break;
     case PYPHI_TYPE_Q8_0:
     case PYPHI_TYPE_Q8_1:

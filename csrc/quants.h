@@ -276,6 +276,9 @@ static inline uint8_t pyphi_numpy_f32_to_u8(float v) {
  * activation quantizer of the kernel table. */
 void pyphi_quantize_row_q8_0(const float *x, void *y, int64_t n);
 void pyphi_quantize_row_q4_0(const float *x, void *y, int64_t n);
+/* x: (n,) float32 -> y: (n,) bfloat16, pyphi_fp32_to_bf16 each (gguf.quants BF16 bit for bit);
+ * also the activation quantizer for BF16 weights. Any n. */
+void pyphi_quantize_row_bf16(const float *x, void *y, int64_t n);
 
 /* The value of a block of 32 with the largest magnitude, the first one if several tie, or the
  * first NaN (gguf-py's take_along_axis(x, abs(x).argmax())): Q4_0 and Q5_0 map it to code 0. */

@@ -44,7 +44,7 @@ DEFAULT_LONGROPE_SWITCH = "reprefill"
 # (see pyphi.h): prefill several times faster, decode closer to memory bandwidth, for anonymous memory of their size.
 # Only AVX-512 has a SIMD packed kernel so far (AVX2 runs the scalar twin there), so elsewhere
 # the default keeps ggml's layout and the ISA's own tiles.
-DEFAULT_PACK_WEIGHTS = lib.pyphi_isa_best() == lib.PYPHI_ISA_AVX512
+DEFAULT_PACK_WEIGHTS = lib.pyphi_isa_best() in (lib.PYPHI_ISA_AVX512, lib.PYPHI_ISA_AVX512BF16)
 KV_TYPES = {"f16": lib.PYPHI_TYPE_F16, "f32": lib.PYPHI_TYPE_F32}
 LONGROPE_SWITCHES = {"reprefill": lib.PYPHI_LONGROPE_REPREFILL, "rerotate": lib.PYPHI_LONGROPE_REROTATE}
 GIB = 1 << 30

@@ -71,9 +71,12 @@ def encode_activations(x: np.ndarray, wtype: int) -> np.ndarray:
 
 
 def decoded_activations(x: np.ndarray, wtype: int) -> np.ndarray:
-    """What the kernels really multiply the weights with: x, or x through Q8_0 (float64)."""
+    """What the kernels really multiply the weights with: x, or x through Q8_0, or through
+    BF16 for BF16 weights (ggml's vec_dot_type; gguf-py rounds it), as float64."""
     if wtype in QUANTIZED and wtype not in WITH_MIN:
         return gguf_decode(gguf_encode(x, lib.PYPHI_TYPE_Q8_0), lib.PYPHI_TYPE_Q8_0, x.shape[1])
+    if wtype == lib.PYPHI_TYPE_BF16:
+        return gguf_decode(gguf_encode(x, lib.PYPHI_TYPE_BF16), lib.PYPHI_TYPE_BF16, x.shape[1])
     return x.astype(np.float64)
 
 
@@ -424,7 +427,8 @@ def test_matmul_and_vec_dot_reject_bad_arguments():
     assert lib.pyphi_vec_dot(4, wp, wp, 64, out) == lib.PYPHI_E_TYPE
     assert lib.pyphi_vec_dot(f32, xp, xp, 0, out) == lib.PYPHI_OK and out[0] == 0.0
     assert lib.pyphi_vec_dot_type(q4) == lib.PYPHI_TYPE_Q8_0
-    assert lib.pyphi_vec_dot_type(lib.PYPHI_TYPE_BF16) == lib.PYPHI_TYPE_F32
+    assert lib.pyphi_vec_dot_type(lib.PYPHI_TYPE_BF16) == lib.PYPHI_TYPE_BF16  # as ggml's
+    assert lib.pyphi_vec_dot_type(lib.PYPHI_TYPE_F16) == lib.PYPHI_TYPE_F32
     assert lib.pyphi_vec_dot_type(4) == lib.PYPHI_E_TYPE
     with pytest.raises(ValueError):
         kernels.matmul(None, q4, w, np.zeros((2, 96), np.float32))  # 144 bytes: not rows of 96
@@ -441,7 +445,7 @@ def test_isa_selection():
     info = cpu.system_info()
     assert info["isa_current"] in info["isa_supported"] and info["isa_best"] == info["isa_supported"][-1]
     assert info["version"] and "scalar" in info["isa_supported"]
-    assert cpu.isa_names() == ["scalar", "avx2", "avx512"]
+    assert cpu.isa_names() == ["scalar", "avx2", "avx512", "avx512bf16"]
     assert lib.pyphi_isa_set(lib.PYPHI_ISA_COUNT) == lib.PYPHI_E_ISA
     assert lib.pyphi_isa_set(-1) == lib.PYPHI_E_ISA
     assert ffi.string(lib.pyphi_isa_name(42)) == b"unknown"
@@ -454,6 +458,7 @@ def test_isa_selection():
     features = lib.pyphi_cpu_features()
     for isa in range(lib.PYPHI_ISA_COUNT):  # an ISA is offered only with its features present
         needs = {lib.PYPHI_ISA_AVX2: lib.PYPHI_CPU_AVX2 | lib.PYPHI_CPU_FMA | lib.PYPHI_CPU_F16C,
-                 lib.PYPHI_ISA_AVX512: lib.PYPHI_CPU_AVX512F | lib.PYPHI_CPU_AVX512BW | lib.PYPHI_CPU_AVX512VNNI}
+                 lib.PYPHI_ISA_AVX512: lib.PYPHI_CPU_AVX512F | lib.PYPHI_CPU_AVX512BW | lib.PYPHI_CPU_AVX512VNNI,
+                 lib.PYPHI_ISA_AVX512BF16: lib.PYPHI_CPU_AVX512F | lib.PYPHI_CPU_AVX512VNNI | lib.PYPHI_CPU_AVX512BF16}
         if lib.pyphi_isa_supported(isa) and isa in needs:
             assert features & needs[isa] == needs[isa]
