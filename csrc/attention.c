@@ -1,17 +1,17 @@
-/* attention.c: the scalar reference of GQA attention over the KV cache (see attention.h).
+/* attention.c: GQA attention over the KV cache (see attention.h).
  *
  * Both products are the current ISA's dot kernel for the cache type (kernels.h: F16 or F32
  * values against float32 ones, whose scalar twin is the reference), computed through the tile
  * entry so that the query heads sharing a KV head share its loads: a score is a key row . the
- * query, and each output value is a row of the transposed values . the scores. Softmax is a plain
- * float32 loop (ops.c). The maths is transformers' eager_attention_forward (models/phi3/modeling_phi3.py):
+ * query, and each output value is a row of the transposed values . the scores. Softmax is the
+ * ISA's kernel too (kernels.h: a polynomial exp within 2 ulp of expf, the same bits on every
+ * ISA). The maths is transformers' eager_attention_forward (models/phi3/modeling_phi3.py):
  * softmax(q k^T * head_dim^-0.5 + mask) v in float32, with the sliding-window causal mask of
  * masking_utils (key j visible to query i iff i - window < j <= i).
  */
 #include "attention.h"
 
 #include "kernels.h"
-#include "ops.h"
 #include "threadpool.h"
 
 #include <math.h>
@@ -19,6 +19,7 @@
 struct attention_job {
     const struct pyphi_attention_args *a;
     pyphi_gemm_fn gemm; /* cache-type rows . float32 rows (kernels.h tile) */
+    pyphi_softmax_fn softmax;
     float scale;
     int64_t group;          /* query heads per KV head */
     int64_t scratch_stride; /* floats per thread */
@@ -50,11 +51,7 @@ static void attend(void *ctx, int64_t chunk, int thread) {
     job->gemm(hd, n_keys, job->group, k, a->kv->row_bytes, q, (size_t)hd * sizeof(float), scores,
               n_keys);
     for (int64_t h = 0; h < job->group; h++) {
-        float *s = scores + h * n_keys;
-        for (int64_t j = 0; j < n_keys; j++) {
-            s[j] *= job->scale;
-        }
-        pyphi_softmax(s, n_keys);
+        job->softmax(scores + h * n_keys, n_keys, job->scale);
     }
     /* value d of the KV head over positions first .. i: rows of the transposed cache */
     const uint8_t *v = pyphi_kv_v(a->kv, a->layer, g * hd, first);
@@ -66,6 +63,7 @@ int pyphi_attention(pyphi_pool *pool, const struct pyphi_attention_args *args) {
     struct attention_job job = {
         .a = args,
         .gemm = pyphi_kernels_current()->gemm[args->kv->type],
+        .softmax = pyphi_kernels_current()->softmax,
         .scale = (float)(1.0 / sqrt((double)args->head_dim)),
         .group = args->n_head / args->n_head_kv,
         .scratch_stride = pyphi_attention_scratch_floats(args->n_head, args->n_head_kv, args->kv->n_ctx),

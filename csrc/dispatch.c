@@ -48,6 +48,9 @@ static const pyphi_kernels *complete_table(int isa) {
             t->quantize_act[type] = base->quantize_act[type];
         }
     }
+    if (t->softmax == NULL) {
+        t->softmax = base->softmax;
+    }
     return t;
 }
 

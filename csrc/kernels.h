@@ -96,6 +96,34 @@ typedef void (*pyphi_gemm_packed_fn)(int64_t n, int64_t n_groups, int64_t n_tok,
                                      const void *a, size_t a_stride, const int32_t *a_sums,
                                      float *y, int64_t y_stride);
 
+/* x (n,) <- softmax(scale * x): x[i] = scale * x[i] (rounded), m = their maximum, e[i] =
+ * pyphi_exp(x[i] - m), s = the sum of e in the fixed order below, x[i] = e[i] * (1 / s).
+ * Every ISA computes exactly this, bit for bit: pyphi_exp is one sequence of roundings and fused
+ * multiply-adds per value, the same in every lane, and the sum is 16 partial sums (value i goes
+ * to partial sum i mod 16, in index order) combined as p[j] + p[j + 8], then + 4, + 2, + 1, the
+ * lane order of a 512-bit register or two 256-bit ones.
+ * pyphi_exp(x), x <= 0 (kernels_scalar.c): x = n ln2 + r, |r| <= ln2 / 2, n = round(x log2 e);
+ * r by Cody and Waite's two-step reduction (exact steps with FMA); e^r by its degree-7 Taylor
+ * polynomial in Horner form with FMA (truncation below 2^-27 relative on that interval); times
+ * 2^n. Error: within 2 ulp of exp(x) for x >= ln(2^-126) (measured max 0.94 ulp over every
+ * float32 in [-87.3, 0]; tests/test_kernels.py checks 2 ulp); 0 below (where expf returns a
+ * subnormal: absolute error < 2^-126). NaN in, NaN out. n >= 1. */
+typedef void (*pyphi_softmax_fn)(float *x, int64_t n, float scale);
+
+/* pyphi_exp's constants, shared so every ISA rounds the same numbers: ln(2^-126); log2 e; ln 2
+ * split into 0.693359375 (9 significant bits, so n * LN2_HI is exact for |n| <= 126) and the
+ * rest; 1 / k! for k = 2..7 (rounded to float32). */
+#define PYPHI_EXP_MIN (-87.33654475f)
+#define PYPHI_EXP_LOG2E 1.44269504f
+#define PYPHI_EXP_LN2_HI 0.693359375f
+#define PYPHI_EXP_LN2_LO (-2.12194440e-4f)
+#define PYPHI_EXP_C2 0.5f
+#define PYPHI_EXP_C3 1.66666672e-1f
+#define PYPHI_EXP_C4 4.16666679e-2f
+#define PYPHI_EXP_C5 8.33333377e-3f
+#define PYPHI_EXP_C6 1.38888892e-3f
+#define PYPHI_EXP_C7 1.98412701e-4f
+
 typedef struct pyphi_kernels {
     int isa;                                      /* enum pyphi_isa */
     int base; /* the ISA whose completed table fills this one's gaps (below isa; 0: scalar) */
@@ -103,6 +131,7 @@ typedef struct pyphi_kernels {
     pyphi_gemm_fn gemm[PYPHI_TYPE_ID_LIMIT];       /* by weight type; set wherever vec_dot is */
     pyphi_gemm_packed_fn gemm_packed[PYPHI_TYPE_ID_LIMIT]; /* Q4_0 and Q8_0 only */
     pyphi_quantize_fn quantize_act[PYPHI_TYPE_ID_LIMIT];   /* by activation type (pyphi_vec_dot_type) */
+    pyphi_softmax_fn softmax; /* attention's scores */
 } pyphi_kernels;
 
 /* A SIMD table may leave any entry NULL: dispatch.c fills it from its base's completed table,

@@ -195,8 +195,96 @@ PYPHI_DEFINE_GEMM_BY_DOT(gemm_bf16_avx2, vec_dot_bf16_avx2)
 PYPHI_DEFINE_GEMM_BY_DOT(gemm_q8_0_q8_0_avx2, vec_dot_q8_0_q8_0_avx2)
 PYPHI_DEFINE_GEMM_BY_DOT(gemm_q4_0_q8_0_avx2, vec_dot_q4_0_q8_0_avx2)
 
+/* ---- Softmax: the scalar twin's operations, 16 lanes in two registers (kernels.h) -------- */
+
+/* pyphi_exp of 8 values (kernels_scalar.c, exp_nonpositive): the same roundings and FMAs. */
+static inline __m256 exp_nonpositive8(__m256 x) {
+    __m256 in_range = _mm256_cmp_ps(x, _mm256_set1_ps(PYPHI_EXP_MIN), _CMP_GE_OQ);
+    __m256 nan = _mm256_cmp_ps(x, x, _CMP_UNORD_Q);
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(PYPHI_EXP_LOG2E)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fmadd_ps(n, _mm256_set1_ps(-PYPHI_EXP_LN2_HI), x);
+    r = _mm256_fmadd_ps(n, _mm256_set1_ps(-PYPHI_EXP_LN2_LO), r);
+    __m256 p = _mm256_set1_ps(PYPHI_EXP_C7);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(PYPHI_EXP_C6));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(PYPHI_EXP_C5));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(PYPHI_EXP_C4));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(PYPHI_EXP_C3));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(PYPHI_EXP_C2));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    /* 2^n for the lanes in range (n in -126..0); the others become 0 or stay NaN below */
+    __m256i e = _mm256_and_si256(_mm256_cvtps_epi32(n), _mm256_castps_si256(in_range));
+    __m256 scale = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(e, _mm256_set1_epi32(127)), 23));
+    __m256 y = _mm256_and_ps(_mm256_mul_ps(p, scale), in_range);
+    return _mm256_blendv_ps(y, x, nan);
+}
+
+/* Lanes i .. i + 7 of the last partial step: a load mask and the -inf that exp sends to 0. */
+static inline __m256i lanes_below(int64_t count) {
+    const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)count), idx);
+}
+
+static inline __m256 load_or_minus_inf(const float *p, __m256i m) {
+    return _mm256_blendv_ps(_mm256_set1_ps(-INFINITY), _mm256_maskload_ps(p, m), _mm256_castsi256_ps(m));
+}
+
+static void softmax_avx2(float *x, int64_t n, float scale) {
+    const __m256 sv = _mm256_set1_ps(scale);
+    float max = -INFINITY;
+    __m256 maxv = _mm256_set1_ps(-INFINITY);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 v = _mm256_mul_ps(_mm256_loadu_ps(x + i), sv);
+        _mm256_storeu_ps(x + i, v);
+        maxv = _mm256_max_ps(maxv, v);
+    }
+    for (int64_t j = i; j < n; j++) {
+        x[j] *= scale;
+        max = x[j] > max ? x[j] : max;
+    }
+    float lanes[8];
+    _mm256_storeu_ps(lanes, maxv);
+    for (int j = 0; j < 8; j++) {
+        max = lanes[j] > max ? lanes[j] : max;
+    }
+    __m256 mv = _mm256_set1_ps(max);
+    __m256 part0 = _mm256_setzero_ps(), part1 = _mm256_setzero_ps(); /* lanes 0-7, 8-15 */
+    for (i = 0; i + 16 <= n; i += 16) {
+        __m256 e0 = exp_nonpositive8(_mm256_sub_ps(_mm256_loadu_ps(x + i), mv));
+        __m256 e1 = exp_nonpositive8(_mm256_sub_ps(_mm256_loadu_ps(x + i + 8), mv));
+        _mm256_storeu_ps(x + i, e0);
+        _mm256_storeu_ps(x + i + 8, e1);
+        part0 = _mm256_add_ps(part0, e0);
+        part1 = _mm256_add_ps(part1, e1);
+    }
+    if (i < n) { /* lanes past n see -inf, whose exp 0 leaves their partial sums as they are */
+        __m256i m0 = lanes_below(n - i), m1 = lanes_below(n - i - 8);
+        __m256 e0 = exp_nonpositive8(_mm256_sub_ps(load_or_minus_inf(x + i, m0), mv));
+        __m256 e1 = exp_nonpositive8(_mm256_sub_ps(load_or_minus_inf(x + i + 8, m1), mv));
+        _mm256_maskstore_ps(x + i, m0, e0);
+        _mm256_maskstore_ps(x + i + 8, m1, e1);
+        part0 = _mm256_add_ps(part0, e0);
+        part1 = _mm256_add_ps(part1, e1);
+    }
+    /* lanes j + 8, + 4, + 2, + 1 folded in, as the scalar twin does */
+    __m256 p8 = _mm256_add_ps(part0, part1);
+    __m128 p4 = _mm_add_ps(_mm256_castps256_ps128(p8), _mm256_extractf128_ps(p8, 1));
+    __m128 p2 = _mm_add_ps(p4, _mm_movehl_ps(p4, p4));
+    __m128 p1 = _mm_add_ss(p2, _mm_movehdup_ps(p2));
+    __m256 inv = _mm256_set1_ps(1.0f / _mm_cvtss_f32(p1));
+    for (i = 0; i + 8 <= n; i += 8) {
+        _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), inv));
+    }
+    for (; i < n; i++) {
+        x[i] *= _mm256_cvtss_f32(inv);
+    }
+}
+
 const pyphi_kernels pyphi_kernels_avx2 = {
     .isa = PYPHI_ISA_AVX2,
+    .softmax = softmax_avx2,
     .vec_dot = {
         [PYPHI_TYPE_F32] = vec_dot_f32_avx2,
         [PYPHI_TYPE_F16] = vec_dot_f16_avx2,

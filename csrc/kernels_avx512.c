@@ -504,6 +504,72 @@ static inline __attribute__((always_inline)) void packed_tile(
 DEFINE_GEMM_PACKED(gemm_packed_q4_0_avx512, 1, block_q4_0)
 DEFINE_GEMM_PACKED(gemm_packed_q8_0_avx512, 0, block_q8_0)
 
+/* ---- Softmax: the scalar twin's operations in 16 lanes (kernels.h) ------------------------ */
+
+/* pyphi_exp of 16 values (kernels_scalar.c, exp_nonpositive): the same roundings and FMAs. */
+static inline __m512 exp_nonpositive16(__m512 x) {
+    __mmask16 in_range = _mm512_cmp_ps_mask(x, _mm512_set1_ps(PYPHI_EXP_MIN), _CMP_GE_OQ);
+    __mmask16 nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(PYPHI_EXP_LOG2E)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fmadd_ps(n, _mm512_set1_ps(-PYPHI_EXP_LN2_HI), x);
+    r = _mm512_fmadd_ps(n, _mm512_set1_ps(-PYPHI_EXP_LN2_LO), r);
+    __m512 p = _mm512_set1_ps(PYPHI_EXP_C7);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(PYPHI_EXP_C6));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(PYPHI_EXP_C5));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(PYPHI_EXP_C4));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(PYPHI_EXP_C3));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(PYPHI_EXP_C2));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    /* 2^n for the lanes in range (n in -126..0); the others become 0 or stay NaN below */
+    __m512i e = _mm512_maskz_cvtps_epi32(in_range, n);
+    __m512 scale = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(e, _mm512_set1_epi32(127)), 23));
+    __m512 y = _mm512_maskz_mul_ps(in_range, p, scale);
+    return _mm512_mask_mov_ps(y, nan, x);
+}
+
+static void softmax_avx512(float *x, int64_t n, float scale) {
+    const __m512 sv = _mm512_set1_ps(scale);
+    __m512 maxv = _mm512_set1_ps(-INFINITY);
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m512 v = _mm512_mul_ps(_mm512_loadu_ps(x + i), sv);
+        _mm512_storeu_ps(x + i, v);
+        maxv = _mm512_max_ps(maxv, v);
+    }
+    __mmask16 tail = tail_mask(n - i);
+    if (tail) {
+        __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(tail, x + i), sv);
+        _mm512_mask_storeu_ps(x + i, tail, v);
+        maxv = _mm512_mask_max_ps(maxv, tail, maxv, v);
+    }
+    __m512 max = _mm512_set1_ps(_mm512_reduce_max_ps(maxv));
+    __m512 part = _mm512_setzero_ps(); /* lane j: the values i = j mod 16, in order */
+    for (i = 0; i + 16 <= n; i += 16) {
+        __m512 e = exp_nonpositive16(_mm512_sub_ps(_mm512_loadu_ps(x + i), max));
+        _mm512_storeu_ps(x + i, e);
+        part = _mm512_add_ps(part, e);
+    }
+    if (tail) {
+        __m512 e = exp_nonpositive16(_mm512_sub_ps(_mm512_maskz_loadu_ps(tail, x + i), max));
+        _mm512_mask_storeu_ps(x + i, tail, e);
+        part = _mm512_mask_add_ps(part, tail, part, e);
+    }
+    /* lanes j + 8, + 4, + 2, + 1 folded in, as the scalar twin does */
+    __m256 p8 = _mm256_add_ps(_mm512_castps512_ps256(part), _mm512_extractf32x8_ps(part, 1));
+    __m128 p4 = _mm_add_ps(_mm256_castps256_ps128(p8), _mm256_extractf128_ps(p8, 1));
+    __m128 p2 = _mm_add_ps(p4, _mm_movehl_ps(p4, p4));
+    __m128 p1 = _mm_add_ss(p2, _mm_movehdup_ps(p2));
+    __m512 inv = _mm512_set1_ps(1.0f / _mm_cvtss_f32(p1));
+    for (i = 0; i + 16 <= n; i += 16) {
+        _mm512_storeu_ps(x + i, _mm512_mul_ps(_mm512_loadu_ps(x + i), inv));
+    }
+    if (tail) {
+        _mm512_mask_storeu_ps(x + i, tail, _mm512_mul_ps(_mm512_maskz_loadu_ps(tail, x + i), inv));
+    }
+}
+
 /* ---- Activation quantizer: float32 -> Q8_0, bit-identical to pyphi_quantize_row_q8_0 ------ */
 
 /* round-half-away-from-zero(v * id) as 16 bytes, 0 where the product is not finite (numpy's cast
@@ -544,6 +610,7 @@ static void quantize_row_q8_0_avx512(const float *x, void *vy, int64_t n) {
 
 const pyphi_kernels pyphi_kernels_avx512 = {
     .isa = PYPHI_ISA_AVX512,
+    .softmax = softmax_avx512,
     .vec_dot = {
         [PYPHI_TYPE_F32] = vec_dot_f32_avx512,
         [PYPHI_TYPE_F16] = vec_dot_f16_avx512,

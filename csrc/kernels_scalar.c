@@ -8,6 +8,7 @@
 #include "pyphi.h"
 #include "quants.h"
 
+#include <math.h>
 #include <string.h>
 
 void pyphi_vec_dot_f32_scalar(int64_t n, float *s, const void *vw, const void *va) {
@@ -312,6 +313,53 @@ DEFINE_GEMM_PACKED_K(pyphi_gemm_packed_q4_K_scalar, term_q4_K, block_q4_K)
 DEFINE_GEMM_PACKED_K(pyphi_gemm_packed_q5_K_scalar, term_q5_K, block_q5_K)
 DEFINE_GEMM_PACKED_K(pyphi_gemm_packed_q6_K_scalar, term_q6_K, block_q6_K)
 
+/* ---- Softmax (kernels.h) ------------------------------------------------------------------- */
+
+/* pyphi_exp, the definition every ISA's lanes follow operation for operation (fmaf is the
+ * correctly rounded fused multiply-add, the hardware FMA's result). */
+static float exp_nonpositive(float x) {
+    if (!(x >= PYPHI_EXP_MIN)) {
+        return x != x ? x : 0.0f; /* NaN stays NaN; below ln(2^-126) flushes to 0 */
+    }
+    float n = nearbyintf(x * PYPHI_EXP_LOG2E); /* -126 .. 0 */
+    float r = fmaf(n, -PYPHI_EXP_LN2_HI, x);   /* exact */
+    r = fmaf(n, -PYPHI_EXP_LN2_LO, r);
+    float p = PYPHI_EXP_C7;
+    p = fmaf(p, r, PYPHI_EXP_C6);
+    p = fmaf(p, r, PYPHI_EXP_C5);
+    p = fmaf(p, r, PYPHI_EXP_C4);
+    p = fmaf(p, r, PYPHI_EXP_C3);
+    p = fmaf(p, r, PYPHI_EXP_C2);
+    p = fmaf(p, r, 1.0f);
+    p = fmaf(p, r, 1.0f);
+    uint32_t bits = (uint32_t)((int32_t)n + 127) << 23; /* 2^n, a normal float */
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return p * scale;
+}
+
+static void softmax_scalar(float *x, int64_t n, float scale) {
+    float max = -INFINITY;
+    for (int64_t i = 0; i < n; i++) {
+        x[i] *= scale;
+        max = x[i] > max ? x[i] : max;
+    }
+    float part[16] = {0};
+    for (int64_t i = 0; i < n; i++) {
+        x[i] = exp_nonpositive(x[i] - max);
+        part[i % 16] += x[i];
+    }
+    for (int width = 8; width >= 1; width /= 2) {
+        for (int j = 0; j < width; j++) {
+            part[j] += part[j + width];
+        }
+    }
+    float inv = 1.0f / part[0];
+    for (int64_t i = 0; i < n; i++) {
+        x[i] *= inv;
+    }
+}
+
 /* The reference tiles: by definition, one dot per (row, token). */
 PYPHI_DEFINE_GEMM_BY_DOT(gemm_f32_scalar, pyphi_vec_dot_f32_scalar)
 PYPHI_DEFINE_GEMM_BY_DOT(gemm_f16_scalar, pyphi_vec_dot_f16_scalar)
@@ -360,6 +408,7 @@ const pyphi_kernels pyphi_kernels_scalar = {
         [PYPHI_TYPE_Q5_K] = pyphi_gemm_packed_q5_K_scalar,
         [PYPHI_TYPE_Q6_K] = pyphi_gemm_packed_q6_K_scalar,
     },
+    .softmax = softmax_scalar,
     .quantize_act = {
         [PYPHI_TYPE_BF16] = pyphi_quantize_row_bf16,
         [PYPHI_TYPE_Q8_0] = pyphi_quantize_row_q8_0,

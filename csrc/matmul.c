@@ -102,6 +102,16 @@ int pyphi_vec_dot(int wtype, const void *w, const void *a, int64_t n, float *out
     return PYPHI_OK;
 }
 
+/* ---- Softmax -------------------------------------------------------------------------------- */
+
+int pyphi_softmax(float *x, int64_t n, float scale) {
+    if (x == NULL || n < 1 || !aligned(x, sizeof(float))) {
+        return PYPHI_E_ARG;
+    }
+    pyphi_kernels_current()->softmax(x, n, scale);
+    return PYPHI_OK;
+}
+
 /* ---- Matmul --------------------------------------------------------------------------------- */
 
 struct matmul_job {

@@ -1,5 +1,6 @@
 /* ops.c: the scalar reference of the forward pass's element-wise and row-wise operations:
- * RMSNorm, residual add, SwiGLU, softmax, and rotary embeddings (see ops.h for each contract).
+ * RMSNorm, residual add, SwiGLU and rotary embeddings (see ops.h for each contract); attention's
+ * softmax is a kernel (kernels.h).
  *
  * Compiled with -ffp-contract=off like the rest of the library, so a * b + c rounds the product
  * and the sum separately, as torch's float32 element-wise kernels do.
@@ -41,22 +42,6 @@ void pyphi_swiglu(float *out, const float *gate_up, int64_t n_rows, int64_t n_ff
             float silu = gate[i] / (1.0f + expf(-gate[i])); /* torch silu: x / (1 + exp(-x)) */
             o[i] = up[i] * silu;
         }
-    }
-}
-
-void pyphi_softmax(float *x, int64_t n) {
-    float max = -INFINITY;
-    for (int64_t i = 0; i < n; i++) {
-        max = x[i] > max ? x[i] : max;
-    }
-    float sum = 0.0f;
-    for (int64_t i = 0; i < n; i++) {
-        x[i] = expf(x[i] - max);
-        sum += x[i];
-    }
-    float inv = 1.0f / sum;
-    for (int64_t i = 0; i < n; i++) {
-        x[i] *= inv;
     }
 }
 

@@ -23,9 +23,6 @@ void pyphi_add(float *x, const float *y, int64_t n);
  * n_ff columns and up in the last (Phi3MLP: gate, up = gate_up.chunk(2); up * silu(gate)). */
 void pyphi_swiglu(float *out, const float *gate_up, int64_t n_rows, int64_t n_ff);
 
-/* x (n,) <- softmax(x), in float32 with the maximum subtracted first. */
-void pyphi_softmax(float *x, int64_t n);
-
 /* inv_freq (n_rot / 2,) = 1 / (factor[i] * base^(2i / n_rot)), computed in float32 in the
  * order transformers does (_compute_longrope_parameters; _compute_default_rope_parameters when
  * factors is NULL, which means all 1). */

@@ -123,12 +123,16 @@ int pyphi_convert_rows(pyphi_pool *pool, int src_type, const void *src, int dst_
 
 /* The format activations take when dotted with weights of type wtype (ggml's vec_dot_type),
  * quantized on the fly as ggml does: Q8_0 for Q4_0/Q5_0/Q8_0, Q8_1 for Q4_1/Q5_1, Q8_K for the
- * K-quants; F32 for F32/F16/BF16. PYPHI_E_TYPE for a type this build does not compute. */
+ * K-quants; F32 for F32/F16, BF16 for BF16. PYPHI_E_TYPE for a type this build does not compute. */
 int pyphi_vec_dot_type(int wtype);
 
 /* *out = dot of w (a row of n values in wtype) with a (a row of n values in
  * pyphi_vec_dot_type(wtype)), with the kernels of the current ISA. */
 int pyphi_vec_dot(int wtype, const void *w, const void *a, int64_t n, float *out);
+
+/* x (n,) <- softmax(scale * x) with the current ISA's kernel, attention's (n >= 1): the same
+ * bits on every ISA, its exp within 2 ulp of exp (the definition is in csrc/kernels.h). */
+int pyphi_softmax(float *x, int64_t n, float scale);
 
 /* y (n_tokens, n_out) float32 = x (n_tokens, n_in) float32 . w^T, where w is (n_out, n_in) in wtype
  * with rows of pyphi_row_bytes(wtype, n_in) bytes. y must not overlap x or w. The result does not

@@ -43,6 +43,13 @@ def vec_dot(wtype: int | str, w_row, a_row) -> float:
     return float(out[0])
 
 
+def softmax(x, scale: float = 1.0) -> np.ndarray:
+    """softmax(scale * x) of a 1-D float32 row with the current ISA's kernel (attention's)."""
+    y = np.array(x, dtype=np.float32).reshape(-1)
+    check(lib.pyphi_softmax(ffi.from_buffer("float[]", y, require_writable=True), y.size, scale), "softmax")
+    return y
+
+
 def matmul(pool: ThreadPool | None, wtype: int | str, w, x) -> np.ndarray:
     """y = x . w^T: x float (T, n_in) (or (n_in,)), w the (n_out, n_in) weights in `wtype` as
     uint8 (n_out, row_bytes) or any bytes-like holding whole rows -> float32 (T, n_out)

@@ -462,3 +462,66 @@ def test_isa_selection():
                  lib.PYPHI_ISA_AVX512BF16: lib.PYPHI_CPU_AVX512F | lib.PYPHI_CPU_AVX512VNNI | lib.PYPHI_CPU_AVX512BF16}
         if lib.pyphi_isa_supported(isa) and isa in needs:
             assert features & needs[isa] == needs[isa]
+
+
+# ---- softmax (attention's) ---------------------------------------------------------------------
+
+
+def softmax_bound(n: int) -> float:
+    """Relative error bound of each softmax output (csrc/kernels.h): exp within 2 ulp (2^-22),
+    the sum of n values along 16 lanes, ceil(n / 16) - 1 additions each plus 4 to combine them
+    (gamma), then 1 / sum and the product rounded once each; 2^-21 more covers how the exp
+    errors of the other values move the sum and the second-order terms."""
+    k = -(-n // 16) + 4
+    return 2.0**-22 + k * U / (1 - k * U) + 2 * U + 2.0**-21
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_softmax_exp_within_2_ulp(isa):
+    """softmax([0, x]) = [1, e^x] / (1 + e^x): for x <= -17, 1 + e^x rounds to 1 and the second
+    output is the kernel's exp(x) itself, so it is checked against float64 exp at 2 ulp (plus the
+    2^-126 of the flush below ln 2^-126); above, the softmax bound covers it."""
+    rng = np.random.default_rng(800)
+    xs = np.concatenate([rng.uniform(-87.3, 0, 3000), -np.logspace(-8, np.log10(87.3), 1000),
+                         [-87.33654, -87.33655, -87.4, -100.0, -np.inf, -17.0, -0.5 * np.log(2), -1e-30, -0.0]])
+    xs = xs.astype(np.float32)
+    with cpu.forced_isa(isa):
+        for x in xs:
+            got = kernels.softmax(np.array([0.0, x], np.float32))
+            e = np.exp(np.float64(x))
+            ref = np.array([1.0, e]) / (1.0 + e)
+            if x <= -17:
+                ulp = 2.0 ** (np.floor(np.log2(e)) - 23) if e >= 2.0**-126 else 2.0**-149
+                assert abs(got[1] - e) <= 2 * ulp + (2.0**-126 if e < 2.0**-126 else 0), x
+            assert (np.abs(got - ref) <= softmax_bound(2) * ref + 2.0**-126).all(), x
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_softmax_within_bound_and_equal_to_the_scalar_twin(isa):
+    """Rows of every length around the 8 and 16 lanes, scaled as attention scales its scores:
+    every ISA gives the scalar twin's bits, and both stay within softmax_bound of float64.
+    Each row holds a 0 at its maximum so that x - max is exact and the bound covers all."""
+    rng = np.random.default_rng(801)
+    for n in [*range(1, 40), 63, 64, 65, 257, 4096, 4103]:
+        x = -np.abs(rng.standard_normal(n) * rng.choice([0.5, 8.0, 40.0])).astype(np.float32)
+        x[rng.integers(0, n)] = 0.0
+        with cpu.forced_isa("scalar"):
+            ref_bits = _bits(kernels.softmax(x))
+        with cpu.forced_isa(isa):
+            got = kernels.softmax(x)
+        assert np.array_equal(_bits(got), ref_bits), n
+        e = np.exp(x.astype(np.float64))
+        exact = e / e.sum()
+        assert (np.abs(got - exact) <= softmax_bound(n) * exact + 2.0**-126).all(), n
+        # the scale is applied first, rounded, as attention's scores are
+        with cpu.forced_isa(isa):
+            scaled = kernels.softmax(x, 0.125)
+        with cpu.forced_isa("scalar"):
+            assert np.array_equal(_bits(scaled), _bits(kernels.softmax(x * np.float32(0.125))))
+
+
+def test_softmax_rejects_bad_arguments():
+    x = np.zeros(4, np.float32)
+    assert lib.pyphi_softmax(ffi.from_buffer("float[]", x), 0, 1.0) == lib.PYPHI_E_ARG
+    assert lib.pyphi_softmax(ffi.NULL, 4, 1.0) == lib.PYPHI_E_ARG
+    assert np.array_equal(kernels.softmax(x), np.full(4, 0.25, np.float32))
