@@ -507,6 +507,34 @@ static int project_gate_up(const pyphi_model *m, pyphi_pool *pool, const struct 
     return project(m, pool, &L->ffn_gate_up, parts, 2, x, n, gate_up, 2 * d->n_ff, tmp);
 }
 
+/* SwiGLU over the pool, SWIGLU_CHUNK_ROWS tokens per chunk: its expf per value of a prefill's
+ * (n, n_ff) gate is the costliest element-wise stage, and one thread doing it while the others
+ * wait showed in 2-thread prefill. Each value is the same pyphi_swiglu arithmetic, so the result
+ * does not depend on the pool size. */
+#define SWIGLU_CHUNK_ROWS 8
+struct swiglu_job {
+    float *out;           /* (n, n_ff) */
+    const float *gate_up; /* (n, 2 n_ff) */
+    int64_t n, n_ff;
+};
+
+static void swiglu_chunk(void *ctx, int64_t chunk, int thread) {
+    (void)thread;
+    const struct swiglu_job *job = ctx;
+    int64_t r0 = chunk * SWIGLU_CHUNK_ROWS;
+    int64_t rows = job->n - r0 < SWIGLU_CHUNK_ROWS ? job->n - r0 : SWIGLU_CHUNK_ROWS;
+    pyphi_swiglu(job->out + r0 * job->n_ff, job->gate_up + r0 * 2 * job->n_ff, rows, job->n_ff);
+}
+
+static void swiglu(pyphi_pool *pool, float *out, const float *gate_up, int64_t n, int64_t n_ff) {
+    if (n <= SWIGLU_CHUNK_ROWS) { /* a decode step: not worth a pool job */
+        pyphi_swiglu(out, gate_up, n, n_ff);
+        return;
+    }
+    struct swiglu_job job = {.out = out, .gate_up = gate_up, .n = n, .n_ff = n_ff};
+    pyphi_pool_run(pool, swiglu_chunk, &job, (n + SWIGLU_CHUNK_ROWS - 1) / SWIGLU_CHUNK_ROWS);
+}
+
 /* Rotates the q and k heads of every token of qkv (n, qkv_dim) in place, token t with row t of
  * the batch's table. */
 static void rope_qk(const struct pyphi_model_desc *d, float *qkv, const float *cs, int64_t n) {
@@ -559,7 +587,7 @@ static int forward(pyphi_model *m, pyphi_pool *pool, const int32_t *tokens, int6
         pyphi_add(m->x, m->proj, n * E);                                   /* residual */
         pyphi_rms_norm(m->xn, m->x, L->ffn_norm.data, n, E, d->rms_eps);   /* (n, E) */
         TRY(project_gate_up(m, pool, L, d, m->xn, n, m->gate_up, m->proj));   /* (n, 2 n_ff) */
-        pyphi_swiglu(m->ffn, m->gate_up, n, d->n_ff);                      /* (n, n_ff) */
+        swiglu(pool, m->ffn, m->gate_up, n, d->n_ff);                      /* (n, n_ff) */
         TRY(matmul(m, pool, &L->ffn_down, m->ffn, n, m->proj));               /* (n, E) */
         pyphi_add(m->x, m->proj, n * E);                                   /* residual */
     }
