@@ -6,14 +6,16 @@
  * (kernels_scalar.c, quants.c) defines, with the same signature; see kernels.h for how closely.
  *
  * Integer dots are exact for every possible block content (no saturating tricks that break on a
- * -128 code): Q4_0 uses the unsigned nibble with maddubs and subtracts 8 * sum(a) separately;
- * Q8_0 x Q8_0 widens to int16 and uses madd.
+ * -128 code): Q4_0 uses the unsigned nibble with maddubs and subtracts 8 * sum(a) separately,
+ * Q5_0 the same with its 5-bit code and 16; Q4_1/Q5_1 codes are unsigned already (their m_w s_a
+ * terms are summed apart and added last); Q8_0 x Q8_0 widens to int16 and uses madd.
  */
 #include "kernels.h"
 #include "pyphi.h"
 #include "quants.h"
 
 #include <immintrin.h>
+#include <string.h>
 
 /* ---- Helpers ----------------------------------------------------------------------------- */
 
@@ -85,7 +87,7 @@ DEFINE_VEC_DOT_FLOAT(vec_dot_bf16_avx2, uint16_t, load_bf16, pyphi_bf16_to_fp32,
 
 /* ---- Quantized weights x Q8_0 activations ------------------------------------------------ */
 
-/* The 32 codes 0..15 of a Q4_0 block in value order: low nibbles (values 0..15) in the low
+/* The 32 codes 0..15 of a Q4_0 block (or the nibbles of Q4_1/Q5_0/Q5_1) in value order: low nibbles (values 0..15) in the low
  * 128-bit lane, high nibbles (values 16..31) in the high lane. */
 static inline __m256i unpack_q4_0(const uint8_t *qs) {
     __m128i packed = _mm_loadu_si128((const __m128i *)qs); /* (16,) bytes */
@@ -112,6 +114,69 @@ static void vec_dot_q4_0_q8_0_avx2(int64_t n, float *s, const void *vw, const vo
     }
     *s = hsum_ps(acc);
 }
+
+/* Bit j of a Q5_0/Q5_1 block's little-endian qh word as byte j of 32: 16 where set, else 0 (bit 4
+ * of the code of value j, which unpack_q4_0's value order puts in byte j). Each qh byte k is
+ * copied to bytes 8k..8k+7, and byte i keeps only its bit i % 8. */
+static inline __m256i high_bits_q5(const uint8_t *qh) {
+    uint32_t h;
+    memcpy(&h, qh, sizeof h);
+    const __m256i spread = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
+                                            2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
+    const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ull);
+    __m256i bytes = _mm256_shuffle_epi8(_mm256_set1_epi32((int)h), spread); /* per 128-bit lane */
+    __m256i set = _mm256_cmpeq_epi8(_mm256_and_si256(bytes, bit), bit);
+    return _mm256_and_si256(set, _mm256_set1_epi8(0x10));
+}
+
+static void vec_dot_q5_0_q8_0_avx2(int64_t n, float *s, const void *vw, const void *va) {
+    const block_q5_0 *w = vw; /* (n / 32,) */
+    const block_q8_0 *a = va; /* (n / 32,) */
+    const __m256i sixteen = _mm256_set1_epi8(16);
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t b = 0; b < n / PYPHI_QK5_0; b++) {
+        __m256i q = _mm256_or_si256(unpack_q4_0(w[b].qs), high_bits_q5(w[b].qh)); /* u8 0..31 */
+        __m256i y = _mm256_loadu_si256((const __m256i *)a[b].qs);
+        /* sum (q - 16) y = sum q y - sum 16 y; pairwise int16 sums within +-7936 and +-4096 */
+        __m256i qy = _mm256_maddubs_epi16(q, y);
+        __m256i sy = _mm256_maddubs_epi16(sixteen, y);
+        __m256i sum32 = _mm256_madd_epi16(_mm256_sub_epi16(qy, sy), ones);
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum32), block_scale(w[b].d, a[b].d), acc);
+    }
+    *s = hsum_ps(acc);
+}
+
+/* ---- Weights with a minimum (Q4_1, Q5_1) x Q8_1 activations ------------------------------- */
+
+/* Codes 0..15 or 0..31 are unsigned, so maddubs takes them directly (pairwise int16 sums within
+ * 31 * 128 * 2 = 7936). The m_w s_a terms (exact products) go to their own float sum, added last. */
+#define DEFINE_VEC_DOT_MIN(NAME, WBLOCK, CODES)                                                    \
+    static void NAME(int64_t n, float *s, const void *vw, const void *va) {                      \
+        const WBLOCK *w = vw;     /* (n / 32,) */                                                 \
+        const block_q8_1 *a = va; /* (n / 32,) */                                                 \
+        const __m256i ones = _mm256_set1_epi16(1);                                                \
+        __m256 acc = _mm256_setzero_ps();                                                         \
+        float msum = 0.0f;                                                                        \
+        for (int64_t b = 0; b < n / 32; b++) {                                                    \
+            __m256i y = _mm256_loadu_si256((const __m256i *)a[b].qs);                             \
+            __m256i sum32 = _mm256_madd_epi16(_mm256_maddubs_epi16(CODES(&w[b]), y), ones);       \
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum32), block_scale(w[b].d, a[b].d), acc);   \
+            msum += _cvtsh_ss(w[b].m) * _cvtsh_ss(a[b].s); /* F16C: exact */                      \
+        }                                                                                         \
+        *s = hsum_ps(acc) + msum;                                                                 \
+    }
+
+static inline __m256i codes_q4_1(const block_q4_1 *w) {
+    return unpack_q4_0(w->qs);
+}
+
+static inline __m256i codes_q5_1(const block_q5_1 *w) {
+    return _mm256_or_si256(unpack_q4_0(w->qs), high_bits_q5(w->qh));
+}
+
+DEFINE_VEC_DOT_MIN(vec_dot_q4_1_q8_1_avx2, block_q4_1, codes_q4_1)
+DEFINE_VEC_DOT_MIN(vec_dot_q5_1_q8_1_avx2, block_q5_1, codes_q5_1)
 
 /* 16 signed bytes widened to int16, times 16 others, summed pairwise to (8,) int32: exact. */
 static inline __m256i dot16_s8(const int8_t *x, const int8_t *y) {
@@ -148,42 +213,78 @@ static inline __m256i round_scaled(__m256 v, __m256 id) {
     return _mm256_cvttps_epi32(r); /* finite |r| <= 127 here, see pyphi_quantize_row_q8_0 */
 }
 
+static inline int has_nan(const float *xb) {
+    __m256 v0 = _mm256_loadu_ps(xb), v1 = _mm256_loadu_ps(xb + 8);
+    __m256 v2 = _mm256_loadu_ps(xb + 16), v3 = _mm256_loadu_ps(xb + 24);
+    __m256 nan = _mm256_or_ps(_mm256_or_ps(_mm256_cmp_ps(v0, v0, _CMP_UNORD_Q),
+                                           _mm256_cmp_ps(v1, v1, _CMP_UNORD_Q)),
+                              _mm256_or_ps(_mm256_cmp_ps(v2, v2, _CMP_UNORD_Q),
+                                           _mm256_cmp_ps(v3, v3, _CMP_UNORD_Q)));
+    return _mm256_movemask_ps(nan) != 0;
+}
+
+/* One block of 32 values without NaN (the caller checks) -> Q8_0's codes and binary16 scale, as
+ * pyphi_quantize_block_q8; *sum = the sum of the codes. Returns the binary32 scale. */
+static inline float quantize_block_q8(const float *xb, uint16_t *dh, int8_t *qs, int32_t *sum) {
+    const __m256 sign_bit = _mm256_set1_ps(-0.0f);
+    __m256 v0 = _mm256_loadu_ps(xb), v1 = _mm256_loadu_ps(xb + 8);
+    __m256 v2 = _mm256_loadu_ps(xb + 16), v3 = _mm256_loadu_ps(xb + 24);
+    __m256 m = _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign_bit, v0), _mm256_andnot_ps(sign_bit, v1)),
+                             _mm256_max_ps(_mm256_andnot_ps(sign_bit, v2), _mm256_andnot_ps(sign_bit, v3)));
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+    float amax = _mm_cvtss_f32(m4);
+    float d = amax / 127.0f;
+    float id = d == 0.0f ? 0.0f : 1.0f / d;
+    /* d is not NaN here, and F16C rounds to nearest even like pyphi_fp32_to_fp16 */
+    *dh = (uint16_t)_cvtss_sh(d, _MM_FROUND_TO_NEAREST_INT);
+    __m256 idv = _mm256_set1_ps(id);
+    __m256i i0 = round_scaled(v0, idv), i1 = round_scaled(v1, idv);
+    __m256i i2 = round_scaled(v2, idv), i3 = round_scaled(v3, idv);
+    /* int32 -> int8 (values within +-127, so saturation never triggers); the two packs work
+     * per 128-bit lane, and the final permute restores value order (as ggml does) */
+    __m256i i16 = _mm256_packs_epi32(i0, i1);
+    __m256i j16 = _mm256_packs_epi32(i2, i3);
+    __m256i i8 = _mm256_packs_epi16(i16, j16);
+    i8 = _mm256_permutevar8x32_epi32(i8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm256_storeu_si256((__m256i *)qs, i8);
+    __m256i s8 = _mm256_add_epi32(_mm256_add_epi32(i0, i1), _mm256_add_epi32(i2, i3));
+    __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s8), _mm256_extracti128_si256(s8, 1));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, _MM_SHUFFLE(1, 0, 3, 2)));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, _MM_SHUFFLE(2, 3, 0, 1)));
+    *sum = _mm_cvtsi128_si32(s4);
+    return d;
+}
+
 static void quantize_row_q8_0_avx2(const float *x, void *vy, int64_t n) {
     block_q8_0 *y = vy;
-    const __m256 sign_bit = _mm256_set1_ps(-0.0f);
     for (int64_t b = 0; b < n / PYPHI_QK8_0; b++) {
         const float *xb = x + b * PYPHI_QK8_0; /* (32,) */
-        __m256 v0 = _mm256_loadu_ps(xb), v1 = _mm256_loadu_ps(xb + 8);
-        __m256 v2 = _mm256_loadu_ps(xb + 16), v3 = _mm256_loadu_ps(xb + 24);
-        __m256 nan = _mm256_or_ps(_mm256_or_ps(_mm256_cmp_ps(v0, v0, _CMP_UNORD_Q),
-                                               _mm256_cmp_ps(v1, v1, _CMP_UNORD_Q)),
-                                  _mm256_or_ps(_mm256_cmp_ps(v2, v2, _CMP_UNORD_Q),
-                                               _mm256_cmp_ps(v3, v3, _CMP_UNORD_Q)));
-        if (_mm256_movemask_ps(nan)) {
+        if (has_nan(xb)) {
             /* which NaN becomes the scale is defined by the scalar scan order */
             pyphi_quantize_row_q8_0(xb, &y[b], PYPHI_QK8_0);
             continue;
         }
-        __m256 m = _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign_bit, v0), _mm256_andnot_ps(sign_bit, v1)),
-                                 _mm256_max_ps(_mm256_andnot_ps(sign_bit, v2), _mm256_andnot_ps(sign_bit, v3)));
-        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
-        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
-        float amax = _mm_cvtss_f32(m4);
-        float d = amax / 127.0f;
-        float id = d == 0.0f ? 0.0f : 1.0f / d;
-        /* d is not NaN here, and F16C rounds to nearest even like pyphi_fp32_to_fp16 */
-        y[b].d = (uint16_t)_cvtss_sh(d, _MM_FROUND_TO_NEAREST_INT);
-        __m256 idv = _mm256_set1_ps(id);
-        __m256i i0 = round_scaled(v0, idv), i1 = round_scaled(v1, idv);
-        __m256i i2 = round_scaled(v2, idv), i3 = round_scaled(v3, idv);
-        /* int32 -> int8 (values within +-127, so saturation never triggers); the two packs work
-         * per 128-bit lane, and the final permute restores value order (as ggml does) */
-        __m256i i16 = _mm256_packs_epi32(i0, i1);
-        __m256i j16 = _mm256_packs_epi32(i2, i3);
-        __m256i i8 = _mm256_packs_epi16(i16, j16);
-        i8 = _mm256_permutevar8x32_epi32(i8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-        _mm256_storeu_si256((__m256i *)y[b].qs, i8);
+        int32_t sum;
+        quantize_block_q8(xb, &y[b].d, y[b].qs, &sum);
+    }
+}
+
+/* Q8_1: Q8_0's codes and scale, and s = fp16(sum * d) from the binary32 d, as
+ * pyphi_quantize_row_q8_1 (ggml's quantize_row_q8_1_ref); (float)sum is exact. */
+static void quantize_row_q8_1_avx2(const float *x, void *vy, int64_t n) {
+    block_q8_1 *y = vy;
+    for (int64_t b = 0; b < n / PYPHI_QK8_1; b++) {
+        const float *xb = x + b * PYPHI_QK8_1; /* (32,) */
+        if (has_nan(xb)) {
+            pyphi_quantize_row_q8_1(xb, &y[b], PYPHI_QK8_1);
+            continue;
+        }
+        int32_t sum;
+        float d = quantize_block_q8(xb, &y[b].d, y[b].qs, &sum);
+        /* the scalar twin's conversion: sum * d is NaN for 0 * inf (a block holding an inf) */
+        y[b].s = pyphi_fp32_to_fp16((float)sum * d);
     }
 }
 
@@ -194,6 +295,9 @@ PYPHI_DEFINE_GEMM_BY_DOT(gemm_f16_avx2, vec_dot_f16_avx2)
 PYPHI_DEFINE_GEMM_BY_DOT(gemm_bf16_avx2, vec_dot_bf16_avx2)
 PYPHI_DEFINE_GEMM_BY_DOT(gemm_q8_0_q8_0_avx2, vec_dot_q8_0_q8_0_avx2)
 PYPHI_DEFINE_GEMM_BY_DOT(gemm_q4_0_q8_0_avx2, vec_dot_q4_0_q8_0_avx2)
+PYPHI_DEFINE_GEMM_BY_DOT(gemm_q5_0_q8_0_avx2, vec_dot_q5_0_q8_0_avx2)
+PYPHI_DEFINE_GEMM_BY_DOT(gemm_q4_1_q8_1_avx2, vec_dot_q4_1_q8_1_avx2)
+PYPHI_DEFINE_GEMM_BY_DOT(gemm_q5_1_q8_1_avx2, vec_dot_q5_1_q8_1_avx2)
 
 /* ---- Softmax: the scalar twin's operations, 16 lanes in two registers (kernels.h) -------- */
 
@@ -294,6 +398,9 @@ const pyphi_kernels pyphi_kernels_avx2 = {
         [PYPHI_TYPE_Q4_K] = pyphi_vec_dot_q4_K_q8_K_avx2,
         [PYPHI_TYPE_Q5_K] = pyphi_vec_dot_q5_K_q8_K_avx2,
         [PYPHI_TYPE_Q6_K] = pyphi_vec_dot_q6_K_q8_K_avx2,
+        [PYPHI_TYPE_Q5_0] = vec_dot_q5_0_q8_0_avx2,
+        [PYPHI_TYPE_Q4_1] = vec_dot_q4_1_q8_1_avx2,
+        [PYPHI_TYPE_Q5_1] = vec_dot_q5_1_q8_1_avx2,
     },
     .gemm = {
         [PYPHI_TYPE_F32] = gemm_f32_avx2,
@@ -304,6 +411,9 @@ const pyphi_kernels pyphi_kernels_avx2 = {
         [PYPHI_TYPE_Q4_K] = pyphi_gemm_q4_K_q8_K_avx2,
         [PYPHI_TYPE_Q5_K] = pyphi_gemm_q5_K_q8_K_avx2,
         [PYPHI_TYPE_Q6_K] = pyphi_gemm_q6_K_q8_K_avx2,
+        [PYPHI_TYPE_Q5_0] = gemm_q5_0_q8_0_avx2,
+        [PYPHI_TYPE_Q4_1] = gemm_q4_1_q8_1_avx2,
+        [PYPHI_TYPE_Q5_1] = gemm_q5_1_q8_1_avx2,
     },
     /* no AVX2 packed kernel yet: the scalar twin, which defines the result anyway */
     .gemm_packed = {
@@ -315,6 +425,7 @@ const pyphi_kernels pyphi_kernels_avx2 = {
     },
     .quantize_act = {
         [PYPHI_TYPE_Q8_0] = quantize_row_q8_0_avx2,
+        [PYPHI_TYPE_Q8_1] = quantize_row_q8_1_avx2,
         [PYPHI_TYPE_Q8_K] = pyphi_quantize_row_q8_K_avx2,
     },
 };

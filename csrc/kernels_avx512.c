@@ -6,8 +6,10 @@
  * function computes what the same table entry of pyphi_kernels_scalar defines; see kernels.h.
  *
  * Integer dots use VNNI's vpdpbusd (unsigned bytes x signed bytes, four products summed into each
- * int32 lane). Both weight formats are made unsigned so every block content stays exact:
+ * int32 lane). Every weight format is made unsigned so every block content stays exact:
  *   Q4_0: sum (q - 8) a = dpbusd(q, a) - dpbusd(8, a), q the raw nibble in 0..15;
+ *   Q5_0: sum (q - 16) a = dpbusd(q, a) - dpbusd(16, a), q the 5-bit code in 0..31;
+ *   Q4_1, Q5_1: dpbusd(q, a), the codes being unsigned already (plus m_w s_a per block);
  *   Q8_0: sum w a = dpbusd(w + 128, a) - dpbusd(128, a), w + 128 being w XOR 0x80 as unsigned.
  * Two blocks fill one 512-bit register: lanes 0-7 hold block b, lanes 8-15 block b + 1.
  * Float rows end with a masked load rather than a scalar loop.
@@ -97,21 +99,31 @@ static inline __m512 pair_scale(uint16_t dw0, uint16_t dw1, uint16_t da0, uint16
     return _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(_mm_mul_ps(dw, da)));
 }
 
-/* The codes of Q8_0 blocks b and b + 1: (64,) s8, or (32,) then zeros when only b exists. */
+/* The 32 codes of two Q8_0 or Q8_1 blocks, b (qs0) and b + 1 (qs1): (64,) s8, or (32,) then zeros
+ * when only b exists. */
+static inline __m512i load_codes_pair(const int8_t *qs0, const int8_t *qs1) {
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)qs0)),
+                              _mm256_loadu_si256((const __m256i *)qs1), 1);
+}
+
+static inline __m512i load_codes_one(const int8_t *qs0) {
+    return _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)qs0));
+}
+
 static inline __m512i load_q8_0_pair(const block_q8_0 *a) {
-    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)a[0].qs)),
-                              _mm256_loadu_si256((const __m256i *)a[1].qs), 1);
+    return load_codes_pair(a[0].qs, a[1].qs);
 }
 
 static inline __m512i load_q8_0_one(const block_q8_0 *a) {
-    return _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)a[0].qs));
+    return load_codes_one(a[0].qs);
 }
 
-/* The 64 codes 0..15 of Q4_0 blocks b and b + 1 in value order. In a block, low nibbles are
- * values 0..15 and high nibbles values 16..31, so split both blocks' bytes at once into
- * (lo b, lo b+1, hi b, hi b+1) 128-bit lanes, then swap the middle two lanes. */
-static inline __m512i unpack_q4_0_pair(const block_q4_0 *w) {
-    __m256i packed = _mm256_loadu2_m128i((const __m128i *)w[1].qs, (const __m128i *)w[0].qs);
+/* The 64 nibbles 0..15 of blocks b (qs0) and b + 1 (qs1), any 4-bit-nibble format (Q4_0, Q4_1,
+ * the low bits of Q5_0/Q5_1), in value order. In a block, low nibbles are values 0..15 and high
+ * nibbles values 16..31, so split both blocks' bytes at once into (lo b, lo b+1, hi b, hi b+1)
+ * 128-bit lanes, then swap the middle two lanes. */
+static inline __m512i unpack_nibbles_pair(const uint8_t *qs0, const uint8_t *qs1) {
+    __m256i packed = _mm256_loadu2_m128i((const __m128i *)qs1, (const __m128i *)qs0);
     __m256i mask = _mm256_set1_epi8(0x0f);
     __m256i lo = _mm256_and_si256(packed, mask);
     __m256i hi = _mm256_and_si256(_mm256_srli_epi16(packed, 4), mask);
@@ -120,12 +132,33 @@ static inline __m512i unpack_q4_0_pair(const block_q4_0 *w) {
 }
 
 /* The same for block b alone, codes in the low 256 bits, zeros above. */
-static inline __m512i unpack_q4_0_one(const block_q4_0 *w) {
-    __m128i packed = _mm_loadu_si128((const __m128i *)w[0].qs);
+static inline __m512i unpack_nibbles_one(const uint8_t *qs0) {
+    __m128i packed = _mm_loadu_si128((const __m128i *)qs0);
     __m128i mask = _mm_set1_epi8(0x0f);
     __m128i lo = _mm_and_si128(packed, mask);
     __m128i hi = _mm_and_si128(_mm_srli_epi16(packed, 4), mask);
     return _mm512_zextsi256_si512(_mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1));
+}
+
+static inline __m512i unpack_q4_0_pair(const block_q4_0 *w) {
+    return unpack_nibbles_pair(w[0].qs, w[1].qs);
+}
+
+static inline __m512i unpack_q4_0_one(const block_q4_0 *w) {
+    return unpack_nibbles_one(w[0].qs);
+}
+
+/* Q5_0/Q5_1: nibbles (value order, as above) | bit 4 from qh. Bit j of a block's little-endian
+ * qh word belongs to value j, i.e. to byte j of its 32 codes, so the two words side by side are
+ * a byte mask over the 64 codes of the pair. */
+static inline __m512i add_high_bits(__m512i nibbles, const uint8_t *qh0, const uint8_t *qh1) {
+    uint32_t h0, h1 = 0;
+    memcpy(&h0, qh0, sizeof h0);
+    if (qh1 != NULL) {
+        memcpy(&h1, qh1, sizeof h1);
+    }
+    __mmask64 bit4 = (__mmask64)h0 | (__mmask64)h1 << 32;
+    return _mm512_mask_add_epi8(nibbles, bit4, nibbles, _mm512_set1_epi8(0x10)); /* | 16 */
 }
 
 /* sum (q - 8) a per 4-byte group, (16,) int32; q unsigned 0..15, a signed. */
@@ -218,10 +251,64 @@ static inline __m512i weight_one_q8_0(const void *row, int64_t b) {
                             _mm512_zextsi256_si512(_mm256_set1_epi8((char)0x80)));
 }
 
+/* Q5_0 / Q4_1 / Q5_1 weight codes, unsigned (Q5_0 is biased by 16: dpbusd subtracts 16 sum a). */
+static inline __m512i weight_pair_q5_0(const void *row, int64_t b) {
+    const block_q5_0 *w = (const block_q5_0 *)row + b;
+    return add_high_bits(unpack_nibbles_pair(w[0].qs, w[1].qs), w[0].qh, w[1].qh);
+}
+static inline __m512i weight_one_q5_0(const void *row, int64_t b) {
+    const block_q5_0 *w = (const block_q5_0 *)row + b;
+    return add_high_bits(unpack_nibbles_one(w[0].qs), w[0].qh, NULL);
+}
+static inline __m512i weight_pair_q4_1(const void *row, int64_t b) {
+    const block_q4_1 *w = (const block_q4_1 *)row + b;
+    return unpack_nibbles_pair(w[0].qs, w[1].qs);
+}
+static inline __m512i weight_one_q4_1(const void *row, int64_t b) {
+    return unpack_nibbles_one(((const block_q4_1 *)row + b)->qs);
+}
+static inline __m512i weight_pair_q5_1(const void *row, int64_t b) {
+    const block_q5_1 *w = (const block_q5_1 *)row + b;
+    return add_high_bits(unpack_nibbles_pair(w[0].qs, w[1].qs), w[0].qh, w[1].qh);
+}
+static inline __m512i weight_one_q5_1(const void *row, int64_t b) {
+    const block_q5_1 *w = (const block_q5_1 *)row + b;
+    return add_high_bits(unpack_nibbles_one(w[0].qs), w[0].qh, NULL);
+}
+
+/* The minimum term of Q4_1/Q5_1 x Q8_1 (ggml: + m_w s_a per block): m_w of blocks b, b + 1 and
+ * s_a of the activation blocks, spread like the scales (two = 0: block b alone, zero above); the
+ * masked FMA adds the exact product m_w s_a to lanes 0 and 8 only, rounding once, and leaves the
+ * other lanes as they are (so an infinite s_a cannot meet a zero there). */
+static inline __m512 min_pair_q4_1(const void *blk, int two) {
+    const block_q4_1 *w = blk;
+    return spread_pair(w[0].m, two ? w[1].m : 0);
+}
+static inline __m512 min_pair_q5_1(const void *blk, int two) {
+    const block_q5_1 *w = blk;
+    return spread_pair(w[0].m, two ? w[1].m : 0);
+}
+static inline __m512 sum_pair_q8_1(const void *blk, int two) {
+    const block_q8_1 *a = blk;
+    return spread_pair(a[0].s, two ? a[1].s : 0);
+}
+static inline __m512 no_pair(const void *blk, int two) { /* formats without a minimum */
+    (void)blk;
+    (void)two;
+    return _mm512_setzero_ps();
+}
+static inline __m512 add_min_term(__m512 acc, __m512 mw, __m512 sa) {
+    return _mm512_mask3_fmadd_ps(mw, sa, acc, (__mmask16)0x0101);
+}
+
 /* One tile of nr rows x nt tokens (compile-time constants at every call, so the loops unroll
- * and the accumulators live in registers). WB: weight block bytes; BIAS: the constant dpbusd
- * subtracts (8 for Q4_0, 128 for Q8_0); PAIR / ONE: weight_pair_* / weight_one_*. */
-#define DEFINE_TILE(NAME, WBLOCK, BIAS, PAIR, ONE)                                                 \
+ * and the accumulators live in registers). WBLOCK / ABLOCK: weight and activation block types
+ * (Q8_0, or Q8_1 for weights with a minimum); BIAS: the constant dpbusd subtracts (8 for Q4_0,
+ * 16 for Q5_0, 128 for Q8_0, 0 for the unsigned Q4_1/Q5_1 codes); PAIR / ONE: weight_pair_* /
+ * weight_one_*; MIN / ASUM: min_pair_* / sum_pair_q8_1 for Q4_1/Q5_1, whose blocks add m_w s_a
+ * (add_min_term) after the codes' term, no_pair otherwise. For these new types the vec_dot is this tile at 1 x 1, so tile and dot agree by
+ * construction; for Q4_0/Q8_0 the separate dots above do the same operations. */
+#define DEFINE_TILE(NAME, WBLOCK, ABLOCK, BIAS, PAIR, ONE, MIN, ASUM)                                    \
     static inline __attribute__((always_inline)) void NAME(                                       \
         int nr, int nt, int64_t nb, const uint8_t *w, size_t w_stride, const uint8_t *a,          \
         size_t a_stride, float *y, int64_t y_stride) {                                            \
@@ -233,38 +320,45 @@ static inline __m512i weight_one_q8_0(const void *row, int64_t b) {
         int64_t b = 0;                                                                            \
         for (; b + 2 <= nb; b += 2) {                                                             \
             __m512i q[DECODE_ROWS];                                                               \
-            __m512 dw[DECODE_ROWS];                                                               \
+            __m512 dw[DECODE_ROWS], mw[DECODE_ROWS];                                              \
             _Pragma("GCC unroll 8") for (int r = 0; r < nr; r++) {                                \
                 const WBLOCK *wr = (const WBLOCK *)(w + (size_t)r * w_stride) + b;                \
                 q[r] = PAIR(wr, 0);                                                               \
                 dw[r] = spread_pair(wr[0].d, wr[1].d);                                            \
+                mw[r] = MIN(wr, 1);                                                               \
             }                                                                                     \
             _Pragma("GCC unroll 4") for (int t = 0; t < nt; t++) {                                \
-                const block_q8_0 *at = (const block_q8_0 *)(a + (size_t)t * a_stride) + b;        \
-                __m512i av = load_q8_0_pair(at);                                                  \
-                __m512i start = _mm512_sub_epi32(                                                 \
-                    _mm512_setzero_si512(), _mm512_dpbusd_epi32(_mm512_setzero_si512(), bias, av)); \
+                const ABLOCK *at = (const ABLOCK *)(a + (size_t)t * a_stride) + b;                \
+                __m512i av = load_codes_pair(at[0].qs, at[1].qs);                                 \
+                __m512i start = (BIAS) ? _mm512_sub_epi32(_mm512_setzero_si512(),                 \
+                                     _mm512_dpbusd_epi32(_mm512_setzero_si512(), bias, av))       \
+                                       : _mm512_setzero_si512();                                  \
                 __m512 da = spread_pair(at[0].d, at[1].d);                                        \
+                __m512 sa = ASUM(at, 1);                                                          \
                 _Pragma("GCC unroll 8") for (int r = 0; r < nr; r++) {                            \
                     __m512i sum32 = _mm512_dpbusd_epi32(start, q[r], av);                         \
                     acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum32),                        \
                                                 _mm512_mul_ps(dw[r], da), acc[r][t]);             \
+                    if (MIN != no_pair) acc[r][t] = add_min_term(acc[r][t], mw[r], sa);           \
                 }                                                                                 \
             }                                                                                     \
         }                                                                                         \
         if (b < nb) { /* odd block count: upper halves and their scales are zero, as in the dot */ \
             _Pragma("GCC unroll 4") for (int t = 0; t < nt; t++) {                                \
-                const block_q8_0 *at = (const block_q8_0 *)(a + (size_t)t * a_stride) + b;        \
-                __m512i av = load_q8_0_one(at);                                                   \
-                __m512i start = _mm512_sub_epi32(                                                 \
-                    _mm512_setzero_si512(), _mm512_dpbusd_epi32(_mm512_setzero_si512(), bias, av)); \
+                const ABLOCK *at = (const ABLOCK *)(a + (size_t)t * a_stride) + b;                \
+                __m512i av = load_codes_one(at[0].qs);                                            \
+                __m512i start = (BIAS) ? _mm512_sub_epi32(_mm512_setzero_si512(),                 \
+                                     _mm512_dpbusd_epi32(_mm512_setzero_si512(), bias, av))       \
+                                       : _mm512_setzero_si512();                                  \
                 __m512 da = spread_pair(at[0].d, 0);                                              \
+                __m512 sa = ASUM(at, 0);                                                          \
                 _Pragma("GCC unroll 8") for (int r = 0; r < nr; r++) {                            \
                     const WBLOCK *wr = (const WBLOCK *)(w + (size_t)r * w_stride) + b;            \
                     __m512i sum32 = _mm512_dpbusd_epi32(start, ONE(wr, 0), av);                   \
                     acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum32),                        \
                                                 _mm512_mul_ps(spread_pair(wr[0].d, 0), da),       \
                                                 acc[r][t]);                                       \
+                    if (MIN != no_pair) acc[r][t] = add_min_term(acc[r][t], MIN(wr, 0), sa);      \
                 }                                                                                 \
             }                                                                                     \
         }                                                                                         \
@@ -275,8 +369,13 @@ static inline __m512i weight_one_q8_0(const void *row, int64_t b) {
         }                                                                                         \
     }
 
-DEFINE_TILE(tile_q4_0, block_q4_0, 8, weight_pair_q4_0, weight_one_q4_0)
-DEFINE_TILE(tile_q8_0, block_q8_0, 0x80, weight_pair_q8_0, weight_one_q8_0)
+DEFINE_TILE(tile_q4_0, block_q4_0, block_q8_0, 8, weight_pair_q4_0, weight_one_q4_0, no_pair, no_pair)
+DEFINE_TILE(tile_q8_0, block_q8_0, block_q8_0, 0x80, weight_pair_q8_0, weight_one_q8_0, no_pair, no_pair)
+DEFINE_TILE(tile_q5_0, block_q5_0, block_q8_0, 16, weight_pair_q5_0, weight_one_q5_0, no_pair, no_pair)
+DEFINE_TILE(tile_q4_1, block_q4_1, block_q8_1, 0, weight_pair_q4_1, weight_one_q4_1, min_pair_q4_1,
+            sum_pair_q8_1)
+DEFINE_TILE(tile_q5_1, block_q5_1, block_q8_1, 0, weight_pair_q5_1, weight_one_q5_1, min_pair_q5_1,
+            sum_pair_q8_1)
 
 /* The gemm entry: tokens in groups of TILE_TOKENS (outer, so a group's activations stay in L1
  * while the rows stream past), rows in groups of TILE_ROWS; a single token uses DECODE_ROWS.
@@ -325,6 +424,19 @@ DEFINE_TILE(tile_q8_0, block_q8_0, 0x80, weight_pair_q8_0, weight_one_q8_0)
 
 DEFINE_GEMM(gemm_q4_0_q8_0_avx512, tile_q4_0)
 DEFINE_GEMM(gemm_q8_0_q8_0_avx512, tile_q8_0)
+DEFINE_GEMM(gemm_q5_0_q8_0_avx512, tile_q5_0)
+DEFINE_GEMM(gemm_q4_1_q8_1_avx512, tile_q4_1)
+DEFINE_GEMM(gemm_q5_1_q8_1_avx512, tile_q5_1)
+
+/* The dots of the formats added after Q4_0/Q8_0: their tile at one row x one token. */
+#define DEFINE_DOT_BY_TILE(NAME, TILE)                                                             \
+    static void NAME(int64_t n, float *s, const void *w, const void *a) {                        \
+        TILE(1, 1, n / 32, w, 0, a, 0, s, 0);                                                     \
+    }
+
+DEFINE_DOT_BY_TILE(vec_dot_q5_0_q8_0_avx512, tile_q5_0)
+DEFINE_DOT_BY_TILE(vec_dot_q4_1_q8_1_avx512, tile_q4_1)
+DEFINE_DOT_BY_TILE(vec_dot_q5_1_q8_1_avx512, tile_q5_1)
 
 /* Float weights: tiles of FLOAT_ROWS rows x FLOAT_TOKENS tokens, each element with the four
  * accumulators of DEFINE_VEC_DOT_FLOAT and the same loop structure (64-value steps, 16-value
@@ -572,9 +684,9 @@ static void softmax_avx512(float *x, int64_t n, float scale) {
 
 /* ---- Activation quantizer: float32 -> Q8_0, bit-identical to pyphi_quantize_row_q8_0 ------ */
 
-/* round-half-away-from-zero(v * id) as 16 bytes, 0 where the product is not finite (numpy's cast
+/* round-half-away-from-zero(v * id) as 16 int32, 0 where the product is not finite (numpy's cast
  * of NaN/inf, see quants.h). Exact: floor and the 0.5 test see the exact fraction. */
-static inline __m128i round_scaled(__m512 v, __m512 id) {
+static inline __m512i round_scaled(__m512 v, __m512 id) {
     __m512 t = _mm512_mul_ps(v, id);
     __m512 mag = _mm512_abs_ps(t);
     __m512 fl = _mm512_roundscale_ps(mag, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
@@ -583,8 +695,27 @@ static inline __m128i round_scaled(__m512 v, __m512 id) {
     __mmask16 finite = _mm512_cmp_ps_mask(mag, _mm512_set1_ps(INFINITY), _CMP_LT_OQ);
     __mmask16 negative = _mm512_cmp_ps_mask(t, _mm512_setzero_ps(), _CMP_LT_OQ);
     __m512i i = _mm512_maskz_cvttps_epi32(finite, r); /* finite |r| <= 127 here */
-    i = _mm512_mask_sub_epi32(i, negative, _mm512_setzero_si512(), i);
-    return _mm512_cvtepi32_epi8(i); /* truncating narrow; values fit */
+    return _mm512_mask_sub_epi32(i, negative, _mm512_setzero_si512(), i);
+}
+
+/* One block of 32 values without NaN (the caller checks) -> Q8_0's codes and binary16 scale, as
+ * pyphi_quantize_block_q8; *sum = the sum of the codes. Returns the binary32 scale. */
+static inline float quantize_block_q8(__m512 v0, __m512 v1, uint16_t *dh, int8_t *qs, int32_t *sum) {
+    float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+    float d = amax / 127.0f;
+    float id = d == 0.0f ? 0.0f : 1.0f / d;
+    /* d is not NaN here, and F16C rounds to nearest even like pyphi_fp32_to_fp16 */
+    *dh = (uint16_t)_cvtss_sh(d, _MM_FROUND_TO_NEAREST_INT);
+    __m512 idv = _mm512_set1_ps(id);
+    __m512i i0 = round_scaled(v0, idv), i1 = round_scaled(v1, idv);
+    _mm_storeu_si128((__m128i *)qs, _mm512_cvtepi32_epi8(i0)); /* truncating narrow; values fit */
+    _mm_storeu_si128((__m128i *)(qs + 16), _mm512_cvtepi32_epi8(i1));
+    *sum = _mm512_reduce_add_epi32(_mm512_add_epi32(i0, i1));
+    return d;
+}
+
+static inline int has_nan(__m512 v0, __m512 v1) {
+    return (_mm512_cmp_ps_mask(v0, v0, _CMP_UNORD_Q) | _mm512_cmp_ps_mask(v1, v1, _CMP_UNORD_Q)) != 0;
 }
 
 static void quantize_row_q8_0_avx512(const float *x, void *vy, int64_t n) {
@@ -592,19 +723,31 @@ static void quantize_row_q8_0_avx512(const float *x, void *vy, int64_t n) {
     for (int64_t b = 0; b < n / PYPHI_QK8_0; b++) {
         const float *xb = x + b * PYPHI_QK8_0; /* (32,) */
         __m512 v0 = _mm512_loadu_ps(xb), v1 = _mm512_loadu_ps(xb + 16);
-        if (_mm512_cmp_ps_mask(v0, v0, _CMP_UNORD_Q) | _mm512_cmp_ps_mask(v1, v1, _CMP_UNORD_Q)) {
+        if (has_nan(v0, v1)) {
             /* which NaN becomes the scale is defined by the scalar scan order */
             pyphi_quantize_row_q8_0(xb, &y[b], PYPHI_QK8_0);
             continue;
         }
-        float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
-        float d = amax / 127.0f;
-        float id = d == 0.0f ? 0.0f : 1.0f / d;
-        /* d is not NaN here, and F16C rounds to nearest even like pyphi_fp32_to_fp16 */
-        y[b].d = (uint16_t)_cvtss_sh(d, _MM_FROUND_TO_NEAREST_INT);
-        __m512 idv = _mm512_set1_ps(id);
-        _mm_storeu_si128((__m128i *)y[b].qs, round_scaled(v0, idv));
-        _mm_storeu_si128((__m128i *)(y[b].qs + 16), round_scaled(v1, idv));
+        int32_t sum;
+        quantize_block_q8(v0, v1, &y[b].d, y[b].qs, &sum);
+    }
+}
+
+/* Q8_1: Q8_0's codes and scale, and s = fp16(sum * d) from the binary32 d, as
+ * pyphi_quantize_row_q8_1 (ggml's quantize_row_q8_1_ref); (float)sum is exact. */
+static void quantize_row_q8_1_avx512(const float *x, void *vy, int64_t n) {
+    block_q8_1 *y = vy;
+    for (int64_t b = 0; b < n / PYPHI_QK8_1; b++) {
+        const float *xb = x + b * PYPHI_QK8_1; /* (32,) */
+        __m512 v0 = _mm512_loadu_ps(xb), v1 = _mm512_loadu_ps(xb + 16);
+        if (has_nan(v0, v1)) {
+            pyphi_quantize_row_q8_1(xb, &y[b], PYPHI_QK8_1);
+            continue;
+        }
+        int32_t sum;
+        float d = quantize_block_q8(v0, v1, &y[b].d, y[b].qs, &sum);
+        /* the scalar twin's conversion: sum * d is NaN for 0 * inf (a block holding an inf) */
+        y[b].s = pyphi_fp32_to_fp16((float)sum * d);
     }
 }
 
@@ -620,6 +763,9 @@ const pyphi_kernels pyphi_kernels_avx512 = {
         [PYPHI_TYPE_Q4_K] = pyphi_vec_dot_q4_K_q8_K_avx512,
         [PYPHI_TYPE_Q5_K] = pyphi_vec_dot_q5_K_q8_K_avx512,
         [PYPHI_TYPE_Q6_K] = pyphi_vec_dot_q6_K_q8_K_avx512,
+        [PYPHI_TYPE_Q5_0] = vec_dot_q5_0_q8_0_avx512,
+        [PYPHI_TYPE_Q4_1] = vec_dot_q4_1_q8_1_avx512,
+        [PYPHI_TYPE_Q5_1] = vec_dot_q5_1_q8_1_avx512,
     },
     .gemm = {
         [PYPHI_TYPE_F32] = gemm_f32_avx512,
@@ -630,6 +776,9 @@ const pyphi_kernels pyphi_kernels_avx512 = {
         [PYPHI_TYPE_Q4_K] = pyphi_gemm_q4_K_q8_K_avx512,
         [PYPHI_TYPE_Q5_K] = pyphi_gemm_q5_K_q8_K_avx512,
         [PYPHI_TYPE_Q6_K] = pyphi_gemm_q6_K_q8_K_avx512,
+        [PYPHI_TYPE_Q5_0] = gemm_q5_0_q8_0_avx512,
+        [PYPHI_TYPE_Q4_1] = gemm_q4_1_q8_1_avx512,
+        [PYPHI_TYPE_Q5_1] = gemm_q5_1_q8_1_avx512,
     },
     .gemm_packed = {
         [PYPHI_TYPE_Q8_0] = gemm_packed_q8_0_avx512,
@@ -640,6 +789,7 @@ const pyphi_kernels pyphi_kernels_avx512 = {
     },
     .quantize_act = {
         [PYPHI_TYPE_Q8_0] = quantize_row_q8_0_avx512,
+        [PYPHI_TYPE_Q8_1] = quantize_row_q8_1_avx512,
         [PYPHI_TYPE_Q8_K] = pyphi_quantize_row_q8_K_avx512,
     },
 };

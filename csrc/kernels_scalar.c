@@ -73,11 +73,14 @@ void pyphi_vec_dot_q4_0_q8_0_scalar(int64_t n, float *s, const void *vw, const v
     *s = sum;
 }
 
-/* 5-bit code j of a Q5_0/Q5_1 block: nibble j | bit j of qh << 4 (0..31). */
-static inline int32_t code5(const uint8_t *qs, const uint8_t *qh, int j) {
+/* The 32 codes 0..31 of a Q5_0/Q5_1 block: nibble j | bit j of the little-endian qh << 4. */
+static inline void codes5(const uint8_t *qs, const uint8_t *qh, int32_t *q) {
     uint32_t h;
-    memcpy(&h, qh, sizeof h); /* little-endian, as ggml reads it */
-    return ((qs[j % 16] >> (4 * (j / 16))) & 0x0f) | (int32_t)(((h >> j) & 1u) << 4);
+    memcpy(&h, qh, sizeof h);
+    for (int j = 0; j < 16; j++) {
+        q[j] = (qs[j] & 0x0f) | (int32_t)(((h >> j) & 1u) << 4);
+        q[j + 16] = (qs[j] >> 4) | (int32_t)(((h >> (j + 16)) & 1u) << 4);
+    }
 }
 
 void pyphi_vec_dot_q5_0_q8_0_scalar(int64_t n, float *s, const void *vw, const void *va) {
@@ -85,9 +88,10 @@ void pyphi_vec_dot_q5_0_q8_0_scalar(int64_t n, float *s, const void *vw, const v
     const block_q8_0 *a = va; /* (n / 32,) */
     float sum = 0.0f;
     for (int64_t b = 0; b < n / PYPHI_QK5_0; b++) {
-        int32_t isum = 0; /* |isum| <= 32 * 16 * 128: exact */
+        int32_t q[PYPHI_QK5_0], isum = 0; /* |isum| <= 32 * 16 * 128: exact */
+        codes5(w[b].qs, w[b].qh, q);
         for (int j = 0; j < PYPHI_QK5_0; j++) {
-            isum += (code5(w[b].qs, w[b].qh, j) - 16) * (int32_t)a[b].qs[j];
+            isum += (q[j] - 16) * (int32_t)a[b].qs[j];
         }
         float dd = pyphi_fp16_to_fp32(w[b].d) * pyphi_fp16_to_fp32(a[b].d); /* exact */
         sum += (float)isum * dd;
@@ -125,9 +129,10 @@ void pyphi_vec_dot_q5_1_q8_1_scalar(int64_t n, float *s, const void *vw, const v
     const block_q8_1 *a = va; /* (n / 32,) */
     float sum = 0.0f;
     for (int64_t b = 0; b < n / PYPHI_QK5_1; b++) {
-        int32_t isum = 0; /* |isum| <= 32 * 31 * 128: exact */
+        int32_t q[PYPHI_QK5_1], isum = 0; /* |isum| <= 32 * 31 * 128: exact */
+        codes5(w[b].qs, w[b].qh, q);
         for (int j = 0; j < PYPHI_QK5_1; j++) {
-            isum += code5(w[b].qs, w[b].qh, j) * (int32_t)a[b].qs[j];
+            isum += q[j] * (int32_t)a[b].qs[j];
         }
         sum += min_block_term(w[b].d, w[b].m, &a[b], isum);
     }

@@ -148,11 +148,16 @@ def q8_1_reference(x: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize("isa", cpu.supported_isas())
 def test_q8_1_matches_ggml_reference(isa):
+    """Finite blocks (ggml's domain) against the derivation; all corner blocks, NaN and inf
+    included, bit for bit the scalar twin's bytes."""
     rng = np.random.default_rng(9)
     with cpu.forced_isa(isa):
         for n_blocks in BLOCK_COUNTS:
-            x = corner_blocks(rng, n_blocks)
-            x = x.reshape(-1, 32)[np.isfinite(x.reshape(-1, 32)).all(axis=1)].reshape(1, -1)  # ggml's domain
+            everything = corner_blocks(rng, n_blocks)
+            with cpu.forced_isa("scalar"):
+                scalar = quants.quantize(lib.PYPHI_TYPE_Q8_1, everything)
+            assert np.array_equal(quants.quantize(lib.PYPHI_TYPE_Q8_1, everything), scalar)
+            x = everything.reshape(-1, 32)[np.isfinite(everything.reshape(-1, 32)).all(axis=1)].reshape(1, -1)
             ours = quants.quantize(lib.PYPHI_TYPE_Q8_1, x)
             ref = q8_1_reference(x)
             assert ours.shape == ref.shape == (1, quants.row_bytes(lib.PYPHI_TYPE_Q8_1, x.shape[1]))
