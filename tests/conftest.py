@@ -2,7 +2,9 @@
 pyphi.testing.checkpoint), converted to GGUF by pyphi.convert, and transformers models over them.
 
 Everything is made once per test session under one temporary directory, on first use:
-`model_zoo.hf_dir(name)`, `model_zoo.gguf(name, out_type)`, `model_zoo.hf_model(name)`.
+`model_zoo.hf_dir(name)`, `model_zoo.gguf(name, out_type)`, `model_zoo.gguf_by_gguf_py(name,
+out_type)` (matrices quantized by gguf-py, for types the converter does not write),
+`model_zoo.hf_model(name)`.
 Checkpoint names: the generator's sizes ("tiny", "head128") and variants of "tiny" defined here.
 """
 
@@ -56,6 +58,39 @@ class ModelZoo:
         path = self.root / f"{name}-{out_type}.gguf"
         return self._once(("gguf", name, out_type),
                           lambda: convert(self.hf_dir(name), path, out_type, progress=False))
+
+    def gguf_by_gguf_py(self, name: str, out_type: str):
+        """The f32 GGUF of `name` with every matrix (token embedding and tied head included)
+        re-encoded to `out_type` by gguf-py itself (GGUFReader, gguf.quants.quantize, GGUFWriter):
+        files in formats pyphi computes but its converter does not write, made without pyphi's
+        codecs. Vectors (norms, LongRoPE factors) stay F32, as the converter keeps them."""
+        import gguf
+        import numpy as np
+
+        def make():
+            qtype = gguf.GGMLQuantizationType[out_type.upper()]
+            src = gguf.GGUFReader(self.gguf(name, "f32"))
+            path = self.root / f"{name}-{out_type}-gguf-py.gguf"
+            arch = src.fields["general.architecture"].contents()
+            writer = gguf.GGUFWriter(path, arch)
+            for field in src.fields.values():
+                if field.name == "general.architecture" or field.name.startswith("GGUF."):
+                    continue  # written by GGUFWriter itself
+                sub_type = field.types[-1] if field.types[0] == gguf.GGUFValueType.ARRAY else None
+                writer.add_key_value(field.name, field.contents(), field.types[0], sub_type=sub_type)
+            for t in src.tensors:
+                data = np.array(t.data)  # (ne1, ne0) float32
+                if data.ndim == 2:
+                    writer.add_tensor(t.name, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
+                else:
+                    writer.add_tensor(t.name, data)
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_tensors_to_file()
+            writer.close()
+            return path
+
+        return self._once(("gguf-py", name, out_type), make)
 
     def hf_model(self, name: str):
         """transformers' Phi3ForCausalLM in float32 (the bf16 weights upcast exactly)."""
