@@ -188,8 +188,9 @@ void pyphi_gemm_q5_K_q8_K_avx2(int64_t n, int64_t n_rows, int64_t n_tok, const v
 void pyphi_gemm_q6_K_q8_K_avx2(int64_t n, int64_t n_rows, int64_t n_tok, const void *w, size_t w_stride,
                                const void *a, size_t a_stride, float *y, int64_t y_stride);
 void pyphi_quantize_row_q8_K_avx2(const float *x, void *y, int64_t n);
-/* The K-quants' packed tiles (pyphi_gemm_packed_fn with a = Q8_K rows and a_sums unused): each
- * element is its own table's vec_dot bit for bit (not the scalar one, as Q4_0/Q8_0's are). */
+/* The K-quants' packed tiles (pyphi_gemm_packed_fn with a = Q8_K rows and a_sums unused): Q4_K's
+ * and Q6_K's (16 rows, one lane each) give the scalar vec_dot's bits on every ISA, as Q4_0/Q8_0's
+ * do; Q5_K's (4 rows interleaved) give their own table's vec_dot's bits. */
 void pyphi_gemm_packed_q4_K_scalar(int64_t n, int64_t n_groups, int64_t n_tok, const void *w,
                                    const void *a, size_t a_stride, const int32_t *a_sums,
                                    float *y, int64_t y_stride);
@@ -199,13 +200,7 @@ void pyphi_gemm_packed_q5_K_scalar(int64_t n, int64_t n_groups, int64_t n_tok, c
 void pyphi_gemm_packed_q6_K_scalar(int64_t n, int64_t n_groups, int64_t n_tok, const void *w,
                                    const void *a, size_t a_stride, const int32_t *a_sums,
                                    float *y, int64_t y_stride);
-void pyphi_gemm_packed_q4_K_avx2(int64_t n, int64_t n_groups, int64_t n_tok, const void *w,
-                                   const void *a, size_t a_stride, const int32_t *a_sums,
-                                   float *y, int64_t y_stride);
 void pyphi_gemm_packed_q5_K_avx2(int64_t n, int64_t n_groups, int64_t n_tok, const void *w,
-                                   const void *a, size_t a_stride, const int32_t *a_sums,
-                                   float *y, int64_t y_stride);
-void pyphi_gemm_packed_q6_K_avx2(int64_t n, int64_t n_groups, int64_t n_tok, const void *w,
                                    const void *a, size_t a_stride, const int32_t *a_sums,
                                    float *y, int64_t y_stride);
 void pyphi_gemm_packed_q4_K_avx512(int64_t n, int64_t n_groups, int64_t n_tok, const void *w,

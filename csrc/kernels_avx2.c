@@ -419,9 +419,9 @@ const pyphi_kernels pyphi_kernels_avx2 = {
     .gemm_packed = {
         [PYPHI_TYPE_Q8_0] = pyphi_gemm_packed_q8_0_scalar,
         [PYPHI_TYPE_Q4_0] = pyphi_gemm_packed_q4_0_scalar,
-        [PYPHI_TYPE_Q4_K] = pyphi_gemm_packed_q4_K_avx2,
+        [PYPHI_TYPE_Q4_K] = pyphi_gemm_packed_q4_K_scalar,
         [PYPHI_TYPE_Q5_K] = pyphi_gemm_packed_q5_K_avx2,
-        [PYPHI_TYPE_Q6_K] = pyphi_gemm_packed_q6_K_avx2,
+        [PYPHI_TYPE_Q6_K] = pyphi_gemm_packed_q6_K_scalar,
     },
     .quantize_act = {
         [PYPHI_TYPE_Q8_0] = quantize_row_q8_0_avx2,

@@ -185,7 +185,7 @@ DEFINE_GEMM_K(pyphi_gemm_q4_K_q8_K_avx2, KIND_Q4_K)
 DEFINE_GEMM_K(pyphi_gemm_q5_K_q8_K_avx2, KIND_Q5_K)
 DEFINE_GEMM_K(pyphi_gemm_q6_K_q8_K_avx2, KIND_Q6_K)
 
-/* Packed weights (quants.h, PYPHI_PACK_ROWS_K rows per group, blocks interleaved): the same tiles
+/* Packed Q5_K (quants.h, PYPHI_PACK_ROWS_K rows per group, blocks interleaved): the same tiles
  * with the rows one block apart and a row's blocks a group-block apart, so each element is bit for
  * bit this file's dot. a_sums is not used (NULL). */
 #define DEFINE_GEMM_PACKED_K(NAME, KIND)                                                           \
@@ -213,9 +213,7 @@ DEFINE_GEMM_K(pyphi_gemm_q6_K_q8_K_avx2, KIND_Q6_K)
     }
 
 _Static_assert(PYPHI_PACK_ROWS_K % TILE_ROWS == 0, "a packed group is whole tiles");
-DEFINE_GEMM_PACKED_K(pyphi_gemm_packed_q4_K_avx2, KIND_Q4_K)
 DEFINE_GEMM_PACKED_K(pyphi_gemm_packed_q5_K_avx2, KIND_Q5_K)
-DEFINE_GEMM_PACKED_K(pyphi_gemm_packed_q6_K_avx2, KIND_Q6_K)
 
 /* ---- Q8_K activation quantizer: bit-identical to pyphi_quantize_row_q8_K ------------------- */
 

@@ -237,7 +237,7 @@ DEFINE_GEMM_K(pyphi_gemm_q4_K_q8_K_avx512, KIND_Q4_K)
 DEFINE_GEMM_K(pyphi_gemm_q5_K_q8_K_avx512, KIND_Q5_K)
 DEFINE_GEMM_K(pyphi_gemm_q6_K_q8_K_avx512, KIND_Q6_K)
 
-/* Packed weights (quants.h, PYPHI_PACK_ROWS_K = DECODE_ROWS rows per group, blocks interleaved):
+/* Packed Q5_K (quants.h, PYPHI_PACK_ROWS_K = DECODE_ROWS rows per group, blocks interleaved):
  * the same tiles with the rows one block apart and a row's blocks a group-block apart, so each
  * element is bit for bit this file's dot. A single token runs the group as one tile, reading one
  * contiguous stream; a batch runs it as two TILE_ROWS tiles. a_sums is not used (NULL). */
@@ -272,9 +272,186 @@ DEFINE_GEMM_K(pyphi_gemm_q6_K_q8_K_avx512, KIND_Q6_K)
 
 _Static_assert(PYPHI_PACK_ROWS_K == DECODE_ROWS && PYPHI_PACK_ROWS_K % TILE_ROWS == 0,
                "a packed group is one decode tile, or whole batch tiles");
-DEFINE_GEMM_PACKED_K(pyphi_gemm_packed_q4_K_avx512, KIND_Q4_K)
 DEFINE_GEMM_PACKED_K(pyphi_gemm_packed_q5_K_avx512, KIND_Q5_K)
-DEFINE_GEMM_PACKED_K(pyphi_gemm_packed_q6_K_avx512, KIND_Q6_K)
+
+/* ---- Packed Q4_K: one lane per row, the scalar dot's arithmetic ---------------------------- */
+
+/* Quants.h's Q4_K packed layout puts row i of a 16-row group in lane i, so one vpdpbusd of 16
+ * rows x 4 codes with 4 broadcast activation codes advances every row's sub-block sum, and a lane
+ * ends each super-block holding its row's exact isum and msum. Then per lane, like the scalar
+ * twin: term = (float)isum * (d_w * d_a) - (float)msum * (dmin_w * d_a), added to the row's sum:
+ * mul, mul, sub, add, each rounded once, no FMA. So every ISA's packed Q4_K gives the scalar
+ * vec_dot's bits. Tiles: one group x up to PACKED_K_TOKENS tokens, the codes of a sub-block pair
+ * unpacked once for all of them. */
+#define PACKED_K_TOKENS 8
+
+static inline __m512i bcast4(const int8_t *p) {
+    int32_t v;
+    memcpy(&v, p, sizeof v);
+    return _mm512_set1_epi32(v);
+}
+
+/* byte j (0..3) of each lane, zero-extended */
+static inline __m512i lane_byte(__m512i v, int j) {
+    return _mm512_and_si512(_mm512_srli_epi32(v, 8 * j), _mm512_set1_epi32(0xff));
+}
+
+static inline __attribute__((always_inline)) void packed_q4_K_tile(int nt, int64_t nb, const uint8_t *group,
+                                                                   const uint8_t *a, size_t a_stride,
+                                                                   float *y, int64_t y_stride) {
+    const __m512i nibble = _mm512_set1_epi8(0x0f);
+    __m512 acc[PACKED_K_TOKENS];
+    _Pragma("GCC unroll 8") for (int t = 0; t < nt; t++) acc[t] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *blk = group + (size_t)b * PYPHI_Q4_K_PACKED_BYTES;
+        const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)blk));
+        const __m512 dmw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(blk + 32)));
+        /* ggml's utmp unpacking of the 6-bit scales and mins, 16 rows at once */
+        const __m512i u0 = _mm512_loadu_si512(blk + 64), u1 = _mm512_loadu_si512(blk + 128);
+        const __m512i u2 = _mm512_loadu_si512(blk + 192);
+        const __m512i m3f = _mm512_set1_epi32(0x3f3f3f3f), m0f = _mm512_set1_epi32(0x0f0f0f0f);
+        const __m512i m03 = _mm512_set1_epi32(0x03030303);
+        const __m512i sc_lo = _mm512_and_si512(u0, m3f); /* scales 0..3, a byte each */
+        const __m512i sc_hi = _mm512_or_si512(_mm512_and_si512(u2, m0f),
+                                              _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(u0, 6), m03), 4));
+        const __m512i mn_lo = _mm512_and_si512(u1, m3f); /* mins 0..3 */
+        const __m512i mn_hi = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(u2, 4), m0f),
+                                              _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(u1, 6), m03), 4));
+        __m512i isum[PACKED_K_TOKENS];
+        _Pragma("GCC unroll 8") for (int t = 0; t < nt; t++) isum[t] = _mm512_setzero_si512();
+        _Pragma("GCC unroll 4") for (int k = 0; k < 4; k++) { /* sub-blocks 2k (low), 2k + 1 (high) */
+            const uint8_t *qs = blk + 256 + 512 * k;
+            __m512i lo[8], hi[8];
+            _Pragma("GCC unroll 8") for (int c = 0; c < 8; c++) {
+                __m512i raw = _mm512_loadu_si512(qs + 64 * c);
+                lo[c] = _mm512_and_si512(raw, nibble);
+                hi[c] = _mm512_and_si512(_mm512_srli_epi16(raw, 4), nibble);
+            }
+            const __m512i sc_a = lane_byte(k < 2 ? sc_lo : sc_hi, (2 * k) % 4);
+            const __m512i sc_b = lane_byte(k < 2 ? sc_lo : sc_hi, (2 * k + 1) % 4);
+            _Pragma("GCC unroll 8") for (int t = 0; t < nt; t++) {
+                const int8_t *aq = ((const block_q8_K *)(a + (size_t)t * a_stride) + b)->qs;
+                __m512i s_a = _mm512_setzero_si512(), s_b = _mm512_setzero_si512();
+                _Pragma("GCC unroll 8") for (int c = 0; c < 8; c++) {
+                    s_a = _mm512_dpbusd_epi32(s_a, lo[c], bcast4(aq + 64 * k + 4 * c));
+                    s_b = _mm512_dpbusd_epi32(s_b, hi[c], bcast4(aq + 64 * k + 32 + 4 * c));
+                }
+                isum[t] = _mm512_add_epi32(isum[t], _mm512_add_epi32(_mm512_mullo_epi32(s_a, sc_a),
+                                                                     _mm512_mullo_epi32(s_b, sc_b)));
+            }
+        }
+        /* mins: m_j * (bsums[2j] + bsums[2j + 1]) by vpdpwssd on word pairs (m_j, m_j+2) */
+        const __m512i even = _mm512_set1_epi32(0x00ff00ff);
+        const __m512i m02 = _mm512_and_si512(mn_lo, even), m13 = _mm512_and_si512(_mm512_srli_epi32(mn_lo, 8), even);
+        const __m512i m46 = _mm512_and_si512(mn_hi, even), m57 = _mm512_and_si512(_mm512_srli_epi32(mn_hi, 8), even);
+        _Pragma("GCC unroll 8") for (int t = 0; t < nt; t++) {
+            const block_q8_K *at = (const block_q8_K *)(a + (size_t)t * a_stride) + b;
+            int32_t p[8]; /* bsums pairs, |.| <= 32 * 128: fit int16 */
+            for (int j = 0; j < 8; j++) p[j] = at->bsums[2 * j] + at->bsums[2 * j + 1];
+            #define PAIR(x, y) _mm512_set1_epi32((int32_t)(((uint32_t)(uint16_t)(x)) | ((uint32_t)(uint16_t)(y) << 16)))
+            __m512i msum = _mm512_dpwssd_epi32(_mm512_setzero_si512(), m02, PAIR(p[0], p[2]));
+            msum = _mm512_dpwssd_epi32(msum, m13, PAIR(p[1], p[3]));
+            msum = _mm512_dpwssd_epi32(msum, m46, PAIR(p[4], p[6]));
+            msum = _mm512_dpwssd_epi32(msum, m57, PAIR(p[5], p[7]));
+            #undef PAIR
+            const __m512 da = _mm512_set1_ps(at->d);
+            __m512 term = _mm512_sub_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(isum[t]), _mm512_mul_ps(dw, da)),
+                                        _mm512_mul_ps(_mm512_cvtepi32_ps(msum), _mm512_mul_ps(dmw, da)));
+            acc[t] = _mm512_add_ps(acc[t], term);
+        }
+    }
+    _Pragma("GCC unroll 8") for (int t = 0; t < nt; t++) _mm512_storeu_ps(y + t * y_stride, acc[t]);
+}
+
+/* ---- Packed Q6_K: one lane per row, the scalar dot's arithmetic ---------------------------- */
+
+/* As packed Q4_K above: lane i is row i. A sub-block j (16 values, 4 dpbusd of 4 codes) gives
+ * each row's sum of code * a with the unsigned 6-bit codes, times the row's scale; the codes'
+ * offset 32 comes off in integer as 32 sc_j bsums_j (vpdpwssd of (32 sc_2p, 32 sc_2p+1) words,
+ * |32 sc| <= 4096, with (-bsums) words), so a lane ends the super-block with its row's exact isum
+ * and term = (float)isum * (d_w * d_a) is the scalar twin's, added in block order. */
+static inline __attribute__((always_inline)) void packed_q6_K_tile(int nt, int64_t nb, const uint8_t *group,
+                                                                   const uint8_t *a, size_t a_stride,
+                                                                   float *y, int64_t y_stride) {
+    const __m512i nibble = _mm512_set1_epi8(0x0f), two = _mm512_set1_epi8(0x03);
+    __m512 acc[PACKED_K_TOKENS];
+    _Pragma("GCC unroll 8") for (int t = 0; t < nt; t++) acc[t] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *blk = group + (size_t)b * PYPHI_Q6_K_PACKED_BYTES;
+        const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)blk));
+        __m512i isum[PACKED_K_TOKENS];
+        _Pragma("GCC unroll 8") for (int t = 0; t < nt; t++) isum[t] = _mm512_setzero_si512();
+        _Pragma("GCC unroll 4") for (int u = 0; u < 4; u++) { /* quads, in address order */
+            const int h = u / 2, m = u % 2;
+            const uint8_t *quad = blk + 288 + 768 * u;
+            _Pragma("GCC unroll 4") for (int q = 0; q < 4; q++) { /* sub-block j = 8h + 2q + m */
+                const int j = 8 * h + 2 * q + m;
+                const __m512i scw = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(blk + 32 + 32 * (j / 2))));
+                if (m == 0) { /* the offset 32 of pair j / 2's two sub-blocks */
+                    const __m512i scw32 = _mm512_slli_epi16(scw, 5);
+                    _Pragma("GCC unroll 8") for (int t = 0; t < nt; t++) {
+                        const int16_t *bs = ((const block_q8_K *)(a + (size_t)t * a_stride) + b)->bsums + j;
+                        int32_t neg = (int32_t)(((uint32_t)(uint16_t)(-bs[0])) | ((uint32_t)(uint16_t)(-bs[1]) << 16));
+                        isum[t] = _mm512_dpwssd_epi32(isum[t], scw32, _mm512_set1_epi32(neg));
+                    }
+                }
+                const __m512i sc = m == 0 ? _mm512_srai_epi32(_mm512_slli_epi32(scw, 16), 16)
+                                          : _mm512_srai_epi32(scw, 16);
+                __m512i code[4];
+                _Pragma("GCC unroll 4") for (int c = 0; c < 4; c++) {
+                    __m512i ql = _mm512_loadu_si512(quad + 64 * (4 * (q & 1) + c));
+                    __m512i qh = _mm512_loadu_si512(quad + 64 * (8 + c));
+                    __m512i lo = _mm512_and_si512(_mm512_srli_epi16(ql, 4 * (q >> 1)), nibble);
+                    __m512i hi = _mm512_and_si512(_mm512_srli_epi16(qh, 2 * q), two);
+                    code[c] = _mm512_or_si512(lo, _mm512_slli_epi16(hi, 4));
+                }
+                _Pragma("GCC unroll 8") for (int t = 0; t < nt; t++) {
+                    const int8_t *aq = ((const block_q8_K *)(a + (size_t)t * a_stride) + b)->qs + 16 * j;
+                    __m512i s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), code[0], bcast4(aq));
+                    s = _mm512_dpbusd_epi32(s, code[1], bcast4(aq + 4));
+                    s = _mm512_dpbusd_epi32(s, code[2], bcast4(aq + 8));
+                    s = _mm512_dpbusd_epi32(s, code[3], bcast4(aq + 12));
+                    isum[t] = _mm512_add_epi32(isum[t], _mm512_mullo_epi32(s, sc));
+                }
+            }
+        }
+        _Pragma("GCC unroll 8") for (int t = 0; t < nt; t++) {
+            const __m512 da = _mm512_set1_ps(((const block_q8_K *)(a + (size_t)t * a_stride) + b)->d);
+            acc[t] = _mm512_add_ps(acc[t], _mm512_mul_ps(_mm512_cvtepi32_ps(isum[t]), _mm512_mul_ps(dw, da)));
+        }
+    }
+    _Pragma("GCC unroll 8") for (int t = 0; t < nt; t++) _mm512_storeu_ps(y + t * y_stride, acc[t]);
+}
+
+#define DEFINE_GEMM_PACKED_LANES(NAME, TILE, PACKED_BYTES)                                        \
+    void NAME(int64_t n, int64_t n_groups, int64_t n_tok, const void *vw, const void *va,         \
+              size_t a_stride, const int32_t *a_sums, float *y, int64_t y_stride) {               \
+        (void)a_sums;                                                                             \
+        const uint8_t *a = va;                                                                    \
+        const int64_t nb = n / PYPHI_QK_K;                                                        \
+        for (int64_t g = 0; g < n_groups; g++) {                                                  \
+            const uint8_t *group = (const uint8_t *)vw + (size_t)g * (size_t)nb * (PACKED_BYTES); \
+            for (int64_t t0 = 0; t0 < n_tok; t0 += PACKED_K_TOKENS) {                             \
+                int64_t nt = n_tok - t0 < PACKED_K_TOKENS ? n_tok - t0 : PACKED_K_TOKENS;         \
+                const uint8_t *at = a + (size_t)t0 * a_stride;                                    \
+                float *yt = y + t0 * y_stride + g * PYPHI_PACK_ROWS;                              \
+                switch (nt) {                                                                     \
+                case 1: TILE(1, nb, group, at, a_stride, yt, y_stride); break;                    \
+                case 2: TILE(2, nb, group, at, a_stride, yt, y_stride); break;                    \
+                case 3: TILE(3, nb, group, at, a_stride, yt, y_stride); break;                    \
+                case 4: TILE(4, nb, group, at, a_stride, yt, y_stride); break;                    \
+                case 5: TILE(5, nb, group, at, a_stride, yt, y_stride); break;                    \
+                case 6: TILE(6, nb, group, at, a_stride, yt, y_stride); break;                    \
+                case 7: TILE(7, nb, group, at, a_stride, yt, y_stride); break;                    \
+                default: TILE(8, nb, group, at, a_stride, yt, y_stride); break;                   \
+                }                                                                                 \
+            }                                                                                     \
+        }                                                                                         \
+    }
+
+DEFINE_GEMM_PACKED_LANES(pyphi_gemm_packed_q4_K_avx512, packed_q4_K_tile, PYPHI_Q4_K_PACKED_BYTES)
+
+DEFINE_GEMM_PACKED_LANES(pyphi_gemm_packed_q6_K_avx512, packed_q6_K_tile, PYPHI_Q6_K_PACKED_BYTES)
 
 /* ---- Q8_K activation quantizer: bit-identical to pyphi_quantize_row_q8_K ------------------- */
 

@@ -294,7 +294,7 @@ void pyphi_vec_dot_q6_K_q8_K_scalar(int64_t n, float *s, const void *w, const vo
     *s = dot_k(term_q6_K, n / PYPHI_QK_K, w, sizeof(block_q6_K), a);
 }
 
-/* Packed K-quant weights (quants.h, PYPHI_PACK_ROWS_K): per (row, token) the dot above, bit for
+/* Packed Q5_K/Q6_K weights (quants.h, PYPHI_PACK_ROWS_K): per (row, token) the dot above, bit for
  * bit, reading the row's blocks at the group's stride. a_sums is not used (NULL). */
 #define DEFINE_GEMM_PACKED_K(NAME, TERM, BLOCK)                                                    \
     void NAME(int64_t n, int64_t n_groups, int64_t n_tok, const void *w, const void *a,           \
@@ -314,9 +314,37 @@ void pyphi_vec_dot_q6_K_q8_K_scalar(int64_t n, float *s, const void *w, const vo
         }                                                                                         \
     }
 
-DEFINE_GEMM_PACKED_K(pyphi_gemm_packed_q4_K_scalar, term_q4_K, block_q4_K)
+
 DEFINE_GEMM_PACKED_K(pyphi_gemm_packed_q5_K_scalar, term_q5_K, block_q5_K)
-DEFINE_GEMM_PACKED_K(pyphi_gemm_packed_q6_K_scalar, term_q6_K, block_q6_K)
+
+/* Q4_K's and Q6_K's packed layouts (one lane per row, quants.h): each row's block rebuilt, then
+ * the dot's terms in order, so bit for bit the scalar dot. */
+#define DEFINE_GEMM_PACKED_LANES(NAME, TERM, BLOCK, PACKED_BYTES, UNPACK)                           \
+    void NAME(int64_t n, int64_t n_groups, int64_t n_tok, const void *w, const void *a,           \
+              size_t a_stride, const int32_t *a_sums, float *y, int64_t y_stride) {               \
+        (void)a_sums;                                                                             \
+        const int64_t nb = n / PYPHI_QK_K;                                                        \
+        for (int64_t g = 0; g < n_groups; g++) {                                                  \
+            const uint8_t *group = (const uint8_t *)w + (size_t)g * (size_t)nb * (PACKED_BYTES);  \
+            for (int64_t t = 0; t < n_tok; t++) {                                                 \
+                const block_q8_K *at = (const block_q8_K *)((const uint8_t *)a + (size_t)t * a_stride); \
+                for (int i = 0; i < PYPHI_PACK_ROWS; i++) {                                       \
+                    float sum = 0.0f;                                                             \
+                    for (int64_t b = 0; b < nb; b++) {                                            \
+                        BLOCK blk;                                                                \
+                        UNPACK(group + (size_t)b * (PACKED_BYTES), i, &blk);                      \
+                        sum += TERM(&blk, &at[b]);                                                \
+                    }                                                                             \
+                    y[t * y_stride + g * PYPHI_PACK_ROWS + i] = sum;                              \
+                }                                                                                 \
+            }                                                                                     \
+        }                                                                                         \
+    }
+
+DEFINE_GEMM_PACKED_LANES(pyphi_gemm_packed_q4_K_scalar, term_q4_K, block_q4_K, PYPHI_Q4_K_PACKED_BYTES,
+                         pyphi_unpack_q4_K)
+DEFINE_GEMM_PACKED_LANES(pyphi_gemm_packed_q6_K_scalar, term_q6_K, block_q6_K, PYPHI_Q6_K_PACKED_BYTES,
+                         pyphi_unpack_q6_K)
 
 /* ---- Softmax (kernels.h) ------------------------------------------------------------------- */
 

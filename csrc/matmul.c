@@ -230,15 +230,15 @@ struct packed_job {
     size_t group_bytes, act_row_bytes;
 };
 
-/* Rows per packed group (quants.h): 16 for Q4_0/Q8_0, 4 for the K-quants; 0 if not packable. */
+/* Rows per packed group (quants.h): 16 for Q4_0/Q8_0/Q4_K/Q6_K, 4 for Q5_K; 0 if not packable. */
 static int64_t pack_group_rows(int wtype) {
     switch (wtype) {
     case PYPHI_TYPE_Q4_0:
     case PYPHI_TYPE_Q8_0:
-        return PYPHI_PACK_ROWS;
     case PYPHI_TYPE_Q4_K:
-    case PYPHI_TYPE_Q5_K:
     case PYPHI_TYPE_Q6_K:
+        return PYPHI_PACK_ROWS;
+    case PYPHI_TYPE_Q5_K:
         return PYPHI_PACK_ROWS_K;
     default:
         return 0;

@@ -152,10 +152,29 @@ static inline void pyphi_k_scale_min(int j, const uint8_t *q, uint8_t *sc, uint8
  * Q8_0 codes are stored XOR 0x80, i.e. as the unsigned code + 128. */
 #define PYPHI_PACK_ROWS 16
 
-/* K-quant matrices pack PYPHI_PACK_ROWS_K rows per group, whole super-blocks interleaved: group g
+/* Q5_K matrices pack PYPHI_PACK_ROWS_K rows per group, whole super-blocks interleaved: group g
  * holds block b of its rows 0..3, then block b + 1 of rows 0..3, ... (n / 256 x 4 blocks), bytes
  * unchanged. A 4-row kernel then reads one contiguous stream instead of four. */
 #define PYPHI_PACK_ROWS_K 4
+
+/* Q4_K matrices pack PYPHI_PACK_ROWS (16) rows per group, one lane per row as Q4_0 does: per
+ * super-block b, PYPHI_Q4_K_PACKED_BYTES (16 x 144) bytes:
+ *   uint16_t d[16], dmin[16];        row i's d and dmin
+ *   uint32_t scales[3][16];          scales[k][i] = row i's scales[4k .. 4k + 3]
+ *   uint8_t  qs[4][8][16][4];        qs[k][c][i][j] = row i's qs[32 k + 4 c + j]
+ * (nibbles kept: low = sub-block 2k, high = sub-block 2k + 1, value 4c + j of each). */
+#define PYPHI_Q4_K_PACKED_BYTES (PYPHI_PACK_ROWS * 144)
+
+/* Q6_K matrices pack PYPHI_PACK_ROWS (16) rows per group, one lane per row: per super-block,
+ * PYPHI_Q6_K_PACKED_BYTES (16 x 210) bytes:
+ *   uint16_t d[16];                  row i's d
+ *   int8_t   scales[8][16][2];       scales[p][i][j] = row i's scales[2 p + j]
+ *   uint8_t  quads[4][12][16][4];    the 4-byte groups of row i's ql and qh by quad u = 2h + m
+ *                                    (h: half, m: 0 or 1), in the order the kernel reads them:
+ *                                    ql groups 16h + 4m + c, then ql 16h + 8 + 4m + c, then qh
+ *                                    8h + 4m + c, c = 0..3 (group c = bytes 4c .. 4c + 3)
+ * A quad holds the codes of sub-blocks 8h + 2q + m, q = 0..3. */
+#define PYPHI_Q6_K_PACKED_BYTES (PYPHI_PACK_ROWS * 210)
 
 /* ---- Bit casts ------------------------------------------------------------------------------ */
 
@@ -314,9 +333,13 @@ void pyphi_dequantize_row_q5_K(const void *x, float *y, int64_t n);
 void pyphi_dequantize_row_q6_K(const void *x, float *y, int64_t n);
 void pyphi_dequantize_row_q8_K(const void *x, float *y, int64_t n);
 
-/* w: (n_rows, row bytes) Q4_K, Q5_K or Q6_K -> dst: the K packed layout, the same number of bytes.
- * n_rows a multiple of PYPHI_PACK_ROWS_K, n of 256 (callers check). */
+/* w: (n_rows, row bytes) Q4_K, Q5_K or Q6_K -> dst: the type's packed layout, the same number of
+ * bytes. n_rows a multiple of the group (16 for Q4_K/Q6_K, PYPHI_PACK_ROWS_K for Q5_K), n of 256
+ * (callers check). */
 void pyphi_pack_rows_k(int type, const void *w, int64_t n_rows, int64_t n, void *dst);
+/* Row i < 16 of one packed Q4_K (Q6_K) super-block -> its block_q4_K (block_q6_K). */
+void pyphi_unpack_q4_K(const void *packed_block, int i, void *out);
+void pyphi_unpack_q6_K(const void *packed_block, int i, void *out);
 
 /* w: (n_rows, row bytes) Q4_0 or Q8_0 in ggml's layout -> dst: the packed layout, the same number
  * of bytes. n_rows a multiple of PYPHI_PACK_ROWS, n of 32 (callers check). */

@@ -382,9 +382,115 @@ void pyphi_dequantize_row_q8_K(const void *vx, float *y, int64_t n) {
     }
 }
 
-/* ---- Packed layout (quants.h, PYPHI_PACK_ROWS_K) --------------------------------------------- */
+/* ---- Packed layouts (quants.h) ----------------------------------------------------------- */
+
+/* Q4_K: one lane per row (quants.h). */
+static void pack_rows_q4_K(const void *w, int64_t n_rows, int64_t n, void *dst) {
+    const int64_t nb = n / PYPHI_QK_K;
+    const size_t row_bytes = (size_t)nb * sizeof(block_q4_K);
+    uint8_t *out = dst;
+    for (int64_t g = 0; g < n_rows / PYPHI_PACK_ROWS; g++) {
+        const uint8_t *rows = (const uint8_t *)w + (size_t)g * PYPHI_PACK_ROWS * row_bytes;
+        for (int64_t b = 0; b < nb; b++, out += PYPHI_Q4_K_PACKED_BYTES) {
+            for (int i = 0; i < PYPHI_PACK_ROWS; i++) {
+                const block_q4_K *blk = (const block_q4_K *)(rows + (size_t)i * row_bytes) + b;
+                memcpy(out + 2 * i, &blk->d, 2);
+                memcpy(out + 32 + 2 * i, &blk->dmin, 2);
+                for (int k = 0; k < 3; k++) {
+                    memcpy(out + 64 + 4 * (16 * k + i), blk->scales + 4 * k, 4);
+                }
+                for (int k = 0; k < 4; k++) {
+                    for (int c = 0; c < 8; c++) {
+                        memcpy(out + 256 + 4 * ((k * 8 + c) * 16 + i), blk->qs + 32 * k + 4 * c, 4);
+                    }
+                }
+            }
+        }
+    }
+}
+
+void pyphi_unpack_q4_K(const void *packed_block, int i, void *vout) {
+    const uint8_t *p = packed_block;
+    block_q4_K *out = vout;
+    memcpy(&out->d, p + 2 * i, 2);
+    memcpy(&out->dmin, p + 32 + 2 * i, 2);
+    for (int k = 0; k < 3; k++) {
+        memcpy(out->scales + 4 * k, p + 64 + 4 * (16 * k + i), 4);
+    }
+    for (int k = 0; k < 4; k++) {
+        for (int c = 0; c < 8; c++) {
+            memcpy(out->qs + 32 * k + 4 * c, p + 256 + 4 * ((k * 8 + c) * 16 + i), 4);
+        }
+    }
+}
+
+/* Q6_K: one lane per row (quants.h); copies [count] 4-byte groups (or 2-byte scale pairs) of
+ * each row's field to [count][16][size]. */
+static void lanes_scatter(uint8_t *dst, const uint8_t *src, int i, int count, int size) {
+    for (int c = 0; c < count; c++) {
+        memcpy(dst + (size_t)(c * PYPHI_PACK_ROWS + i) * (size_t)size, src + c * size, (size_t)size);
+    }
+}
+
+static void lanes_gather(uint8_t *dst, const uint8_t *src, int i, int count, int size) {
+    for (int c = 0; c < count; c++) {
+        memcpy(dst + c * size, src + (size_t)(c * PYPHI_PACK_ROWS + i) * (size_t)size, (size_t)size);
+    }
+}
+
+/* Quad u of a Q6_K block (quants.h): 12 groups of 4 bytes. */
+static void q6_K_quad(const block_q6_K *blk, int u, uint8_t quad[48]) {
+    const int h = u / 2, m = u % 2;
+    memcpy(quad, blk->ql + 4 * (16 * h + 4 * m), 16);
+    memcpy(quad + 16, blk->ql + 4 * (16 * h + 8 + 4 * m), 16);
+    memcpy(quad + 32, blk->qh + 4 * (8 * h + 4 * m), 16);
+}
+
+static void pack_rows_q6_K(const void *w, int64_t n_rows, int64_t n, void *dst) {
+    const int64_t nb = n / PYPHI_QK_K;
+    const size_t row_bytes = (size_t)nb * sizeof(block_q6_K);
+    uint8_t *out = dst;
+    for (int64_t g = 0; g < n_rows / PYPHI_PACK_ROWS; g++) {
+        const uint8_t *rows = (const uint8_t *)w + (size_t)g * PYPHI_PACK_ROWS * row_bytes;
+        for (int64_t b = 0; b < nb; b++, out += PYPHI_Q6_K_PACKED_BYTES) {
+            for (int i = 0; i < PYPHI_PACK_ROWS; i++) {
+                const block_q6_K *blk = (const block_q6_K *)(rows + (size_t)i * row_bytes) + b;
+                memcpy(out + 2 * i, &blk->d, 2);
+                lanes_scatter(out + 32, (const uint8_t *)blk->scales, i, 8, 2);
+                for (int u = 0; u < 4; u++) {
+                    uint8_t quad[12 * 4];
+                    q6_K_quad(blk, u, quad);
+                    lanes_scatter(out + 288 + 768 * u, quad, i, 12, 4);
+                }
+            }
+        }
+    }
+}
+
+void pyphi_unpack_q6_K(const void *packed_block, int i, void *vout) {
+    const uint8_t *p = packed_block;
+    block_q6_K *out = vout;
+    memcpy(&out->d, p + 2 * i, 2);
+    lanes_gather((uint8_t *)out->scales, p + 32, i, 8, 2);
+    for (int u = 0; u < 4; u++) {
+        uint8_t quad[12 * 4];
+        lanes_gather(quad, p + 288 + 768 * u, i, 12, 4);
+        const int h = u / 2, m = u % 2;
+        memcpy(out->ql + 4 * (16 * h + 4 * m), quad, 16);
+        memcpy(out->ql + 4 * (16 * h + 8 + 4 * m), quad + 16, 16);
+        memcpy(out->qh + 4 * (8 * h + 4 * m), quad + 32, 16);
+    }
+}
 
 void pyphi_pack_rows_k(int type, const void *w, int64_t n_rows, int64_t n, void *dst) {
+    if (type == PYPHI_TYPE_Q4_K) {
+        pack_rows_q4_K(w, n_rows, n, dst);
+        return;
+    }
+    if (type == PYPHI_TYPE_Q6_K) {
+        pack_rows_q6_K(w, n_rows, n, dst);
+        return;
+    }
     const size_t block = (size_t)pyphi_type_block_bytes(type);
     const int64_t nb = n / PYPHI_QK_K;
     const size_t row_bytes = (size_t)nb * block;

@@ -271,16 +271,17 @@ def test_vec_dot_close_to_ggml(t):
 
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("t", WTYPES, ids=TYPE_NAME)
-def test_packed_matmul_equals_the_isa_matmul_bit_for_bit(t, isa):
-    """The packed layout (4 rows, super-blocks interleaved) changes no bit of the ISA's result:
-    single tokens (the decode tile), batches around the tile and the 64-token chunk, several
-    groups, 1 and 2 threads."""
+def test_packed_matmul_bit_for_bit(t, isa):
+    """Packed Q4_K and Q6_K (16 rows, one lane each) give the scalar dot's bits on every ISA;
+    packed Q5_K (4 rows, super-blocks interleaved) changes no bit of the ISA's own result. Single
+    tokens, batches around the tiles and the 64-token chunk, several groups, 1 and 2 threads."""
     rng = np.random.default_rng(700 + t)
     with cpu.forced_isa(isa), ThreadPool(2) as pool:
-        for n_in, n_out, n_tokens in [(256, 4, 1), (256 * 3, 12, 9), (256 * 12, 68, 1), (256 * 2, 8, 70), (256, 132, 5)]:
+        for n_in, n_out, n_tokens in [(256, 16, 1), (256 * 3, 32, 9), (256 * 12, 80, 1), (256 * 2, 16, 70), (256, 144, 5)]:
             wq = random_weights(rng, t, n_out, n_in)
             x = rng.standard_normal((n_tokens, n_in)).astype(np.float32)
-            ref = kernels.matmul(None, t, wq, x)
+            with cpu.forced_isa("scalar" if t in (Q4_K, Q6_K) else isa):
+                ref = kernels.matmul(None, t, wq, x)
             packed = kernels.pack(t, wq, n_in)
             assert packed.nbytes == wq.nbytes
             for p in (None, pool):
@@ -288,12 +289,45 @@ def test_packed_matmul_equals_the_isa_matmul_bit_for_bit(t, isa):
                 assert np.array_equal(y.view(np.uint32), ref.view(np.uint32)), (n_in, n_out, n_tokens)
 
 
-def test_pack_layout_interleaves_whole_super_blocks():
-    """Hand-derived: group g holds block b of rows 4g .. 4g + 3, then block b + 1 (quants.h)."""
+def test_pack_layouts():
+    """Hand-derived from quants.h. Q5_K: group g holds block b of rows 4g .. 4g + 3, then block
+    b + 1. Q4_K: per super-block of a 16-row group, d[16], dmin[16], the scales as uint32
+    [3][16], then qs as [4][8][16][4]. Q6_K: d[16], scales as [8][16][2], then per quad
+    u = 2h + m the 4-byte groups ql 16h + 4m + c, ql 16h + 8 + 4m + c, qh 8h + 4m + c (c < 4),
+    as [12][16][4]."""
     rng = np.random.default_rng(800)
-    wq = random_weights(rng, Q4_K, 8, 512)  # 2 groups x 2 super-blocks of 144 bytes
-    packed = kernels.pack(Q4_K, wq, 512).reshape(2, 2, 4, 144)  # (group, block, row, bytes)
-    blocks = wq.reshape(2, 4, 2, 144)  # (group, row, block, bytes)
-    assert np.array_equal(packed, blocks.transpose(0, 2, 1, 3))
+    wq = random_weights(rng, Q5_K, 8, 512)  # 2 groups x 2 super-blocks of 176 bytes
+    packed = kernels.pack(Q5_K, wq, 512).reshape(2, 2, 4, 176)  # (group, block, row, bytes)
+    assert np.array_equal(packed, wq.reshape(2, 4, 2, 176).transpose(0, 2, 1, 3))
     with pytest.raises(Exception):
-        kernels.pack(Q4_K, wq[:6], 512)  # 6 rows: not whole groups
+        kernels.pack(Q5_K, wq[:6], 512)  # 6 rows: not whole groups
+
+    def lanes(field: np.ndarray, size: int) -> np.ndarray:  # (16 rows, n) -> (n / size, 16, size)
+        return field.reshape(16, -1, size).transpose(1, 0, 2)
+
+    wq = random_weights(rng, Q6_K, 16, 512)
+    packed = kernels.pack(Q6_K, wq, 512).reshape(2, 3360)
+    blocks = wq.reshape(16, 2, 210)
+    for b in range(2):
+        p, blk = packed[b], blocks[:, b]
+        assert np.array_equal(p[0:32].reshape(16, 2), blk[:, 208:210])
+        assert np.array_equal(p[32:288].reshape(8, 16, 2), lanes(blk[:, 192:208], 2))
+        ql, qh = lanes(blk[:, 0:128], 4), lanes(blk[:, 128:192], 4)  # (32, 16, 4), (16, 16, 4)
+        for u in range(4):
+            h, m = divmod(u, 2)
+            quad = np.concatenate([ql[16 * h + 4 * m : 16 * h + 4 * m + 4], ql[16 * h + 8 + 4 * m : 16 * h + 12 + 4 * m],
+                                   qh[8 * h + 4 * m : 8 * h + 4 * m + 4]])
+            assert np.array_equal(p[288 + 768 * u : 288 + 768 * (u + 1)].reshape(12, 16, 4), quad), u
+
+    wq = random_weights(rng, Q4_K, 16, 512)
+    packed = kernels.pack(Q4_K, wq, 512).reshape(2, 2304)  # (block, bytes)
+    blocks = wq.reshape(16, 2, 144)  # (row, block, bytes)
+    for b in range(2):
+        p = packed[b]
+        assert np.array_equal(p[0:32].reshape(16, 2), blocks[:, b, 0:2])
+        assert np.array_equal(p[32:64].reshape(16, 2), blocks[:, b, 2:4])
+        assert np.array_equal(p[64:256].reshape(3, 16, 4), blocks[:, b, 4:16].reshape(16, 3, 4).transpose(1, 0, 2))
+        qs = p[256:].reshape(4, 8, 16, 4)
+        assert np.array_equal(qs, blocks[:, b, 16:].reshape(16, 4, 8, 4).transpose(1, 2, 0, 3))
+    with pytest.raises(Exception):
+        kernels.pack(Q4_K, wq[:8], 512)  # 8 rows: not a 16-row group

@@ -116,8 +116,9 @@ def test_k_quant_models_top1_and_kl(kquant_files, hf_reference):
 
 
 def test_every_isa_agrees_with_the_scalar_forward_packed_or_not(kquant_files):
-    """Each ISA, with ggml's layout and with the packed one (which changes no bit on an ISA),
-    against the scalar forward."""
+    """Each ISA, with ggml's layout and with the packed one, against the scalar forward. On the
+    scalar ISA packing changes no bit (packed Q4_K is the scalar dot on every ISA; packed Q6_K the
+    ISA's own dot)."""
     path, _ = kquant_files["q4_k_m_like"]
     results = {}
     for isa in cpu.supported_isas():
@@ -126,10 +127,9 @@ def test_every_isa_agrees_with_the_scalar_forward_packed_or_not(kquant_files):
                 assert (model.sizes.packed_bytes > 0) == pack
                 results[isa, pack] = model.eval(prompt(), logits="all")
     ref = results["scalar", False]
-    for isa in cpu.supported_isas():
-        np.testing.assert_array_equal(results[isa, True], results[isa, False])
-        logits = results[isa, False]
+    np.testing.assert_array_equal(results["scalar", True], ref)
+    for (isa, pack), logits in results.items():
         top1 = float((logits.argmax(-1) == ref.argmax(-1)).mean())
         kl = mean_kl(ref, logits)
-        print(f"q4_k_m_like {isa} vs scalar: top-1 {top1:.3f}, KL {kl:.3g}, ratio {ratio(logits, ref):.3g}")
-        assert top1 >= ISA_MIN_TOP1 and kl <= ISA_MAX_KL, isa
+        print(f"q4_k_m_like {isa} packed={pack} vs scalar: top-1 {top1:.3f}, KL {kl:.3g}, ratio {ratio(logits, ref):.3g}")
+        assert top1 >= ISA_MIN_TOP1 and kl <= ISA_MAX_KL, (isa, pack)
