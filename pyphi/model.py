@@ -40,7 +40,7 @@ DEFAULT_N_CTX = 4096
 DEFAULT_N_BATCH = 256
 DEFAULT_KV_TYPE = "f16"
 DEFAULT_LONGROPE_SWITCH = "reprefill"
-# Q4_0/Q8_0 matrices are copied into the kernels' packed layout by the first eval, on the pool
+# Q4_0/Q8_0/Q4_K/Q5_K/Q6_K matrices are copied into the kernels' packed layout by the first eval, on the pool
 # (see pyphi.h): prefill several times faster, decode closer to memory bandwidth, for anonymous memory of their size.
 # Only AVX-512 has a SIMD packed kernel so far (AVX2 runs the scalar twin there), so elsewhere
 # the default keeps ggml's layout and the ISA's own tiles.

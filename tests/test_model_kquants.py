@@ -133,3 +133,33 @@ def test_every_isa_agrees_with_the_scalar_forward_packed_or_not(kquant_files):
         kl = mean_kl(ref, logits)
         print(f"q4_k_m_like {isa} packed={pack} vs scalar: top-1 {top1:.3f}, KL {kl:.3g}, ratio {ratio(logits, ref):.3g}")
         assert top1 >= ISA_MIN_TOP1 and kl <= ISA_MAX_KL, (isa, pack)
+
+
+@pytest.mark.peer
+def test_llama_quantize_q4_k_m_file(model_zoo, tmp_path):
+    """llama.cpp's own Q4_K_M of the head128 F32 GGUF (llama_model_quantize, no imatrix): each
+    K-quant tensor equals pyphi's quantizer on the same F32 rows byte for byte, and pyphi runs the
+    file with llama.cpp's argmax at nearly every position (measured 0.963 over 80; the two
+    engines' summation orders differ, and random weights give near-flat distributions)."""
+    import ctypes
+
+    llama_cpp = pytest.importorskip("llama_cpp")
+    src = model_zoo.gguf("head128", "f32")
+    dst = tmp_path / "head128-Q4_K_M.gguf"
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M
+    params.nthread = 1
+    assert llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params)) == 0
+    seen = set()
+    with GGUFFile(src) as f, GGUFFile(dst) as g:
+        for name, info in g.tensors.items():
+            if info.type in (Q4_K, Q5_K, Q6_K):
+                seen.add(info.type)
+                assert np.array_equal(quants.quantize(info.type, f.tensor_data(name)), g.tensor_data(name)), name
+    assert seen == {Q4_K, Q6_K}
+    with Model(dst, n_ctx=128) as model:
+        ours = model.eval(prompt(), logits="all")
+    llm = llama_cpp.Llama(str(dst), n_ctx=128, logits_all=True, verbose=False, n_threads=1)
+    llm.eval(prompt().tolist())
+    theirs = np.array(llm.scores[: len(prompt())])
+    assert float((ours.argmax(-1) == theirs.argmax(-1)).mean()) >= 0.9
