@@ -104,11 +104,18 @@ static int64_t proj_cols(const struct pyphi_model_desc *d) {
     return max3(d->n_embd, q_dim(d), d->n_ff);
 }
 
+/* Bytes of t (0 if absent), or -1 if they do not fit in int64 (a description from a crafted file). */
 static int64_t tensor_bytes(const struct pyphi_tensor *t) {
     if (t->data == NULL) {
         return 0;
     }
-    return pyphi_row_bytes(t->type, t->ne0) * t->ne1;
+    int64_t row = pyphi_row_bytes(t->type, t->ne0), bytes;
+    return row < 0 || t->ne1 < 0 || __builtin_mul_overflow(row, t->ne1, &bytes) ? -1 : bytes;
+}
+
+/* *sum += v, false if v < 0 (an overflow already) or the sum overflows. */
+static int add_size(int64_t *sum, int64_t v) {
+    return v >= 0 && !__builtin_add_overflow(*sum, v, sum);
 }
 
 /* A matrix mapping n_in -> n_out that the matmul computes. */
@@ -176,6 +183,14 @@ static int check_desc(const struct pyphi_model_desc *d) {
         !(d->rope_base > 0) || !(d->rope_attn_factor > 0)) {
         return PYPHI_E_SHAPE;
     }
+    /* Every width the forward pass multiplies (q_dim, n_ff, n_embd...) fits in int32, so that
+     * the sums and products of the sizes below cannot overflow int64 (descriptions come from
+     * files; a real model's widths are below 2^17). */
+    if (d->n_embd > INT32_MAX || d->n_ff > INT32_MAX || d->n_head > INT32_MAX ||
+        d->head_dim > INT32_MAX || d->n_layer > INT32_MAX || d->n_ctx_train > INT32_MAX ||
+        d->n_head * d->head_dim > INT32_MAX) {
+        return PYPHI_E_SHAPE;
+    }
     /* the embedding is read a row at a time by the dequantizer, the head is a matmul */
     if (d->tok_embd.data == NULL) {
         return PYPHI_E_ARG;
@@ -202,7 +217,7 @@ static int check_params(const struct pyphi_model_desc *d, const struct pyphi_mod
     if (p->kv_type != PYPHI_TYPE_F16 && p->kv_type != PYPHI_TYPE_F32) {
         return PYPHI_E_TYPE;
     }
-    if (p->n_ctx < 1 || p->n_ctx > d->n_ctx_train || p->n_batch < 1 ||
+    if (p->n_ctx < 1 || p->n_ctx > d->n_ctx_train || p->n_batch < 1 || p->n_batch > INT32_MAX ||
         (p->longrope_switch != PYPHI_LONGROPE_REPREFILL &&
          p->longrope_switch != PYPHI_LONGROPE_REROTATE)) {
         return PYPHI_E_ARG;
@@ -322,21 +337,26 @@ int pyphi_model_sizes(const struct pyphi_model_desc *d, const struct pyphi_model
     if (sizes == NULL) {
         return PYPHI_E_ARG;
     }
-    int64_t weights = tensor_bytes(&d->tok_embd) + tensor_bytes(&d->output_norm);
+    int64_t weights = 0;
+    int ok = add_size(&weights, tensor_bytes(&d->tok_embd)) &&
+             add_size(&weights, tensor_bytes(&d->output_norm));
     if (d->output.data != d->tok_embd.data) { /* a tied head is the embedding itself */
-        weights += tensor_bytes(&d->output);
+        ok = ok && add_size(&weights, tensor_bytes(&d->output));
     }
     int64_t factors_bytes = d->n_rot / 2 * (int64_t)sizeof(float);
     weights += (d->rope_factors_short != NULL) * factors_bytes;
     weights += (d->rope_factors_long != NULL) * factors_bytes;
-    for (int64_t l = 0; l < d->n_layer; l++) {
+    for (int64_t l = 0; ok && l < d->n_layer; l++) {
         const struct pyphi_layer_weights *L = &d->layers[l];
         const struct pyphi_tensor *ts[] = {&L->attn_norm, &L->wqkv, &L->wq, &L->wk, &L->wv,
                                            &L->wo, &L->ffn_norm, &L->ffn_gate_up, &L->ffn_gate,
                                            &L->ffn_up, &L->ffn_down};
         for (size_t i = 0; i < sizeof ts / sizeof ts[0]; i++) {
-            weights += tensor_bytes(ts[i]);
+            ok = ok && add_size(&weights, tensor_bytes(ts[i]));
         }
+    }
+    if (!ok) {
+        return PYPHI_E_SHAPE;
     }
     int64_t kv = pyphi_kv_bytes(p->kv_type, d->n_layer, p->n_ctx, kv_dim(d));
     if (kv < 0) {
@@ -344,20 +364,26 @@ int pyphi_model_sizes(const struct pyphi_model_desc *d, const struct pyphi_model
     }
     int64_t packed = 0;
     if (p->pack_weights) {
-        packed += packed_size(&d->output);
+        ok = add_size(&packed, packed_size(&d->output));
         for (int64_t l = 0; l < d->n_layer; l++) {
             const struct pyphi_tensor *ms[MATRICES_PER_LAYER];
             layer_matrices(&d->layers[l], ms);
             for (int i = 0; i < MATRICES_PER_LAYER; i++) {
-                packed += packed_size(ms[i]);
+                ok = ok && add_size(&packed, packed_size(ms[i]));
             }
         }
+    }
+    /* widths are below 2^31 (check_desc), n_batch too (check_params): per_token < 2^35 */
+    int64_t scratch_floats, scratch = p->n_ctx * (int64_t)sizeof(int32_t);
+    if (!ok || __builtin_mul_overflow(activation_floats(d, 1), p->n_batch, &scratch_floats) ||
+        !add_size(&scratch_floats, d->n_rot) || scratch_floats > INT64_MAX / (int64_t)sizeof(float) ||
+        !add_size(&scratch, scratch_floats * (int64_t)sizeof(float))) {
+        return PYPHI_E_SHAPE;
     }
     sizes->weights_bytes = weights;
     sizes->packed_bytes = packed;
     sizes->kv_bytes = kv;
-    sizes->scratch_bytes = (activation_floats(d, p->n_batch) + d->n_rot) * (int64_t)sizeof(float) +
-                           p->n_ctx * (int64_t)sizeof(int32_t);
+    sizes->scratch_bytes = scratch;
     return PYPHI_OK;
 }
 
