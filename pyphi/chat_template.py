@@ -44,6 +44,7 @@ import json
 import os
 import re
 import secrets
+import string
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
@@ -158,33 +159,145 @@ def _tojson(value: Any, ensure_ascii: bool = False, indent: Any = None, separato
     return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
 
+# The render's bound on any one value, for the checks below (an int in the render's context).
+_LIMIT_VAR = "_pyphi_value_limit"
+_PERCENT_WIDTHS = re.compile(r"%[-+ #0]*(\d*)(?:\.(\d+))?")
+_FORMAT = string.Formatter()
+# Filters and string methods whose int argument is the size of what they build.
+_SIZED_BY_ARGUMENT = frozenset(("center", "ljust", "rjust", "zfill", "expandtabs", "indent", "wordwrap",
+                                "batch", "slice"))
+
+
+def _size(value: Any, limit: int) -> int:
+    """About how many characters `value` prints as; counting stops past `limit`, so a value
+    sharing one list many times over costs no more than that to measure."""
+    total, stack = 0, [value]
+    while stack and total <= limit:
+        item = stack.pop()
+        if isinstance(item, str):
+            total += len(item)
+        elif isinstance(item, Mapping):
+            total += 2 * len(item) + 2
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            total += 2 * len(item) + 2
+            stack.extend(item)
+        else:
+            total += 8
+    return total
+
+
+def _format_widths(text: str) -> list[int]:
+    """The field widths and precisions a printf-style or str.format string asks for."""
+    numbers = [int(n) for groups in _PERCENT_WIDTHS.findall(text) for n in groups if n]
+    try:
+        for _, _, spec, _ in _FORMAT.parse(text):
+            numbers += [int(n) for n in re.findall(r"\d+", spec or "")]
+    except ValueError:
+        pass  # malformed: the call itself will fail
+    return numbers
+
+
+def _check_call(limit: int, name: str, args: Sequence[Any]) -> None:
+    """Refuse, before it runs, a call or filter whose arguments would build a value over `limit`
+    characters: a width or count over it (`center(10**9)`, `'%0999999999d' | format`), arguments
+    already over it, or a `replace` / `join` whose result would be."""
+    def refuse(why: str) -> ChatTemplateError:
+        return ChatTemplateError(f"chat template: {name} {why}, over the {limit} characters a value may have")
+
+    if name in _SIZED_BY_ARGUMENT and any(type(a) is int and a > limit for a in args):
+        raise refuse("is given a count or width")
+    if _size(list(args), limit) > limit:
+        raise refuse("is given arguments")
+    text = args[0] if args and isinstance(args[0], str) else None
+    if text is not None and name in ("format", "format_map", "%") and any(w > limit for w in _format_widths(text)):
+        raise refuse("would pad to a width")
+    if text is not None and name == "replace" and len(args) >= 3 and isinstance(args[2], str):
+        count = text.count(args[1]) if isinstance(args[1], str) and args[1] else len(text) + 1
+        if len(text) + count * len(args[2]) > limit:
+            raise refuse("would build a string")
+    if name == "join" and args and isinstance(args[0], (list, tuple)):
+        glue = args[1] if len(args) > 1 and isinstance(args[1], str) else ""
+        if _size(args[0], limit) + len(glue) * len(args[0]) > limit:
+            raise refuse("would build a string")
+
+
+def _checked_filter(name: str, func: Any) -> Any:
+    """`func` (a Jinja filter) with _check_call before it and a size check on its result."""
+    pass_arg = getattr(func, "jinja_pass_arg", None)
+
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        context = args[0] if pass_arg is not None else None
+        values = args[1:] if pass_arg is not None else args
+        limit = context.get(_LIMIT_VAR, MAX_OUTPUT_CHARS) if isinstance(context, jinja2.runtime.Context) \
+            else MAX_OUTPUT_CHARS
+        _check_call(limit, name, [*values, *kwargs.values()])
+        result = func(*args, **kwargs)
+        if isinstance(result, (str, list, tuple)) and _size(result, limit) > limit:
+            raise ChatTemplateError(f"chat template: {name} built a value over {limit} characters")
+        return result
+
+    if pass_arg is not None:
+        checked.jinja_pass_arg = jinja2.utils._PassArg.context  # the limit is in the context
+        inner = func
+        func = {
+            jinja2.utils._PassArg.context: inner,
+            jinja2.utils._PassArg.eval_context: lambda ctx, *a, **k: inner(ctx.eval_ctx, *a, **k),
+            jinja2.utils._PassArg.environment: lambda ctx, *a, **k: inner(ctx.environment, *a, **k),
+        }[pass_arg]
+    return checked
+
+
 class _Sandbox(ImmutableSandboxedEnvironment):
-    intercepted_binops = frozenset(("*", "**"))
+    intercepted_binops = frozenset(("*", "**", "+", "%"))
 
     def __init__(self, max_output_chars: int):
         super().__init__(trim_blocks=True, lstrip_blocks=True,
                          extensions=[_GenerationBlock, jinja2.ext.loopcontrols])
         self.max_output_chars = max_output_chars
         self.filters["tojson"] = _tojson
+        self.filters = {name: _checked_filter(name, func) for name, func in self.filters.items()}
         self.globals.update(raise_exception=_raise_exception, dict=_DictConstructor(), namespace=_Namespace)
 
     def unsafe_undefined(self, obj: Any, attribute: str) -> jinja2.Undefined:
         raise SecurityError(f"access to attribute {attribute!r} of {type(obj).__name__!r} object is unsafe")
 
+    def call(__self, __context: jinja2.runtime.Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+        """Every call a template makes (macros, globals, methods such as `'x'.center(n)`) has its
+        arguments checked first and its result after (see _check_call)."""
+        limit = __context.get(_LIMIT_VAR, MAX_OUTPUT_CHARS)
+        name = getattr(__obj, "__name__", "a call")
+        # a method of a string (`'x'.center(n)`); Jinja hands out `str.format` wrapped
+        owner = getattr(getattr(__obj, "__wrapped__", __obj), "__self__", None)
+        _check_call(limit, name, [owner, *args, *kwargs.values()] if isinstance(owner, str) else [*args, *kwargs.values()])
+        result = super().call(__context, __obj, *args, **kwargs)
+        if isinstance(result, (str, list, tuple)) and _size(result, limit) > limit:
+            raise ChatTemplateError(f"chat template: {name} built a value over {limit} characters")
+        return result
+
     def call_binop(self, context: jinja2.runtime.Context, operator: str, left: Any, right: Any) -> Any:
+        limit = context.get(_LIMIT_VAR, self.max_output_chars)
         if operator == "*":
             sized, times = (left, right) if isinstance(right, int) else (right, left)
-            if isinstance(times, int) and hasattr(sized, "__len__") and len(sized) * times > self.max_output_chars:
-                raise ChatTemplateError(f"chat template: '*' would build {len(sized) * times} items")
-        elif isinstance(left, int) and isinstance(right, int) and abs(left) > 1:
-            if right > 0 and abs(left).bit_length() * right > MAX_INT_BITS:
+            if isinstance(times, int) and hasattr(sized, "__len__") and _size(sized, limit) * times > limit:
+                raise ChatTemplateError(f"chat template: '*' would build over {limit} characters")
+        elif operator == "**":
+            if isinstance(left, int) and isinstance(right, int) and abs(left) > 1 and right > 0 \
+                    and abs(left).bit_length() * right > MAX_INT_BITS:
                 raise ChatTemplateError(f"chat template: '{left} ** {right}' is too large")
+        elif operator == "+" and hasattr(left, "__len__") and hasattr(right, "__len__"):
+            if _size(left, limit) + _size(right, limit) > limit:
+                raise ChatTemplateError(f"chat template: '+' would build over {limit} characters")
+        elif operator == "%" and isinstance(left, str):
+            _check_call(limit, "%", [left, right])
         return super().call_binop(context, operator, left, right)
 
 
-def _bounded_render(template: jinja2.Template, context: dict, max_chars: int, max_steps: int) -> str:
+def _bounded_render(template: jinja2.Template, context: dict, max_chars: int, max_steps: int,
+                    max_value_chars: int) -> str:
     """template.generate(**context) joined, stopped past max_chars of output or max_steps
-    executed template lines. The lines are counted by a trace function on the template's own
+    executed template lines, or when a value would pass max_value_chars (_Sandbox). The lines are counted by a trace function on the template's own
     frames only (the previous trace function, e.g. a coverage tool's, is restored after)."""
     steps = 0
 
@@ -199,6 +312,7 @@ def _bounded_render(template: jinja2.Template, context: dict, max_chars: int, ma
     def trace_template_frames(frame: Any, event: str, arg: Any) -> Any:
         return count_lines if frame.f_code.co_filename == _TEMPLATE_FILENAME else None
 
+    context = {**context, _LIMIT_VAR: max_value_chars}
     chunks: list[str] = []
     size = 0
     previous = sys.gettrace()
@@ -362,7 +476,9 @@ class ChatTemplate:
 
     def _render(self, context: dict, max_chars: int) -> str:
         try:
-            return _bounded_render(self._template, context, max_chars, self.max_steps)
+            # values may pass the output bound (built, then cut or not printed), not both at once
+            return _bounded_render(self._template, context, max_chars, self.max_steps,
+                                   max(max_chars, self.max_output_chars))
         except ChatTemplateError:
             raise
         except Exception as exc:  # the template is untrusted code: whatever it raises is its error
