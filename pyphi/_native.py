@@ -7,6 +7,7 @@ the modules that use them.
 
 from __future__ import annotations
 
+import os
 import pathlib
 import sys
 
@@ -16,9 +17,19 @@ _HERE = pathlib.Path(__file__).resolve().parent
 _HEADER = _HERE / "pyphi.h"
 _CDEF_BEGIN = "/* PYPHI_CDEF_BEGIN */"
 _CDEF_END = "/* PYPHI_CDEF_END */"
+# Loads the C core from this path instead of the installed one: a sanitizer or debug build of the
+# same source (tests/test_sanitized.py). Read once, at import; the header is still the installed
+# one, so the library must be built from the same tree.
+LIBRARY_ENV = "PYPHI_LIBRARY"
 
 
 def _library_path() -> pathlib.Path:
+    override = os.environ.get(LIBRARY_ENV)
+    if override:
+        path = pathlib.Path(override)
+        if not path.is_file():
+            raise ImportError(f"pyphi: {LIBRARY_ENV}={override} is not a file")
+        return path
     names = {"win32": "pyphi.dll", "darwin": "libpyphi.dylib"}
     path = _HERE / names.get(sys.platform, "libpyphi.so")
     if not path.exists():

@@ -1,0 +1,84 @@
+"""The kernel and forward-pass tests again, against the C core built with AddressSanitizer and
+UndefinedBehaviorSanitizer (CMake option PYPHI_SANITIZE): any out-of-bounds access, use after
+free or undefined behaviour (signed overflow, misaligned load, bad shift...) aborts the run.
+
+The sanitized library is built from this source tree into a temporary directory and loaded
+through PYPHI_LIBRARY (pyphi/_native.py) by a child pytest, with the sanitizer runtimes preloaded
+into the (uninstrumented) Python. Leak checking is off: the interpreter itself never frees
+everything at exit.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+TESTS = ["tests/test_kernels.py", "tests/test_model.py", "tests/test_quants.py"]
+
+
+def _runtime(name: str) -> str:
+    path = subprocess.run(["gcc", f"-print-file-name={name}"], capture_output=True, text=True).stdout.strip()
+    assert os.path.isabs(path), f"gcc has no {name}"
+    return path
+
+
+def _cmake() -> str:
+    cmake = shutil.which("cmake")
+    if cmake is None:  # the PyPI package scikit-build-core's build used
+        import cmake as cmake_package
+
+        cmake = os.path.join(cmake_package.CMAKE_BIN_DIR, "cmake")
+    return cmake
+
+
+# A read of 64 floats from a 4-float numpy buffer: what the sanitized library must catch.
+OVERREAD = """
+import numpy as np
+from pyphi._native import ffi, lib
+x, y = np.zeros(4, np.float32), np.zeros(64, np.float32)
+lib.pyphi_dequantize_row(0, ffi.from_buffer("float[]", x), ffi.from_buffer("float[]", y), 64)
+"""
+
+
+@pytest.fixture(scope="module")
+def sanitized_env(tmp_path_factory):
+    build = tmp_path_factory.mktemp("sanitized")
+    cmake = _cmake()
+    subprocess.run([cmake, "-S", ROOT, "-B", build, "-DPYPHI_SANITIZE=ON", "-DCMAKE_BUILD_TYPE=RelWithDebInfo",
+                    "-DCMAKE_C_COMPILER=gcc"], check=True, capture_output=True)
+    subprocess.run([cmake, "--build", build, "-j", str(os.cpu_count() or 1)], check=True, capture_output=True)
+    return {
+        **os.environ,
+        "PYPHI_LIBRARY": str(build / "libpyphi.so"),
+        "LD_PRELOAD": f"{_runtime('libasan.so')} {_runtime('libubsan.so')}",
+        # Python's own allocator hides its buffers from ASan; plain malloc shows them
+        "PYTHONMALLOC": "malloc",
+        # abort on the first report; leaks off (the interpreter's own)
+        "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=1",
+        "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1",
+    }
+
+
+def test_the_sanitized_build_catches_an_overread(sanitized_env):
+    proc = subprocess.run([sys.executable, "-P", "-c", OVERREAD], env=sanitized_env, capture_output=True, text=True)
+    assert proc.returncode != 0 and "heap-buffer-overflow" in proc.stderr, proc.stderr[-3000:]
+
+
+def test_kernel_and_forward_tests_are_sanitizer_clean(sanitized_env):
+    env = sanitized_env
+    proc = subprocess.run(
+        [sys.executable, "-P", "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x", "-m", "not peer",
+         "-o", "addopts=", *TESTS],
+        cwd=ROOT, env=env, capture_output=True, text=True,
+    )
+    tail = (proc.stdout + proc.stderr)[-6000:]
+    assert proc.returncode == 0, tail
+    assert "AddressSanitizer" not in proc.stderr and "runtime error" not in proc.stderr, tail
+    # the child really ran the sanitized build, and every test in it
+    assert " passed" in proc.stdout and "skipped" not in proc.stdout.splitlines()[-1], tail
