@@ -115,9 +115,9 @@ def _params(hparams: HParams, n_ctx: int, n_batch: int, kv_type: str, longrope_s
         raise ValueError(f"kv_type {kv_type!r}: expected one of {', '.join(KV_TYPES)}")
     if longrope_switch not in LONGROPE_SWITCHES:
         raise ValueError(f"longrope_switch {longrope_switch!r}: expected one of {', '.join(LONGROPE_SWITCHES)}")
-    if not isinstance(n_ctx, int) or not 1 <= n_ctx <= hparams.n_ctx_train:
+    if not isinstance(n_ctx, int) or isinstance(n_ctx, bool) or not 1 <= n_ctx <= hparams.n_ctx_train:
         raise ValueError(f"n_ctx {n_ctx!r}: expected 1 .. {hparams.n_ctx_train} (the model's context length)")
-    if not isinstance(n_batch, int) or n_batch < 1:
+    if not isinstance(n_batch, int) or isinstance(n_batch, bool) or n_batch < 1:
         raise ValueError(f"n_batch {n_batch!r}: expected a positive int")
     p = ffi.new("struct pyphi_model_params *")
     p.n_ctx, p.n_batch = n_ctx, n_batch

@@ -12,6 +12,7 @@ import os
 from ._native import ffi, lib
 
 _CPUINFO = "/proc/cpuinfo"
+MAX_THREADS = 1024  # csrc/threadpool.c refuses more (MAX_THREADS there)
 
 
 def _usable_cpus() -> set[int] | None:
@@ -62,8 +63,8 @@ class ThreadPool:
     def __init__(self, n_threads: int | None = None):
         if n_threads is None:
             n_threads = physical_core_count()
-        if not isinstance(n_threads, int) or n_threads < 1:
-            raise ValueError(f"n_threads must be a positive int, got {n_threads!r}")
+        if not isinstance(n_threads, int) or isinstance(n_threads, bool) or not 1 <= n_threads <= MAX_THREADS:
+            raise ValueError(f"n_threads must be an int in 1..{MAX_THREADS}, got {n_threads!r}")
         handle = lib.pyphi_pool_create(n_threads)
         if handle == ffi.NULL:
             raise RuntimeError(f"pyphi_pool_create({n_threads}) failed")
