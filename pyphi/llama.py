@@ -42,7 +42,7 @@ from .chat_template import ChatTemplate
 from .generate import GenerationResponse, GenerationTimings, generate
 from .gguf_reader import GGUFFile
 from .model import Model
-from .tokenizer import Tokenizer
+from .tokenizer import Tokenizer, TokenizerError
 
 DEFAULT_SEED = 0
 DEFAULT_COMPLETION_MAX_TOKENS = 16  # OpenAI's and llama-cpp-python's default for completions
@@ -67,6 +67,10 @@ class Llama:
             self.chat_template = ChatTemplate.from_gguf(gguf)
             self._add_bos = bool(gguf.get("tokenizer.ggml.add_bos_token", False))
         self.model = Model(model_path, n_ctx=n_ctx, n_threads=n_threads)
+        if self.tokenizer.n_vocab != self.model.n_vocab:  # llama.cpp refuses such files too
+            self.model.close()
+            raise TokenizerError(f"{self.model_path}: tokenizer.ggml.tokens has {self.tokenizer.n_vocab} "
+                                 f"entries but tensor 'token_embd.weight' has {self.model.n_vocab} rows")
         self._rng = np.random.default_rng(seed)
         self._answers: dict[str, list[int]] = {}
         self._answer_tag = self._generation_tag()

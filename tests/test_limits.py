@@ -63,3 +63,22 @@ def test_user_text_cannot_inject_control_tokens(llm):
     content = prompt[1:-2]
     assert llm.tokenizer.decode(content) == injected
     assert not set(content) & set(llm.tokenizer.added_tokens.values())
+
+
+def test_a_vocabulary_that_does_not_match_the_embedding_is_refused(model_zoo, tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent / "fuzz"))
+    from seeds import SEED_VOCAB, small_gguf  # the converter's writer, vocabulary cut
+
+    from pyphi.tokenizer import TokenizerError
+
+    matching, short = tmp_path / "matching.gguf", tmp_path / "short.gguf"
+    small_gguf(model_zoo.gguf("tiny", "q8_0"), matching)
+    small_gguf(model_zoo.gguf("tiny", "q8_0"), short, n_rows=SEED_VOCAB - 32)
+    with Llama(matching, n_ctx=N_CTX, n_threads=1) as llm:
+        assert llm.n_vocab() == SEED_VOCAB
+    with pytest.raises(TokenizerError, match=f"has {SEED_VOCAB} entries but tensor 'token_embd.weight' has "
+                                             f"{SEED_VOCAB - 32} rows"):
+        Llama(short, n_ctx=N_CTX, n_threads=1)

@@ -19,7 +19,8 @@ import numpy as np
 SEED_VOCAB = 320  # the 256 byte tokens of o200k_base come first, then some merges
 
 
-def _small_gguf(src: pathlib.Path, dst: pathlib.Path) -> None:
+def small_gguf(src: pathlib.Path, dst: pathlib.Path, n_rows: int = SEED_VOCAB) -> None:
+    """src with its vocabulary cut to SEED_VOCAB tokens and its embedding to n_rows rows."""
     from pyphi.convert.gguf_writer import GGUFWriter
     from pyphi.gguf_format import ValueType
     from pyphi.gguf_reader import GGUFFile
@@ -53,7 +54,7 @@ def _small_gguf(src: pathlib.Path, dst: pathlib.Path) -> None:
             array = f.tensor_data(name)
             ne = info.shape
             if name in ("token_embd.weight", "output.weight"):
-                array, ne = array[:SEED_VOCAB], (ne[0], SEED_VOCAB)
+                array, ne = array[:n_rows], (ne[0], n_rows)
             writer.add_tensor(name, ne, info.type)
             data[name] = np.ascontiguousarray(array).tobytes()
         with open(dst, "wb") as out:
@@ -90,7 +91,7 @@ def write_seeds(work: pathlib.Path, hf_dir: pathlib.Path | None = None,
     if ggufs is None:
         ggufs = [convert(hf_dir, work / f"tiny-{t}.gguf", t, progress=False) for t in ("q8_0", "q4_0")]
     for full in ggufs:
-        _small_gguf(full, dirs["gguf"] / full.name)
+        small_gguf(full, dirs["gguf"] / full.name)
     (dirs["safetensors"] / "shard.safetensors").write_bytes(b"S" + _small_safetensors())
     (dirs["safetensors"] / "config.json").write_bytes(b"C" + (hf_dir / "config.json").read_bytes())
     (dirs["template"] / "phi4.txt").write_bytes(
