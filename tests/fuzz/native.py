@@ -3,15 +3,17 @@ UBSan, and runs it. Used by tests/test_fuzz.py (a bounded run) and by hand for a
 
     python tests/fuzz/native.py --runs 1000000 [--corpus DIR]
 
-The compile flags mirror CMakeLists.txt (per-ISA flags on the kernel files, no FMA contraction).
+The library's compile flags are CMakeLists.txt's (per-ISA flags on the kernel files, no FMA
+contraction), read from CMake's compile_commands.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import pathlib
-import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -20,46 +22,63 @@ HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 CSRC = ROOT / "csrc"
 SANITIZE = ["-fsanitize=fuzzer,address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer"]
-COMMON = ["-std=c11", "-g", "-ffp-contract=off", "-DPYPHI_BUILD", "-D_GNU_SOURCE",
-          '-DPYPHI_VERSION="fuzz"', f"-I{CSRC}"]
-# clang takes minutes to compile the intrinsics-heavy kernel files with sanitizers at -O1 (3.5 min
-# for kernels_avx512.c on our loaded 2-core box), seconds at -O0: they get -O0, the rest -O1.
-SLOW_TO_COMPILE = ("kernels_avx2.c", "kernels_avx512.c")
-ISA_FLAGS = {
-    "kernels_avx2.c": ["-mavx2", "-mfma", "-mf16c"],
-    "kernels_avx512.c": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vnni",
-                         "-mfma", "-mf16c"],
-}
+# The library's files get the sanitizers and coverage, not libFuzzer's main.
+LIBRARY_SANITIZE = [flag.replace("fuzzer,", "fuzzer-no-link,") for flag in SANITIZE]
 
 
 def clang() -> str | None:
     return shutil.which("clang") or shutil.which("clang-14")
 
 
-def sources() -> list[pathlib.Path]:
-    x86 = platform.machine().lower() in ("x86_64", "amd64")
-    skip = {"cpu_generic.c"} if x86 else {"cpu_x86.c", *ISA_FLAGS}
-    return [p for p in sorted(CSRC.glob("*.c")) if p.name not in skip]
+def _cmake() -> str:
+    cmake = shutil.which("cmake")
+    if cmake is None:  # the PyPI package scikit-build-core's build used
+        import cmake as cmake_package
+
+        cmake = os.path.join(cmake_package.CMAKE_BIN_DIR, "cmake")
+    return cmake
+
+
+def library_commands(cc: str, out_dir: pathlib.Path) -> list[tuple[pathlib.Path, list[str]]]:
+    """(source, compile arguments) of every file of the library, as CMakeLists.txt builds it for
+    this machine (per-ISA flags, defines), read from CMake's compile_commands.json, minus the
+    optimization level and the input/output arguments."""
+    build = out_dir / "cmake"
+    subprocess.run([_cmake(), "-S", ROOT, "-B", build, f"-DCMAKE_C_COMPILER={cc}", "-DCMAKE_EXPORT_COMPILE_COMMANDS=ON",
+                    "-DCMAKE_BUILD_TYPE=Debug"], check=True, capture_output=True)
+    commands = []
+    for entry in json.loads((build / "compile_commands.json").read_text()):
+        args, keep, skip = shlex.split(entry["command"])[1:], [], False
+        for arg in args:
+            if skip:
+                skip = False
+            elif arg in ("-o", "-c"):
+                skip = True
+            elif not arg.startswith("-O") and arg != "-g":
+                keep.append(arg)
+        commands.append((pathlib.Path(entry["file"]), keep))
+    return commands
 
 
 def build(out_dir: pathlib.Path) -> pathlib.Path:
-    """Compiles every C file to out_dir and links the fuzzer binary; returns its path."""
+    """Compiles the library's files and the harness to out_dir and links the fuzzer; returns it."""
     cc = clang()
     if cc is None:
         raise RuntimeError("clang not found (Debian: apt-get install clang libclang-rt-14-dev)")
     out_dir.mkdir(parents=True, exist_ok=True)
+    harness = (HERE / "fuzz_native.c", ["-std=c11", f"-I{CSRC}"])
     objects = []
-    for src in [*sources(), HERE / "fuzz_native.c"]:
+    for src, args in [*library_commands(cc, out_dir), harness]:
         obj = out_dir / (src.stem + ".o")
         objects.append(str(obj))
         newest_input = max(p.stat().st_mtime for p in [src, *CSRC.glob("*.h")])
         if obj.exists() and obj.stat().st_mtime > newest_input:
             continue  # built before, by a long run
-        # the harness gets the fuzzer's instrumentation; the library the sanitizers' and coverage
-        flags = SANITIZE if src.name == "fuzz_native.c" else [s.replace("fuzzer,", "fuzzer-no-link,") for s in SANITIZE]
-        opt = "-O0" if src.name in SLOW_TO_COMPILE else "-O1"
-        subprocess.run([cc, *COMMON, opt, *flags, *ISA_FLAGS.get(src.name, []), "-c", str(src), "-o", str(obj)],
-                       check=True)
+        # clang takes minutes on the intrinsics-heavy kernel files with sanitizers at -O1 (3.5 min
+        # for kernels_avx512.c on our loaded 2-core box), seconds at -O0: they get -O0
+        opt = "-O0" if src.name.startswith("kernels_") else "-O1"
+        flags = SANITIZE if src == harness[0] else LIBRARY_SANITIZE
+        subprocess.run([cc, *args, opt, "-g", *flags, "-c", str(src), "-o", str(obj)], check=True)
     binary = out_dir / "fuzz_native"
     subprocess.run([cc, *SANITIZE, *objects, "-lm", "-lpthread", "-o", str(binary)], check=True)
     return binary
