@@ -238,6 +238,8 @@ class Tokenizer:
         self.encoding = encoding
         self.n_vocab = len(token_bytes)
         self.added_tokens = dict(added_tokens)
+        if "" in self.added_tokens:
+            raise ValueError("an added token cannot be the empty string")
         self.rstrip_ids = frozenset(rstrip_ids)
         unknown = self.rstrip_ids - set(self.added_tokens.values())
         if unknown:
@@ -268,6 +270,8 @@ class Tokenizer:
         token_bytes = _token_bytes(gguf.path, tokens, types)
         encoding = _encoding(gguf, pre, token_bytes, np.flatnonzero(types == NORMAL).tolist())
         added = {tokens[i]: i for i in np.flatnonzero(np.isin(types, ADDED_TYPES)).tolist()}
+        if "" in added:  # it would match everywhere: encode_segments would never advance
+            raise TokenizerError(f"{gguf.path}: tokenizer.ggml.tokens[{added['']}] is an empty added token")
         control_ids = set(np.flatnonzero(types == CONTROL).tolist())
         if rstrip_ids is None:
             rstrip_ids = _default_rstrip_ids(added, control_ids)
