@@ -24,7 +24,7 @@ def test_bad_n_ctx_is_refused_by_name(gguf, n_ctx, needle):
 @pytest.mark.parametrize("n_threads", [0, -1, 1025, 10**6, True, "2", 2.0])
 def test_bad_thread_count_is_refused_by_name(gguf, n_threads):
     with pytest.raises(ValueError, match="n_threads must be an int in 1..1024"):
-        Llama(gguf, n_ctx=N_CTX, n_threads=n_threads)
+        Model(gguf, n_ctx=N_CTX, n_threads=n_threads)
 
 
 def _greedy(llm, messages, n=8):
