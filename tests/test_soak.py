@@ -43,8 +43,14 @@ def _question(turn: int) -> str:
 
 
 def _session(gguf):
+    """A Llama and the REPL's Chat over it. No added token (the random model likes repeating
+    `<|assistant|>`, which answers do not show) and no id that decodes to nothing is ever sampled:
+    every answer is ANSWER_TOKENS tokens of text, so the conversation grows and the replay
+    compares real text."""
     llm = Llama(gguf, n_ctx=N_CTX, n_threads=1, context_shift=True)
-    return llm, Chat(llm, "You are a terse assistant.", {"max_tokens": ANSWER_TOKENS}, NO_STOP)
+    added = set(llm.tokenizer.added_tokens.values())
+    silent = {i: -100.0 for i in range(llm.n_vocab()) if i in added or not llm.tokenizer.token_bytes(i)}
+    return llm, Chat(llm, "You are a terse assistant.", {"max_tokens": ANSWER_TOKENS}, {**NO_STOP, **silent})
 
 
 def _soak(gguf, total_tokens: int):
@@ -83,6 +89,7 @@ def _check(gguf, total_tokens):
           f"{WARMUP_TOKENS} tokens, {samples[-1][1] / 2**20:.1f} MB at the end; fitted growth after warm-up "
           f"{growth / 2**10:.1f} KB per 1,000 tokens")
     assert shifts > 0 and turns > CLEAR_EVERY  # the session did shift and clear
+    assert all(answers)
     assert growth < MAX_GROWTH_PER_1000, growth
     # a fresh session replaying the turns since the last /clear answers the same
     llm, chat = _session(gguf)
