@@ -109,6 +109,7 @@ struct rerotate_job {
     struct pyphi_kv_cache *c;
     float *scratch; /* (pool size, row + 2 n_rot): per thread a float32 key row, two table rows */
     int64_t head_dim, n_rot;
+    int pairing; /* enum pyphi_rope_pairing */
     const float *inv_freq_from, *inv_freq_to; /* (n_rot / 2,) */
     float attn_factor;
 };
@@ -125,15 +126,17 @@ static void rerotate_position(void *ctx, int64_t pos, int thread) {
     for (int64_t layer = 0; layer < c->n_layer; layer++) {
         uint8_t *k = c->k + offset(c, layer, pos);
         row_to_f32(c, k, row, c->row);
-        pyphi_rope_rerotate(row, c->row / job->head_dim, job->head_dim, job->n_rot, cs_from, cs_to);
+        pyphi_rope_rerotate(row, c->row / job->head_dim, job->head_dim, job->n_rot, job->pairing,
+                            cs_from, cs_to);
         row_from_f32(c, row, k);
     }
 }
 
 int pyphi_kv_rerotate(struct pyphi_kv_cache *c, pyphi_pool *pool, int64_t n_pos, int64_t head_dim,
-                      int64_t n_rot, const float *inv_freq_from, const float *inv_freq_to,
-                      float attn_factor) {
-    struct rerotate_job job = {c, NULL, head_dim, n_rot, inv_freq_from, inv_freq_to, attn_factor};
+                      int64_t n_rot, int pairing, const float *inv_freq_from,
+                      const float *inv_freq_to, float attn_factor) {
+    struct rerotate_job job = {c, NULL, head_dim, n_rot, pairing, inv_freq_from, inv_freq_to,
+                               attn_factor};
     size_t per_thread = (size_t)(c->row + 2 * n_rot);
     job.scratch = malloc((size_t)pyphi_pool_size(pool) * per_thread * sizeof(float));
     if (job.scratch == NULL) {

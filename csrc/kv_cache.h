@@ -40,9 +40,10 @@ void pyphi_kv_store(struct pyphi_kv_cache *c, int64_t layer, int64_t pos, const 
 
 /* Changes the rotation of the keys of positions 0 .. n_pos - 1 in every layer from the one
  * inv_freq_from gives to the one inv_freq_to gives ((n_rot / 2,) each; the rotations are
- * pyphi_rope_table's with attn_factor), on the pool, a position per chunk. */
+ * pyphi_rope_table's with attn_factor, on the pairs of `pairing`, enum pyphi_rope_pairing), on
+ * the pool, a position per chunk. */
 int pyphi_kv_rerotate(struct pyphi_kv_cache *c, pyphi_pool *pool, int64_t n_pos, int64_t head_dim,
-                      int64_t n_rot, const float *inv_freq_from, const float *inv_freq_to,
-                      float attn_factor);
+                      int64_t n_rot, int pairing, const float *inv_freq_from,
+                      const float *inv_freq_to, float attn_factor);
 
 #endif /* PYPHI_KV_CACHE_H */

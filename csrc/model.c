@@ -7,7 +7,10 @@
  *
  * The maths is transformers' Phi3ForCausalLM (5.24.0, models/phi3/modeling_phi3.py; the
  * project's SPEC §4): pre-norm decoder layers, fused QKV and gate-up projections, partial NeoX
- * RoPE with LongRoPE factors, GQA, SwiGLU, tied output head.
+ * RoPE with LongRoPE factors, GQA, SwiGLU, tied output head. LlamaForCausalLM is the same graph
+ * with separate q/k/v and gate/up projections, full rotary and no LongRoPE; llama.cpp's llama
+ * GGUFs store its Q/K rows permuted for the adjacent RoPE pairing (pyphi.h
+ * pyphi_rope_pairing), which is a field of the description, not a second forward pass.
  *
  * LongRoPE (modeling_rope_utils.py, longrope_frequency_update): transformers picks the factor set
  * for a forward call from that call's sequence length, max(position) + 1: short factors up to
@@ -179,6 +182,7 @@ static int check_desc(const struct pyphi_model_desc *d) {
     if (d->n_vocab < 1 || d->n_vocab > INT32_MAX || d->n_embd < 1 || d->n_layer < 1 ||
         d->n_head < 1 || d->n_head_kv < 1 || d->n_head % d->n_head_kv != 0 || d->head_dim < 1 ||
         d->n_ff < 1 || d->n_rot < 0 || d->n_rot % 2 != 0 || d->n_rot > d->head_dim ||
+        (d->rope_pairing != PYPHI_ROPE_NEOX && d->rope_pairing != PYPHI_ROPE_ADJACENT) ||
         d->n_ctx_train < 1 || d->n_ctx_orig < 0 || d->sliding_window < 0 || !(d->rms_eps > 0) ||
         !(d->rope_base > 0) || !(d->rope_attn_factor > 0)) {
         return PYPHI_E_SHAPE;
@@ -567,8 +571,8 @@ static void rope_qk(const struct pyphi_model_desc *d, float *qkv, const float *c
     for (int64_t t = 0; t < n; t++) {
         float *q = qkv + t * qkv_dim(d); /* (n_head, head_dim) */
         float *k = q + q_dim(d);         /* (n_head_kv, head_dim) */
-        pyphi_rope_apply(q, d->n_head, d->head_dim, d->n_rot, cs + t * d->n_rot);
-        pyphi_rope_apply(k, d->n_head_kv, d->head_dim, d->n_rot, cs + t * d->n_rot);
+        pyphi_rope_apply(q, d->n_head, d->head_dim, d->n_rot, d->rope_pairing, cs + t * d->n_rot);
+        pyphi_rope_apply(k, d->n_head_kv, d->head_dim, d->n_rot, d->rope_pairing, cs + t * d->n_rot);
     }
 }
 
@@ -630,7 +634,7 @@ static int forward(pyphi_model *m, pyphi_pool *pool, const int32_t *tokens, int6
 /* Re-rotates the n_past cached keys from the current factor set to the other one. */
 static int rerotate_cache(pyphi_model *m, pyphi_pool *pool) {
     const struct pyphi_model_desc *d = &m->d;
-    return pyphi_kv_rerotate(&m->kv, pool, m->n_past, d->head_dim, d->n_rot,
+    return pyphi_kv_rerotate(&m->kv, pool, m->n_past, d->head_dim, d->n_rot, d->rope_pairing,
                              m->inv_freq[m->rope_long], m->inv_freq[!m->rope_long],
                              d->rope_attn_factor);
 }

@@ -3,7 +3,8 @@
  * Internal to libpyphi. Each function is the scalar reference: plain loops in index order,
  * float32 arithmetic unless a comment says otherwise; a SIMD twin may come later and must match
  * it. Every formula cites the transformers code it reproduces (SPEC §4 of the project's notes,
- * transformers 5.24.0 models/phi3/modeling_phi3.py, modeling_rope_utils.py).
+ * transformers 5.24.0 models/phi3/modeling_phi3.py, modeling_rope_utils.py; ggml's rope for the
+ * adjacent pairing of llama GGUFs).
  * Not here: matmul (matmul.c), attention (attention.c), the KV cache (kv_cache.c).
  */
 #ifndef PYPHI_OPS_H
@@ -35,15 +36,19 @@ void pyphi_rope_table(float *cs, int64_t pos0, int64_t n_pos, const float *inv_f
                       int64_t n_rot, float attn_factor);
 
 /* Rotates the first n_rot dims of each of n_heads heads of x (n_heads, head_dim) in place with
- * one position's cs row (n_rot,): for i < n_rot/2, out[i] = x[i] c - x[i + n_rot/2] s and
- * out[i + n_rot/2] = x[i + n_rot/2] c + x[i] s (HF apply_rotary_pos_emb with rotate_half: the
- * NeoX pairing, not GPT-J's (2i, 2i+1)). Dims n_rot .. head_dim - 1 pass through. */
-void pyphi_rope_apply(float *x, int64_t n_heads, int64_t head_dim, int64_t n_rot, const float *cs);
+ * one position's cs row (n_rot,). Pair i < n_rot/2 is dims (a, b) = (i, i + n_rot/2) for
+ * PYPHI_ROPE_NEOX (HF apply_rotary_pos_emb with rotate_half) or (2i, 2i + 1) for
+ * PYPHI_ROPE_ADJACENT (ggml_rope's normal mode, ggml-cpu ops.cpp rotate_pairs with n_offset 1):
+ * out[a] = x[a] c_i - x[b] s_i, out[b] = x[b] c_i + x[a] s_i. Dims n_rot .. head_dim - 1 pass
+ * through. pairing: enum pyphi_rope_pairing. */
+void pyphi_rope_apply(float *x, int64_t n_heads, int64_t head_dim, int64_t n_rot, int pairing,
+                      const float *cs);
 
 /* Turns a head already rotated with cs_from into the rotation of cs_to, in place: undo the
- * first (divide out the attention factor too) and apply the second, in double precision.
- * Both rows are one position's (n_rot,) rows of pyphi_rope_table. */
-void pyphi_rope_rerotate(float *x, int64_t n_heads, int64_t head_dim, int64_t n_rot,
+ * first (divide out the attention factor too) and apply the second, in double precision, on
+ * the pairs pyphi_rope_apply rotates. Both rows are one position's (n_rot,) rows of
+ * pyphi_rope_table. */
+void pyphi_rope_rerotate(float *x, int64_t n_heads, int64_t head_dim, int64_t n_rot, int pairing,
                          const float *cs_from, const float *cs_to);
 
 #endif /* PYPHI_OPS_H */

@@ -159,6 +159,13 @@ int pyphi_matmul_packed(pyphi_pool *pool, int wtype, const void *w, int64_t n_ou
 
 /* ---- Model: hyperparameters + weights in, logits out (model.c, ops.c, attention.c) ------- */
 
+/* x (n_heads, head_dim) float32, rotated in place as the forward pass rotates a query or key of
+ * one token at position pos: inv_freq[i] = 1 / (factors[i] base^(2i / n_rot)) (factors NULL:
+ * all 1), the pairing of enum pyphi_rope_pairing, dims n_rot .. head_dim - 1 untouched, no
+ * attention factor. Exported for tests of the op itself. */
+int pyphi_rope(float *x, int64_t n_heads, int64_t head_dim, int64_t n_rot, int32_t pairing,
+               int64_t pos, float base, const float *factors);
+
 /* One weight matrix (or vector) as the caller holds it: ne1 rows of ne0 values in `type`, rows
  * contiguous (ggml's ne order: ne0 is the row length). The library never copies or frees `data`:
  * it points into the caller's memory map of the GGUF file, which must outlive the model. A
@@ -183,14 +190,24 @@ struct pyphi_layer_weights {
     struct pyphi_tensor ffn_down;    /* n_ff -> n_embd */
 };
 
-/* A decoder-only transformer with pre-norm RMSNorm, GQA attention, NeoX ("rotate half") RoPE
- * on the first n_rot dims of each head (optionally LongRoPE) and a SwiGLU MLP. The library
- * copies the struct and the layers array; the tensors' data must stay valid. (llama.cpp's Llama
- * GGUFs permute the Q/K rows for GPT-J pairs (2i, 2i+1); running them will take a pairing field
- * here, not a second forward pass.) */
+/* Which dims of a head RoPE rotates together by the angle pos * inv_freq[i], i < n_rot / 2.
+ * The two are the same rotation of differently ordered rows: llama.cpp's converter permutes the
+ * Q and K rows of Llama checkpoints (convert_hf_to_gguf.py LlamaModel.permute) so that its
+ * "normal" rope mode on the permuted rows computes what HF's rotate_half computes on the
+ * original ones. */
+enum pyphi_rope_pairing {
+    PYPHI_ROPE_NEOX = 0,    /* dims (i, i + n_rot/2): HF rotate_half, ggml's NEOX mode; phi3 GGUFs */
+    PYPHI_ROPE_ADJACENT = 1 /* dims (2i, 2i + 1): ggml's normal mode (GPT-J); llama GGUFs */
+};
+
+/* A decoder-only transformer with pre-norm RMSNorm, GQA attention, RoPE on the first n_rot dims
+ * of each head (pairing as rope_pairing says; optionally LongRoPE) and a SwiGLU MLP: Phi-3 and
+ * Llama. The library copies the struct and the layers array; the tensors' data must stay
+ * valid. */
 struct pyphi_model_desc {
     int64_t n_vocab, n_embd, n_layer, n_head, n_head_kv, head_dim, n_ff;
-    int64_t n_rot;          /* rotated dims per head, even, <= head_dim; pairs are (i, i + n_rot/2) */
+    int64_t n_rot;          /* rotated dims per head, even, <= head_dim */
+    int32_t rope_pairing;   /* enum pyphi_rope_pairing (0, NEOX, for a zeroed struct) */
     int64_t n_ctx_train;    /* the longest sequence the model supports */
     int64_t n_ctx_orig;     /* LongRoPE: long factors once the sequence is longer than this */
     int64_t sliding_window; /* key j is visible to query i iff i - window < j <= i; 0: no window */

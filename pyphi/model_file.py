@@ -1,16 +1,22 @@
 """A model GGUF -> hyperparameters and the C core's model description (struct pyphi_model_desc).
 
 `ModelFile(path)` opens the GGUF with the validated reader, reads the hyperparameters from the
-architecture's keys (`phi3.*`: nothing about the sizes is hard-coded, so Phi-3-mini or
-Phi-3.5-mini GGUFs load too), checks that every tensor the forward pass needs is there with the
-shape and a type the C core computes, and builds a `pyphi_model_desc` whose tensor pointers point
-into the file's memory map: the weights are never copied. Any problem raises `ModelFileError`, one
-line naming the file and the key or tensor.
+architecture's keys (`phi3.*` or `llama.*`: nothing about the sizes is hard-coded, so Phi-3-mini,
+Phi-3.5-mini, SmolLM2 or TinyLlama GGUFs load too), checks that every tensor the forward pass
+needs is there with the shape and a type the C core computes, and builds a `pyphi_model_desc`
+whose tensor pointers point into the file's memory map: the weights are never copied. Any problem
+raises `ModelFileError`, one line naming the file and the key or tensor.
 
-Files we read: ours (`pyphi.convert`) and llama.cpp's (convert_hf_to_gguf.py, arch `phi3`; see the
-project notes SPEC §5): fused `attn_qkv` and `ffn_up` (gate then up), optional global
-`rope_factors_{long,short}.weight` (n_rot / 2 values, F32), and no `output.weight` when the head
-is tied to `token_embd`.
+Files we read: ours (`pyphi.convert`) and llama.cpp's (convert_hf_to_gguf.py; see the project
+notes SPEC §5). The architectures differ only in what `ARCHITECTURES` lists:
+- `phi3`: fused `attn_qkv` and `ffn_up` (gate then up), NeoX RoPE pairs, optional global
+  `rope_factors_{long,short}.weight` (n_rot / 2 values, F32: LongRoPE);
+- `llama`: separate `attn_q/k/v` and `ffn_gate`/`ffn_up`, whose Q/K rows llama.cpp's converter
+  permuted for the adjacent RoPE pairing (pyphi.h pyphi_rope_pairing), no LongRoPE, and the
+  optional `rope_freqs.weight` (Llama 3.1's per-frequency divisors, applied as llama.cpp does:
+  theta / factor). No biases, no mixture of experts, no other RoPE scaling: such files are
+  refused by name.
+Both: no `output.weight` when the head is tied to `token_embd`.
 
 What this is not: the model's state or its evaluation (model.py), or a GGUF parser (gguf_reader).
 """
@@ -24,7 +30,21 @@ from ._native import ffi, lib
 from .gguf_format import GGML_TYPE_NAMES, ValueType
 from .gguf_reader import GGUFError, GGUFFile
 
-ARCHITECTURES = ("phi3",)
+
+
+@dataclasses.dataclass(frozen=True)
+class Architecture:
+    """What the forward pass needs to know of a `general.architecture` beyond its sizes."""
+
+    fused: bool  # attn_qkv + ffn_up (gate | up), else attn_q/k/v + ffn_gate, ffn_up
+    rope_pairing: int  # enum pyphi_rope_pairing
+    longrope: bool  # rope_factors_{short,long}.weight (phi3), else rope_freqs.weight (llama)
+
+
+ARCHITECTURES = {
+    "phi3": Architecture(fused=True, rope_pairing=lib.PYPHI_ROPE_NEOX, longrope=True),
+    "llama": Architecture(fused=False, rope_pairing=lib.PYPHI_ROPE_ADJACENT, longrope=False),
+}
 DEFAULT_ROPE_BASE = 10000.0  # Phi3Config rope_theta default, and llama.cpp's
 # The weight types the C core computes: those it stores and has a dot product for.
 COMPUTED_TYPES = {
@@ -60,6 +80,7 @@ class HParams:
     rms_eps: float
     rope_base: float
     rope_attn_factor: float
+    rope_pairing: int  # enum pyphi_rope_pairing
     has_longrope: bool  # both factor tensors present
     tied_output: bool
 
@@ -124,6 +145,7 @@ class ModelFile:
         arch = self.gguf.metadata[arch_key]
         if arch not in ARCHITECTURES:
             raise self._error(f"key {arch_key!r} is {arch!r}; pyphi runs {', '.join(ARCHITECTURES)}")
+        self._check_unsupported(arch)
         n_embd = self._int(f"{arch}.embedding_length")
         n_head = self._int(f"{arch}.attention.head_count")
         n_head_kv = self._int(f"{arch}.attention.head_count_kv", default=n_head)
@@ -133,7 +155,11 @@ class ModelFile:
         if n_head % n_head_kv:
             raise self._error(f"key '{arch}.attention.head_count' {n_head} is not a multiple of "
                               f"'{arch}.attention.head_count_kv' {n_head_kv}")
-        head_dim = n_embd // n_head  # HF Phi3Attention and llama.cpp's phi3 graph
+        head_dim = n_embd // n_head  # HF Phi3Attention / LlamaAttention, llama.cpp's graphs
+        for key in (f"{arch}.attention.key_length", f"{arch}.attention.value_length"):
+            if self._int(key, default=head_dim) != head_dim:
+                raise self._error(f"key {key!r} is {self.gguf.metadata[key]}: heads of other than "
+                                  f"embedding_length / head_count ({head_dim}) values are not supported")
         n_rot = self._int(f"{arch}.rope.dimension_count", default=head_dim)
         if n_rot % 2 or n_rot > head_dim:
             raise self._error(f"key '{arch}.rope.dimension_count' is {n_rot}, expected an even "
@@ -158,9 +184,23 @@ class ModelFile:
             rms_eps=self._float(f"{arch}.attention.layer_norm_rms_epsilon"),
             rope_base=self._float(f"{arch}.rope.freq_base", default=DEFAULT_ROPE_BASE),
             rope_attn_factor=self._float(f"{arch}.rope.scaling.attn_factor", default=1.0),
-            has_longrope=has_long and has_short,
+            rope_pairing=ARCHITECTURES[arch].rope_pairing,
+            has_longrope=ARCHITECTURES[arch].longrope and has_long and has_short,
             tied_output="output.weight" not in self.gguf.tensors,
         )
+
+    def _check_unsupported(self, arch: str) -> None:
+        """Refuses, by name, what a file of a known architecture may hold that the forward pass
+        does not compute (llama.cpp's llama graph reads these as optional)."""
+        experts = self.gguf.metadata.get(f"{arch}.expert_count", 0)
+        if isinstance(experts, int) and experts > 0:
+            raise self._error(f"key '{arch}.expert_count' is {experts}: mixture-of-experts models are not supported")
+        scaling = self.gguf.metadata.get(f"{arch}.rope.scaling.type", "none")
+        if not ARCHITECTURES[arch].longrope and scaling != "none":
+            raise self._error(f"key '{arch}.rope.scaling.type' is {scaling!r}: this RoPE scaling is not supported")
+        bias = next((name for name in self.gguf.tensors if name.endswith(".bias")), None)
+        if bias is not None:
+            raise self._error(f"tensor {bias!r}: biases are not supported")
 
     # ---- tensors ----
 
@@ -199,26 +239,37 @@ class ModelFile:
     def _build_desc(self):
         h = self.hparams
         q_dim, kv_dim = h.n_head * h.head_dim, h.n_head_kv * h.head_dim
+        arch = ARCHITECTURES[h.arch]
         d = ffi.new("struct pyphi_model_desc *")
         for field in ("n_vocab", "n_embd", "n_layer", "n_head", "n_head_kv", "head_dim", "n_ff",
-                      "n_rot", "n_ctx_train", "n_ctx_orig", "sliding_window", "rms_eps",
-                      "rope_base", "rope_attn_factor"):
+                      "n_rot", "rope_pairing", "n_ctx_train", "n_ctx_orig", "sliding_window",
+                      "rms_eps", "rope_base", "rope_attn_factor"):
             setattr(d, field, getattr(h, field))
         d.tok_embd = self._tensor("token_embd.weight", (h.n_embd, h.n_vocab))
         d.output_norm = self._tensor("output_norm.weight", (h.n_embd,), norm=True)
         d.output = d.tok_embd if h.tied_output else self._tensor("output.weight", (h.n_embd, h.n_vocab))
-        if "rope_factors_short.weight" in self.gguf.tensors:
-            d.rope_factors_short = self._factors("rope_factors_short.weight", h.n_rot)
+        short = "rope_factors_short.weight" if arch.longrope else "rope_freqs.weight"
+        if short in self.gguf.tensors:
+            d.rope_factors_short = self._factors(short, h.n_rot)
         if h.has_longrope:
             d.rope_factors_long = self._factors("rope_factors_long.weight", h.n_rot)
         layers = ffi.new("struct pyphi_layer_weights[]", h.n_layer)
         for i in range(h.n_layer):
             L = layers[i]
             L.attn_norm = self._tensor(f"blk.{i}.attn_norm.weight", (h.n_embd,), norm=True)
-            L.wqkv = self._tensor(f"blk.{i}.attn_qkv.weight", (h.n_embd, q_dim + 2 * kv_dim))
+            if arch.fused:
+                L.wqkv = self._tensor(f"blk.{i}.attn_qkv.weight", (h.n_embd, q_dim + 2 * kv_dim))
+            else:
+                L.wq = self._tensor(f"blk.{i}.attn_q.weight", (h.n_embd, q_dim))
+                L.wk = self._tensor(f"blk.{i}.attn_k.weight", (h.n_embd, kv_dim))
+                L.wv = self._tensor(f"blk.{i}.attn_v.weight", (h.n_embd, kv_dim))
             L.wo = self._tensor(f"blk.{i}.attn_output.weight", (q_dim, h.n_embd))
             L.ffn_norm = self._tensor(f"blk.{i}.ffn_norm.weight", (h.n_embd,), norm=True)
-            L.ffn_gate_up = self._tensor(f"blk.{i}.ffn_up.weight", (h.n_embd, 2 * h.n_ff))
+            if arch.fused:
+                L.ffn_gate_up = self._tensor(f"blk.{i}.ffn_up.weight", (h.n_embd, 2 * h.n_ff))
+            else:
+                L.ffn_gate = self._tensor(f"blk.{i}.ffn_gate.weight", (h.n_embd, h.n_ff))
+                L.ffn_up = self._tensor(f"blk.{i}.ffn_up.weight", (h.n_embd, h.n_ff))
             L.ffn_down = self._tensor(f"blk.{i}.ffn_down.weight", (h.n_ff, h.n_embd))
         d.layers = layers
         self._keep.append(layers)
@@ -226,6 +277,7 @@ class ModelFile:
 
     @property
     def weights_type(self) -> str:
-        """The ggml type name of the first layer's QKV matrix (the file's main weight type)."""
-        return GGML_TYPE_NAMES[self.gguf.tensors["blk.0.attn_qkv.weight"].type]
+        """The ggml type name of the first layer's Q (or QKV) matrix (the file's main weight type)."""
+        name = "blk.0.attn_qkv.weight" if ARCHITECTURES[self.hparams.arch].fused else "blk.0.attn_q.weight"
+        return GGML_TYPE_NAMES[self.gguf.tensors[name].type]
 

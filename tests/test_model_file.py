@@ -114,7 +114,7 @@ def test_heads_that_do_not_divide(tmp_path):
 
 
 def test_other_architecture(tmp_path):
-    expect_error(write(tmp_path / "f.gguf", arch="llama"), "key 'general.architecture' is 'llama'; pyphi runs phi3")
+    expect_error(write(tmp_path / "f.gguf", arch="gemma"), "key 'general.architecture' is 'gemma'; pyphi runs phi3, llama")
 
 
 @pytest.mark.parametrize("name", ["blk.1.ffn_down.weight", "token_embd.weight", "output_norm.weight"])
