@@ -63,7 +63,7 @@ Start and end a multi-line message with \"\"\". Ctrl-C stops an answer.""".forma
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog=PROG, description="Chat with a Phi-4-mini GGUF model.")
+    p = argparse.ArgumentParser(prog=PROG, description="Chat with a GGUF model (Phi-4-mini, or a llama-architecture model such as SmolLM2).")
     p.add_argument("model", nargs="?", help="path of a .gguf file")
     p.add_argument("--hf", metavar="REPO[:QUANT]", help="a Hugging Face repo holding GGUF files, e.g. OWNER/NAME:Q4_0")
     p.add_argument("-p", "--prompt", help="answer this prompt and exit")

@@ -16,7 +16,11 @@ Defaults follow the model card: greedy decoding (temperature 0) unless asked. On
 shared by all calls; each call reuses the longest prefix it shares with the previous one
 (pyphi.generate), so a chat that re-sends its conversation prefills only the new turn.
 
-Tools: OpenAI-style `tools` are rendered into the system message by the GGUF's chat template
+Chat works with any GGUF chat template (Phi-4-mini's, ChatML for SmolLM2, ...); stop tokens are
+the tokenizer's (llama.cpp's end-of-generation set).
+
+Tools (Phi-4-mini's format; a model whose vocabulary has no `<|tool_call|>` refuses `tools` with
+a ValueError): OpenAI-style `tools` are rendered into the system message by the GGUF's chat template
 (pyphi.chat_template); output of the form `<|tool_call|>[{"name": ..., "arguments": {...}}]`
 comes back as the message's `tool_calls` with finish_reason "tool_calls". While streaming, text
 that may be the start of a tool call is held back until it is known not to be one.
@@ -195,14 +199,27 @@ class Llama:
         """Answer a conversation of OpenAI-style messages. Returns a `chat.completion` dict, or
         with stream=True an iterator of `chat.completion.chunk` dicts."""
         tools, force_call = _apply_tool_choice(tools, tool_choice)
+        if tools and tool_calls.TOOL_CALL_START not in self.tokenizer.added_tokens:
+            raise ValueError(f"{self.model_path}: tools are for models with Phi-4-mini's tool-call format "
+                             f"({tool_calls.TOOL_CALL_START}); this model's vocabulary has no such token")
         prompt_ids = self.chat_prompt_ids(messages, tools)
         sampler, processors = self._sampling(temperature, top_p, top_k, min_p, repeat_penalty, frequency_penalty,
                                              presence_penalty, logit_bias, seed,
                                              self.tokenizer.added_tokens[tool_calls.TOOL_CALL_START] if force_call else None)
-        n_keep = _system_prefix_length(messages, prompt_ids, self.tokenizer)
+        n_keep = self._system_prefix_length(messages, tools, prompt_ids)
         responses = self._generate(prompt_ids, sampler, processors, max_tokens, _stop_list(stop), n_keep)
         chunks = self._chat_chunks(responses, len(prompt_ids), parse_tools=bool(tools))
         return chunks if stream else join_chat(list(chunks))
+
+    def _system_prefix_length(self, messages: list[dict], tools: list[dict] | None, prompt_ids: list[int]) -> int:
+        """Tokens of the system message, kept when the context shifts: where the prompt and the
+        template's rendering of the system message alone part (Phi-4-mini: through its `<|end|>`,
+        before the eos the template writes at the end; ChatML: through `<|im_end|>` and its
+        newline)."""
+        if not messages or messages[0].get("role") != "system":
+            return 0
+        alone = self.tokenizer.encode_segments(self.chat_template.render(messages[:1], tools=tools).segments)
+        return next((i for i, (a, b) in enumerate(zip(alone, prompt_ids)) if a != b), min(len(alone), len(prompt_ids)))
 
     def chat_prompt_ids(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
         """The conversation rendered by the model's chat template, with a generation prompt.
@@ -360,14 +377,6 @@ def _force_first(token_id: int):
         return forced
 
     return process
-
-
-def _system_prefix_length(messages: list[dict], prompt_ids: list[int], tokenizer: Tokenizer) -> int:
-    """Tokens of the system message (through its `<|end|>`), kept when the context shifts."""
-    end_id = tokenizer.added_tokens.get("<|end|>")
-    if not messages or messages[0].get("role") != "system" or end_id not in prompt_ids:
-        return 0
-    return prompt_ids.index(end_id) + 1
 
 
 def _print_timings(t: GenerationTimings) -> None:
