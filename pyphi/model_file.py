@@ -31,7 +31,6 @@ from .gguf_format import GGML_TYPE_NAMES, ValueType
 from .gguf_reader import GGUFError, GGUFFile
 
 
-
 @dataclasses.dataclass(frozen=True)
 class Architecture:
     """What the forward pass needs to know of a `general.architecture` beyond its sizes."""

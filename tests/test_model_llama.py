@@ -192,6 +192,26 @@ def test_llama_decode_equals_prefill(pair):
     np.testing.assert_array_equal(np.concatenate(steps), full)
 
 
+def test_llama_rope_freqs_divide_the_angles_as_phi3_short_factors_do(tmp_path):
+    """Llama 3.1's rope_freqs.weight (llama.cpp: theta / factor) is the role phi3's
+    rope_factors_short.weight plays without LongRoPE: the two files compute the same."""
+    factors = np.linspace(1, 8, HEAD_DIM // 2, dtype=np.float32)
+    phi3 = phi3_tensors()
+    files = [write_gguf(tmp_path / "phi3.gguf", keys("phi3"), phi3 | {"rope_factors_short.weight": factors}, arch="phi3"),
+             write_gguf(tmp_path / "llama.gguf", keys("llama"), llama_tensors(phi3) | {"rope_freqs.weight": factors},
+                        arch="llama")]
+    tokens = np.random.default_rng(2).integers(0, N_VOCAB, 40).astype(np.int32)
+    logits = []
+    for path in files:
+        with Model(path, n_ctx=64, kv_type="f32") as model:
+            logits.append(model.eval(tokens, logits="all"))
+    with Model(write_gguf(tmp_path / "plain.gguf", keys("llama"), llama_tensors(phi3), arch="llama"), n_ctx=64,
+               kv_type="f32") as model:
+        plain = model.eval(tokens, logits="all")
+    assert np.abs(logits[1] - logits[0]).max() <= 1e-5 * np.abs(logits[0]).max()
+    assert np.abs(plain - logits[1]).max() > 1e-3 * np.abs(plain).max()  # the factors do change the result
+
+
 @pytest.mark.parametrize(("change", "message"), [
     (lambda k, t: (k | {"llama.expert_count": (gguf.GGUFValueType.UINT32, 8)}, t),
      "key 'llama.expert_count' is 8: mixture-of-experts models are not supported"),
