@@ -15,15 +15,18 @@ ulp before a matmul can move an int8 by one step, and 30 layers amplify that. Th
 that remain (summation order, llama.cpp's f16 rounding of queries and attention weights, its
 approximate expf in softmax and SiLU) are float noise of the same kind as llama.cpp's own when
 only its attention kernel changes. That gives the logit tolerance an independent yardstick: on
-the same tokens, pyphi may differ from llama.cpp by at most LOGIT_SLACK times what llama.cpp's
-flash-attention path differs from its default path. Measured when this was written (first 512
-tokens of tests/english_text.py, max |logit| 35.7), per position max |diff|: pyphi vs llama.cpp
-max 1.40, mean 0.63, top-1 agreement 94.5%; llama.cpp flash vs default max 1.24, mean 0.64,
-top-1 94.1%. The F32 copy against transformers: 1.5e-6 of the largest logit.
+the same tokens, pyphi may differ from llama.cpp by at most a small multiple of what llama.cpp's
+flash-attention path differs from its default path: MEAN_SLACK for the mean over positions of
+the per-position max |diff|, MAX_SLACK for its maximum, an extreme over 512 x 49152 values and
+so the noisier statistic. Measured (first 512 tokens of tests/english_text.py, max |logit| 35.7):
+pyphi vs llama.cpp max 1.40, mean 0.63, top-1 agreement 94.5%, and after pyphi's softmax changed
+to a polynomial exp (2 ulp) max 1.81, mean 0.63, top-1 95.1%; llama.cpp flash vs default max
+1.24, mean 0.64, top-1 94.1%. The F32 copy against transformers: 1.5e-6 of the largest logit.
 
 Greedy generation therefore follows llama.cpp token for token only until a step where its top
-two logits are closer than that noise (measured: 64/64 tokens on one prompt of five, the others
-5, 5, 39 and 0 tokens before such a tie, llama.cpp's margins 0.05-0.33 logits there); see
+two logits are closer than that noise (measured: 64/64 tokens on one prompt of five; the others
+run 14, 5, 23 and 16 tokens before such a tie, where llama.cpp's margins are 0.06-0.41 logits and
+the engines differ by 0.56-1.58); see
 test_greedy_generation_follows_llama_cpp.
 """
 
@@ -38,7 +41,8 @@ from pyphi.model import Model
 from pyphi.tokenizer import Tokenizer
 
 N_CTX = 512  # perplexity chunk and context of every run here
-LOGIT_SLACK = 1.5
+MEAN_SLACK = 1.25
+MAX_SLACK = 2.0
 PPL_TOLERANCE = 0.01  # the issue's 1%
 GREEDY_TOKENS = 64
 PROMPTS = [
@@ -171,17 +175,18 @@ def test_logits_at_every_position_within_llama_cpps_own_spread(smollm2_gguf, mod
     print(f"max|logit| {np.abs(theirs).max():.2f}; pyphi vs llama.cpp: max {diff.max():.3f}, "
           f"mean {diff.mean():.3f}, top-1 {top1:.4f}; llama.cpp flash vs default: max {spread.max():.3f}, "
           f"mean {spread.mean():.3f}, top-1 {top1_flash:.4f}")
-    assert diff.max() <= LOGIT_SLACK * spread.max()
-    assert diff.mean() <= LOGIT_SLACK * spread.mean()
+    assert diff.mean() <= MEAN_SLACK * spread.mean()
+    assert diff.max() <= MAX_SLACK * spread.max()
     assert top1 >= min(top1_flash, 1.0) - 0.02
 
 
 @pytest.mark.peer
 def test_greedy_generation_follows_llama_cpp(smollm2_gguf, model, tokenizer):
     """64 greedy tokens per prompt, both engines fed the same (llama.cpp's) tokens. Equal at
-    every step, except that a step where llama.cpp's top two logits are closer than what the
-    two engines differ by there (a tie at their shared precision) may pick the runner-up; the
-    comparison ends at such a step, since the continuations then differ by construction."""
+    every step, except that at a step where llama.cpp's logit of pyphi's choice is within what
+    the two engines differ by there of its top one (a tie at their shared precision) pyphi may
+    choose differently; the comparison ends at such a step, since the continuations then differ
+    by construction."""
     peer = _peer(smollm2_gguf)
     report = []
     for prompt in PROMPTS:
@@ -199,7 +204,6 @@ def test_greedy_generation_follows_llama_cpp(smollm2_gguf, model, tokenizer):
                 report.append(f"{prompt[:24]!r}: {step} equal, then a tie (llama.cpp margin {margin:.3f} "
                               f"< logit difference {noise:.3f})")
                 assert margin < noise, report[-1]
-                assert np.sort(theirs)[-2] == theirs[got]  # pyphi took llama.cpp's runner-up
                 break
             peer.eval([want])
             ours = model.eval([want])
