@@ -165,7 +165,7 @@ def expected_type(gguf_name, out_type, ne, tied=True):
     if len(ne) == 1:
         return Q.F32
     if out_type == "q4_0" and (gguf_name == "output.weight" or (tied and gguf_name == "token_embd.weight")):
-        return Q.Q8_0  # our documented choice where llama-quantize would use Q6_K
+        return Q.Q8_0  # llama-quantize's head type, Q6_K, does not fit 64-value rows: Q8_0
     return WEIGHT_TYPE[out_type]
 
 
@@ -404,17 +404,37 @@ def test_rope_parameters_config_of_transformers_5(tiny_dir, converted, tmp_path)
 
 
 def test_tensor_type_rules():
-    from pyphi.convert import tensor_type
+    """llama-quantize's choices for phi3, derived by hand from src/llama-quant.cpp."""
+    from pyphi.convert.mixes import tensor_type
 
-    assert tensor_type("blk.0.attn_norm.weight", (64,), "q4_0", True) == Q.F32  # 1-D and norms
-    assert tensor_type("blk.0.attn_qkv.weight", (64, 128), "q4_0", True) == Q.Q4_0
-    assert tensor_type("token_embd.weight", (64, 200064), "q4_0", True) == Q.Q8_0  # tied head
-    assert tensor_type("token_embd.weight", (64, 200064), "q4_0", False) == Q.Q4_0
-    assert tensor_type("output.weight", (64, 200064), "q4_0", False) == Q.Q8_0
-    assert tensor_type("token_embd.weight", (64, 200064), "q8_0", True) == Q.Q8_0
-    # Rows that do not fill whole blocks: F16, as llama.cpp falls back.
-    assert tensor_type("blk.0.ffn_down.weight", (48, 64), "q8_0", True) == Q.F16
-    assert tensor_type("blk.0.ffn_down.weight", (48, 64), "bf16", True) == Q.BF16
+    assert tensor_type("blk.0.attn_norm.weight", (64,), "q4_0", 2, True) is None  # 1-D and norms
+    assert tensor_type("blk.0.attn_qkv.weight", (64, 128), "q4_0", 2, True) == Q.Q4_0
+    # The head (a tied token_embd is the head): Q6_K where 256-value blocks fit, else Q8_0.
+    assert tensor_type("token_embd.weight", (3072, 200064), "q4_0", 32, True) == Q.Q6_K
+    assert tensor_type("token_embd.weight", (64, 200064), "q4_0", 2, True) == Q.Q8_0
+    assert tensor_type("token_embd.weight", (64, 200064), "q4_0", 2, False) == Q.Q4_0
+    assert tensor_type("output.weight", (64, 200064), "q4_0", 2, False) == Q.Q8_0
+    assert tensor_type("token_embd.weight", (3072, 200064), "q8_0", 32, True) == Q.Q8_0
+    # Q4_K_M on Phi-4-mini's 32 layers: attn_qkv and ffn_down Q6_K in layers 0-3, 28-31 and
+    # every third layer from 6 (use_more_bits), Q4_K elsewhere; attn_output and ffn_up Q4_K.
+    more = [0, 1, 2, 3, 6, 9, 12, 15, 18, 21, 24, 27, 28, 29, 30, 31]
+    for i in range(32):
+        expected = Q.Q6_K if i in more else Q.Q4_K
+        assert tensor_type(f"blk.{i}.attn_qkv.weight", (3072, 5120), "q4_k_m", 32, True) == expected
+        assert tensor_type(f"blk.{i}.ffn_down.weight", (8192, 3072), "q4_k_m", 32, True) == expected
+        assert tensor_type(f"blk.{i}.ffn_up.weight", (3072, 16384), "q4_k_m", 32, True) == Q.Q4_K
+        assert tensor_type(f"blk.{i}.attn_qkv.weight", (3072, 5120), "q4_k_s", 32, True) == (
+            Q.Q5_K if i < 4 else Q.Q4_K)
+        assert tensor_type(f"blk.{i}.ffn_down.weight", (8192, 3072), "q4_k_s", 32, True) == (
+            Q.Q5_K if i < 4 else Q.Q4_K)
+    # K types on rows their 256-value blocks do not divide: llama.cpp's 32-value fallbacks.
+    assert tensor_type("blk.0.ffn_up.weight", (96, 256), "q4_k_m", 2, True) == Q.Q5_0
+    assert tensor_type("blk.0.ffn_up.weight", (96, 256), "q5_k_s", 2, True) == Q.Q5_1
+    assert tensor_type("blk.0.ffn_up.weight", (96, 256), "q6_k", 2, True) == Q.Q8_0
+    # Rows that do not fill whole 32-value blocks either: F16, as llama.cpp falls back.
+    assert tensor_type("blk.0.ffn_down.weight", (48, 64), "q8_0", 2, True) == Q.F16
+    assert tensor_type("blk.0.ffn_down.weight", (48, 64), "q4_k_m", 2, True) == Q.F16
+    assert tensor_type("blk.0.ffn_down.weight", (48, 64), "bf16", 2, True) == Q.BF16
 
 
 def test_internal_error_is_one_line_with_status_1(monkeypatch, capsys):
