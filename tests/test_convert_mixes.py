@@ -9,9 +9,9 @@ for the same file. Two checkpoints show the rules' branches:
   10 layers make `use_more_bits` pick layers 0, 3, 6, 8, 9 and Q4_K_S's first 4 / first 1.
 - "small": 8 layers, untied head (output.weight and token_embd.weight apart), rows of 64 that no
   256-block fits, and ffn_down rows of 80 that no 32-block fits either (F16).
-Then, where this build writes the types, the files themselves: pyphi-convert requantizing the
-same F16 file, and converting the checkpoint directly (bf16 -> f32 is exact, so the same as
-llama-quantize from the F32 file), give llama-quantize's bytes, tensor by tensor.
+Then the files themselves: pyphi-convert requantizing the same F16 file gives llama-quantize's
+bytes, tensor by tensor; and converting the checkpoint directly to q4_k_m gives what
+llama-quantize makes of our F32 file (bf16 -> f32 is exact).
 """
 
 from __future__ import annotations
@@ -114,17 +114,24 @@ def _tensors(path) -> dict[str, tuple[int, bytes]]:
         return {name: (info.type, f.tensor_data(name).tobytes()) for name, info in f.tensors.items()}
 
 
+def _assert_same_tensors(ours, theirs, label):
+    ours, theirs = _tensors(ours), _tensors(theirs)
+    assert sorted(ours) == sorted(theirs)
+    for tensor_name, (ggml_type, data) in ours.items():
+        assert ggml_type == theirs[tensor_name][0], (label, tensor_name)
+        assert data == theirs[tensor_name][1], (label, tensor_name)
+
+
 @pytest.mark.parametrize("out_type", LLAMA_QUANTIZE_TYPES)
-def test_same_bytes_as_llama_quantize(model, out_type, tmp_path):
-    """Requantizing our F16 file gives llama-quantize's file of it, and converting the checkpoint
-    gives llama-quantize's file of our F32 file (bf16 -> f32 is exact), tensor by tensor."""
-    _, hf_dir, f16, f32, theirs = model
-    pairs = ((f16, theirs[out_type]), (hf_dir, _llama_quantize(f32, tmp_path / "llama-from-f32.gguf", out_type)))
-    for source, reference in pairs:
-        ours = _tensors(_convert(source, tmp_path / "ours.gguf", out_type))
-        expected = _tensors(reference)
-        assert sorted(ours) == sorted(expected)
-        for tensor_name, (ggml_type, data) in ours.items():
-            assert ggml_type == expected[tensor_name][0], tensor_name
-            assert data == expected[tensor_name][1], (source.name, tensor_name)
-        (tmp_path / "ours.gguf").unlink()
+def test_requantized_bytes_are_llama_quantizes(model, out_type, tmp_path):
+    """pyphi-convert requantizing our F16 file writes llama-quantize's tensors, byte for byte."""
+    _, _, f16, _, theirs = model
+    _assert_same_tensors(_convert(f16, tmp_path / "ours.gguf", out_type), theirs[out_type], out_type)
+
+
+def test_converted_bytes_are_llama_quantizes(model, tmp_path):
+    """Converting the checkpoint directly (bf16 -> f32 -> Q4_K_M) writes what llama-quantize
+    makes of our F32 file (bf16 -> f32 is exact)."""
+    _, hf_dir, _, f32, _ = model
+    theirs = _llama_quantize(f32, tmp_path / "llama-from-f32.gguf", "q4_k_m")
+    _assert_same_tensors(_convert(hf_dir, tmp_path / "ours.gguf", "q4_k_m"), theirs, "q4_k_m")
