@@ -655,3 +655,44 @@ def test_generator_is_deterministic_and_readable_by_safetensors(tiny_dir, source
     norm = sources["model.norm.weight"].float()
     assert abs(norm.mean().item() - 1) < 0.01
     assert abs(sources["model.embed_tokens.weight"].float().std().item() - 0.02) < 0.001
+
+
+# ---- requantizing a GGUF file ------------------------------------------------------------------
+
+
+def test_requantize_f32_file_gives_the_direct_conversion(converted, tmp_path):
+    """The F32 file holds the checkpoint's bf16 values exactly, so requantizing it must give
+    the direct conversion, byte for byte (the key values copied in order, general.file_type set
+    to the new type's, 1-D tensors copied)."""
+    for out_type in ("q8_0", "q4_0", "bf16", "f16"):
+        out = convert_ok(converted["f32"], tmp_path / f"re-{out_type}.gguf", out_type)
+        assert out.read_bytes() == converted[out_type].read_bytes(), out_type
+
+
+def test_requantize_from_q8_0_warns(converted, tmp_path):
+    proc = pyphi_convert(converted["q8_0"], "-o", tmp_path / "out.gguf", "--type", "q4_0", "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    warnings = [line for line in proc.stderr.splitlines() if "warning" in line]
+    assert warnings == [
+        f"pyphi-convert: warning: {converted['q8_0']}: requantizing Q8_0 weights loses quality twice; "
+        "a F16/BF16 source is better"
+    ]
+    tensors = {t.name: t for t in open_gguf(tmp_path / "out.gguf").tensors}
+    source = {t.name: t for t in open_gguf(converted["q8_0"]).tensors}
+    # Q8_0 -> float32 -> Q4_0, as gguf-py computes it; the head stays Q8_0 and is copied.
+    embd = source["token_embd.weight"]
+    assert raw(tensors["token_embd.weight"]) == raw(embd)
+    qkv = source["blk.0.attn_qkv.weight"]
+    values = gguf.quants.dequantize(np.asarray(qkv.data), Q.Q8_0)
+    assert raw(tensors["blk.0.attn_qkv.weight"]) == gguf.quants.quantize(values, Q.Q4_0).tobytes()
+
+
+def test_requantize_refuses_other_quantized_sources(converted, tmp_path):
+    out = tmp_path / "out.gguf"
+    proc = pyphi_convert(converted["q4_0"], "-o", out, "--type", "q8_0", "--no-progress")
+    assert proc.returncode == 2
+    assert proc.stderr == (
+        f"pyphi-convert: error: {converted['q4_0']}: tensor 'blk.0.attn_output.weight' is Q4_0; "
+        "requantizing needs F32, F16, BF16 or Q8_0 weights (convert the original checkpoint instead)\n"
+    )
+    assert not out.exists() and not list(tmp_path.iterdir())
