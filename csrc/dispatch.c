@@ -121,6 +121,10 @@ const char *pyphi_isa_name(int isa) {
         return "avx512";
     case PYPHI_ISA_AVX512BF16:
         return "avx512bf16";
+    case PYPHI_ISA_NEON:
+        return "neon";
+    case PYPHI_ISA_NEON_DOTPROD:
+        return "neon_dotprod";
     default:
         return "unknown";
     }

@@ -145,6 +145,9 @@ extern const pyphi_kernels pyphi_kernels_scalar;
 extern const pyphi_kernels pyphi_kernels_avx2;
 extern const pyphi_kernels pyphi_kernels_avx512;
 extern const pyphi_kernels pyphi_kernels_avx512bf16;
+/* Only in AArch64 builds; reached through pyphi_isa_kernels (cpu_arm.c). */
+extern const pyphi_kernels pyphi_kernels_neon;
+extern const pyphi_kernels pyphi_kernels_neon_dotprod;
 
 /* The scalar twins (kernels_scalar.c): the definitions every ISA's vec_dot entry follows, named
  * here so that later kernels (e.g. a blocked GEMM's reference) can be written in terms of them. */
@@ -218,7 +221,8 @@ void pyphi_gemm_packed_q6_K_avx512(int64_t n, int64_t n_groups, int64_t n_tok, c
 /* dispatch.c: the table in use now (chosen once, on first use, unless pyphi_isa_set changed it). */
 const pyphi_kernels *pyphi_kernels_current(void);
 
-/* cpu_x86.c on x86-64, cpu_generic.c elsewhere: what this architecture's build offers. */
+/* cpu_x86.c on x86-64, cpu_arm.c on AArch64, cpu_generic.c elsewhere: what this architecture's
+ * build offers. */
 uint32_t pyphi_cpu_detect(void);                 /* pyphi_cpu_feature bits, OS support included */
 const pyphi_kernels *pyphi_isa_kernels(int isa); /* the table built for isa, or NULL */
 uint32_t pyphi_isa_requires(int isa);            /* feature bits the table needs to run */

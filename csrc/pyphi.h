@@ -50,7 +50,9 @@ enum pyphi_isa {
     PYPHI_ISA_AVX2 = 1,   /* AVX2 + FMA + F16C (Haswell and later) */
     PYPHI_ISA_AVX512 = 2, /* AVX-512 F/BW/VL/DQ + VNNI (Ice Lake, Zen 4 and later) */
     PYPHI_ISA_AVX512BF16 = 3, /* AVX-512 + AVX512_BF16 (Cooper Lake, Sapphire Rapids, Zen 4) */
-    PYPHI_ISA_COUNT = 4
+    PYPHI_ISA_NEON = 4,   /* AArch64 Advanced SIMD (every AArch64 Linux CPU) */
+    PYPHI_ISA_NEON_DOTPROD = 5, /* AArch64 NEON + ARMv8.2 SDOT (Cortex-A55/A75, Neoverse, Apple M1 and later) */
+    PYPHI_ISA_COUNT = 6
 };
 
 /* CPU feature bits returned by pyphi_cpu_features() (each one also enabled by the OS). */
@@ -66,7 +68,9 @@ enum pyphi_cpu_feature {
     PYPHI_CPU_AVX512DQ = 256,
     PYPHI_CPU_AVX512VNNI = 512,
     PYPHI_CPU_AVX512BF16 = 1024,
-    PYPHI_CPU_AVXVNNI = 2048
+    PYPHI_CPU_AVXVNNI = 2048,
+    PYPHI_CPU_NEON = 4096,   /* AArch64 HWCAP_ASIMD */
+    PYPHI_CPU_DOTPROD = 8192 /* AArch64 HWCAP_ASIMDDP */
 };
 
 enum pyphi_status {
@@ -89,7 +93,7 @@ int pyphi_isa_supported(int isa);    /* 1 if this CPU and build can run isa, els
 int pyphi_isa_best(void);            /* the ISA chosen at load time: the best supported one */
 int pyphi_isa_current(void);         /* the ISA the kernels use now */
 int pyphi_isa_set(int isa);          /* force an ISA (tests, debugging); PYPHI_E_ISA if unsupported */
-const char *pyphi_isa_name(int isa); /* "scalar", "avx2", "avx512"; "unknown" otherwise */
+const char *pyphi_isa_name(int isa); /* "scalar", "avx2", "avx512", "avx512bf16", "neon", "neon_dotprod"; "unknown" otherwise */
 
 /* ---- Block formats (quants.c): ggml's layouts byte for byte ------------------------------- */
 

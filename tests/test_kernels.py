@@ -445,7 +445,7 @@ def test_isa_selection():
     info = cpu.system_info()
     assert info["isa_current"] in info["isa_supported"] and info["isa_best"] == info["isa_supported"][-1]
     assert info["version"] and "scalar" in info["isa_supported"]
-    assert cpu.isa_names() == ["scalar", "avx2", "avx512", "avx512bf16"]
+    assert cpu.isa_names() == ["scalar", "avx2", "avx512", "avx512bf16", "neon", "neon_dotprod"]
     assert lib.pyphi_isa_set(lib.PYPHI_ISA_COUNT) == lib.PYPHI_E_ISA
     assert lib.pyphi_isa_set(-1) == lib.PYPHI_E_ISA
     assert ffi.string(lib.pyphi_isa_name(42)) == b"unknown"
@@ -454,14 +454,22 @@ def test_isa_selection():
         assert cpu.current_isa() == "scalar" and lib.pyphi_isa_current() == lib.PYPHI_ISA_SCALAR
     assert cpu.current_isa() == before
     with pytest.raises(ValueError):
-        cpu.set_isa("neon")
+        cpu.set_isa("sse4")
     features = lib.pyphi_cpu_features()
+    needs = {lib.PYPHI_ISA_AVX2: lib.PYPHI_CPU_AVX2 | lib.PYPHI_CPU_FMA | lib.PYPHI_CPU_F16C,
+             lib.PYPHI_ISA_AVX512: lib.PYPHI_CPU_AVX512F | lib.PYPHI_CPU_AVX512BW | lib.PYPHI_CPU_AVX512VNNI,
+             lib.PYPHI_ISA_AVX512BF16: lib.PYPHI_CPU_AVX512F | lib.PYPHI_CPU_AVX512VNNI | lib.PYPHI_CPU_AVX512BF16,
+             lib.PYPHI_ISA_NEON: lib.PYPHI_CPU_NEON,
+             lib.PYPHI_ISA_NEON_DOTPROD: lib.PYPHI_CPU_NEON | lib.PYPHI_CPU_DOTPROD}
+    x86 = lib.PYPHI_CPU_SSE42 | lib.PYPHI_CPU_AVX | lib.PYPHI_CPU_AVX2
+    arm = lib.PYPHI_CPU_NEON | lib.PYPHI_CPU_DOTPROD
+    assert not (features & x86 and features & arm)  # one architecture's bits only
     for isa in range(lib.PYPHI_ISA_COUNT):  # an ISA is offered only with its features present
-        needs = {lib.PYPHI_ISA_AVX2: lib.PYPHI_CPU_AVX2 | lib.PYPHI_CPU_FMA | lib.PYPHI_CPU_F16C,
-                 lib.PYPHI_ISA_AVX512: lib.PYPHI_CPU_AVX512F | lib.PYPHI_CPU_AVX512BW | lib.PYPHI_CPU_AVX512VNNI,
-                 lib.PYPHI_ISA_AVX512BF16: lib.PYPHI_CPU_AVX512F | lib.PYPHI_CPU_AVX512VNNI | lib.PYPHI_CPU_AVX512BF16}
         if lib.pyphi_isa_supported(isa) and isa in needs:
             assert features & needs[isa] == needs[isa]
+        if not lib.pyphi_isa_supported(isa):
+            with pytest.raises(NativeError):
+                cpu.set_isa(cpu.isa_names()[isa])
 
 
 # ---- softmax (attention's) ---------------------------------------------------------------------

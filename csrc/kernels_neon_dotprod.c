@@ -1,0 +1,61 @@
+/* kernels_neon_dotprod.c: the kernel table for AArch64 cores with the ARMv8.2 dot-product
+ * instructions (SDOT: Cortex-A55/A75 and later, Neoverse, Apple M1 and later).
+ *
+ * Compiled with -march=armv8.2-a+dotprod (CMakeLists.txt) and reached only through dispatch.c
+ * after cpu_arm.c saw HWCAP_ASIMDDP, so nothing here may be called from shared code. Only the
+ * quantized dots differ from the NEON table: SDOT sums four int8 x int8 products into each int32
+ * lane, exactly; every other entry comes from the NEON table (.base, filled in by dispatch.c).
+ * Each block is then scaled and added in block order, as the scalar twin does, so results are
+ * its bits.
+ */
+#include "kernels.h"
+#include "kernels_neon.h"
+#include "pyphi.h"
+#include "quants.h"
+
+#include <arm_neon.h>
+
+static void vec_dot_q8_0_q8_0_dotprod(int64_t n, float *s, const void *vw, const void *va) {
+    const block_q8_0 *w = vw; /* (n / 32,) */
+    const block_q8_0 *a = va; /* (n / 32,) */
+    float sum = 0.0f;
+    for (int64_t b = 0; b < n / PYPHI_QK8_0; b++) {
+        int32x4_t acc = vdotq_s32(vdupq_n_s32(0), vld1q_s8(w[b].qs), vld1q_s8(a[b].qs));
+        acc = vdotq_s32(acc, vld1q_s8(w[b].qs + 16), vld1q_s8(a[b].qs + 16));
+        float dd = pyphi_fp16_to_fp32(w[b].d) * pyphi_fp16_to_fp32(a[b].d); /* exact */
+        sum += (float)vaddvq_s32(acc) * dd;
+    }
+    *s = sum;
+}
+
+static void vec_dot_q4_0_q8_0_dotprod(int64_t n, float *s, const void *vw, const void *va) {
+    const block_q4_0 *w = vw; /* (n / 32,) */
+    const block_q8_0 *a = va; /* (n / 32,) */
+    float sum = 0.0f;
+    for (int64_t b = 0; b < n / PYPHI_QK4_0; b++) {
+        int8x16_t lo, hi; /* values 0..15 and 16..31 of the block, in -8..7 */
+        pyphi_q4_0_codes_neon(w[b].qs, &lo, &hi);
+        int32x4_t acc = vdotq_s32(vdupq_n_s32(0), lo, vld1q_s8(a[b].qs));
+        acc = vdotq_s32(acc, hi, vld1q_s8(a[b].qs + 16));
+        float dd = pyphi_fp16_to_fp32(w[b].d) * pyphi_fp16_to_fp32(a[b].d); /* exact */
+        sum += (float)vaddvq_s32(acc) * dd;
+    }
+    *s = sum;
+}
+
+PYPHI_DEFINE_GEMM_BY_DOT(gemm_q8_0_q8_0_dotprod, vec_dot_q8_0_q8_0_dotprod)
+PYPHI_DEFINE_GEMM_BY_DOT(gemm_q4_0_q8_0_dotprod, vec_dot_q4_0_q8_0_dotprod)
+
+/* Every entry not listed here is the NEON table's (itself completed from the scalar one). */
+const pyphi_kernels pyphi_kernels_neon_dotprod = {
+    .isa = PYPHI_ISA_NEON_DOTPROD,
+    .base = PYPHI_ISA_NEON,
+    .vec_dot = {
+        [PYPHI_TYPE_Q8_0] = vec_dot_q8_0_q8_0_dotprod,
+        [PYPHI_TYPE_Q4_0] = vec_dot_q4_0_q8_0_dotprod,
+    },
+    .gemm = {
+        [PYPHI_TYPE_Q8_0] = gemm_q8_0_q8_0_dotprod,
+        [PYPHI_TYPE_Q4_0] = gemm_q4_0_q8_0_dotprod,
+    },
+};
