@@ -6,10 +6,21 @@ Everything is made once per test session under one temporary directory, on first
 out_type)` (matrices quantized by gguf-py, for types the converter does not write),
 `model_zoo.hf_model(name)`.
 Checkpoint names: the generator's sizes ("tiny", "head128") and variants of "tiny" defined here.
+
+`model_zoo.hf_logits(name, tokens)` is transformers' logits of a sequence. Under CPU emulation
+(ci/emulation/) torch is too slow or absent, so the emulation driver first runs the same tests
+natively with PYPHI_TEST_REFERENCE=record:DIR, which saves each reference it computes there, and
+then the emulated run with PYPHI_TEST_REFERENCE=replay:DIR, which loads them instead of running
+transformers: a reference computed in the same driver run, never a stored file.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
 import pytest
 
 from pyphi.testing import checkpoint as ckpt
@@ -102,6 +113,39 @@ class ModelZoo:
             return model.eval()
 
         return self._once(("hf_model", name), make)
+
+    def hf_logits(self, name: str, tokens, keep: int = 0, bf16_activations: bool = False) -> np.ndarray:
+        """transformers' logits (float32) of the whole sequence `tokens` on checkpoint `name`
+        (the last `keep` positions; 0 = all), or the ones recorded by the native run.
+        bf16_activations: the input of every nn.Linear (the projections and the head) rounded
+        to bfloat16 and back, which is what a BF16 GGUF computes (ggml's vec_dot_type for BF16
+        is BF16)."""
+        tokens = np.asarray(tokens, dtype=np.int64)
+        mode, _, folder = os.environ.get("PYPHI_TEST_REFERENCE", "").partition(":")
+        if mode not in ("", "record", "replay") or (mode and not folder):
+            raise ValueError("PYPHI_TEST_REFERENCE must be record:DIR or replay:DIR")
+        what = f"{name}/{keep}/{'bf16' if bf16_activations else 'f32'}"
+        key = hashlib.sha256(tokens.tobytes() + what.encode()).hexdigest()[:20]
+        path = Path(folder) / f"{name}-{key}.npy"
+        if mode == "replay":
+            return np.load(path)  # a missing file: the native run did not compute this one
+        import torch
+
+        def round_input(module, args):
+            return (args[0].to(torch.bfloat16).to(torch.float32), *args[1:])
+
+        model = self.hf_model(name)
+        linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)] if bf16_activations else []
+        hooks = [m.register_forward_pre_hook(round_input) for m in linears]
+        try:
+            with torch.no_grad():
+                logits = model(torch.tensor(tokens[None]), logits_to_keep=keep).logits[0].numpy()
+        finally:
+            for h in hooks:
+                h.remove()
+        if mode == "record":
+            np.save(path, logits)
+        return logits
 
 
 @pytest.fixture(scope="session")

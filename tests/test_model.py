@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from pyphi._native import ffi, lib
 from pyphi.model import ContextTooLargeError, Model, model_sizes
@@ -59,24 +58,11 @@ def prompt(n: int = PROMPT_LEN, seed: int = 1) -> np.ndarray:
 
 def hf_logits(model, tokens, keep: int = 0) -> np.ndarray:
     """transformers' logits of the whole sequence `tokens` (the last `keep`, 0 = all)."""
+    import torch
+
     with torch.no_grad():
         out = model(torch.tensor(np.asarray(tokens, dtype=np.int64)[None]), logits_to_keep=keep)
     return out.logits[0].numpy()
-
-
-def hf_logits_bf16_activations(model, tokens) -> np.ndarray:
-    """hf_logits with the input of every nn.Linear (the projections and the head) rounded to
-    bfloat16 and back: what a BF16 GGUF computes (ggml's vec_dot_type for BF16 is BF16)."""
-
-    def round_input(module, args):
-        return (args[0].to(torch.bfloat16).to(torch.float32), *args[1:])
-
-    hooks = [m.register_forward_pre_hook(round_input) for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    try:
-        return hf_logits(model, tokens)
-    finally:
-        for h in hooks:
-            h.remove()
 
 
 def ratio(ours: np.ndarray, ref: np.ndarray) -> float:
@@ -85,15 +71,20 @@ def ratio(ours: np.ndarray, ref: np.ndarray) -> float:
 
 def mean_kl(ref: np.ndarray, ours: np.ndarray) -> float:
     """Mean over positions of KL(softmax(ref) || softmax(ours)), in float64."""
-    p = torch.log_softmax(torch.tensor(ref, dtype=torch.float64), -1)
-    q = torch.log_softmax(torch.tensor(ours, dtype=torch.float64), -1)
-    return float((p.exp() * (p - q)).sum(-1).mean())
+    p, q = log_softmax(ref), log_softmax(ours)
+    return float((np.exp(p) * (p - q)).sum(-1).mean())
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    shifted = x - x.max(-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
 
 
 @pytest.fixture(scope="module")
 def reference(model_zoo):
     """size -> transformers' logits (PROMPT_LEN, n_vocab) of prompt()."""
-    return {size: hf_logits(model_zoo.hf_model(size), prompt()) for size in SIZES}
+    return {size: model_zoo.hf_logits(size, prompt()) for size in SIZES}
 
 
 @pytest.mark.parametrize("size", SIZES)
@@ -102,7 +93,7 @@ def test_float_weights_match_transformers(model_zoo, reference, size, out_type):
     ref = reference[size]
     bounds = (("f32", EXACT_RATIO), ("f16", F16_KV_RATIO))
     if out_type == "bf16":
-        ref = hf_logits_bf16_activations(model_zoo.hf_model(size), prompt())
+        ref = model_zoo.hf_logits(size, prompt(), bf16_activations=True)
         bounds = (("f32", BF16_ACT_RATIO), ("f16", BF16_ACT_RATIO))
     for kv_type, bound in bounds:
         with Model(model_zoo.gguf(size, out_type), n_ctx=256, kv_type=kv_type) as model:
@@ -312,7 +303,7 @@ def test_phi3_mini_4k_like_model_loads_and_matches(model_zoo):
     tensors, sliding window 48) load from the phi3.* keys alone; a 100-token prompt exercises the
     sliding-window mask, which transformers applies."""
     tokens = prompt(100)
-    ref = hf_logits(model_zoo.hf_model("phi3_mini_4k_like"), tokens)
+    ref = model_zoo.hf_logits("phi3_mini_4k_like", tokens)
     with Model(model_zoo.gguf("phi3_mini_4k_like", "f32"), n_ctx=128, kv_type="f32") as model:
         h = model.hparams
         assert (h.n_embd, h.n_head, h.n_head_kv, h.head_dim, h.n_rot, h.n_layer) == (96, 6, 3, 16, 16, 3)
