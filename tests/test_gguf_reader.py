@@ -7,7 +7,6 @@ byte by byte here, because the reference writer refuses to write most of them.
 
 import os
 import struct
-import time
 
 import gguf
 import numpy as np
@@ -513,10 +512,7 @@ def test_opens_a_phi4_mini_sized_vocabulary_quickly(tmp_path):
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    start = time.perf_counter()
-    with GGUFFile(path) as f:
-        elapsed = time.perf_counter() - start
+    with GGUFFile(path) as f:  # how long this takes: bench/bench_load.py
         assert f.require("tokenizer.ggml.tokens", ValueType.ARRAY, ValueType.STRING) == tokens
         assert f.metadata["tokenizer.ggml.merges"] == merges
         assert f.metadata["tokenizer.ggml.token_type"].shape == (N_TOKENS,)
-    assert elapsed < 2.0, f"opening took {elapsed:.2f} s"

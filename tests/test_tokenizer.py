@@ -14,7 +14,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 import unicodedata
 from unittest import mock
 
@@ -114,16 +113,11 @@ def corpus():
 # ---- building ----
 
 
-def test_build_time_for_the_200k_vocabulary(gguf_path):
+def test_builds_the_200k_vocabulary(gguf_path):
+    # How long this takes is measured in bench/bench_load.py, not here.
     with GGUFFile(gguf_path) as f:
-        times = []
-        for _ in range(3):
-            start = time.perf_counter()
-            tok = Tokenizer.from_gguf(f)
-            times.append(time.perf_counter() - start)
-    print(f"Tokenizer.from_gguf: {tok.n_vocab} ids in {min(times):.3f} s (best of 3)")
+        tok = Tokenizer.from_gguf(f)
     assert tok.n_vocab == 200064
-    assert min(times) < 1.0
 
 
 def test_special_ids_and_rstrip_rule_from_the_file(tok):
