@@ -2,13 +2,13 @@
 
 Builds what it needs under --work once: the full-size random-weight checkpoint
 (`python -m pyphi.testing.checkpoint DIR --size full`) and pyphi's GGUFs of it
-(`pyphi-convert DIR -o X --type T`). Both engines run pyphi's files: pyphi's q4_0 keeps token_embd
-in Q8_0 where llama-quantize's Q4_0 writes Q6_K, which pyphi cannot load yet.
+(`pyphi-convert DIR -o X --type T`). Both engines run pyphi's files, whose tensor-type mixes are
+llama-quantize's (q4_0 and q4_k_m included: token_embd in Q6_K, the layer rules of llama-quant.cpp).
 
 Each measurement runs in its own process (wait4 gives that process's peak RSS), engines
 alternating, repeated --reps times. One process per (engine, type, threads, rep):
-- load: constructor (pyphi packs its Q4_0/Q8_0 weights here) and first token: load + the logits
-  of a one-token prompt;
+- load: constructor and first token: load + the logits of a one-token prompt (pyphi packs its
+  Q4_0/Q8_0/K-quant weights at that first eval);
 - prefill: --prefill tokens from an empty cache in one call (n_batch 512), tok/s;
 - decode: --decode single-token calls from an empty cache, tok/s (llama-bench's tg128);
 - with --depth D (a separate process, fewer reps): a D-token prefill, then --depth-decode single
@@ -23,7 +23,7 @@ The table gives medians with min-max spread, the ratio pyphi / llama.cpp (above 
 faster), and for decode the roofline: file bytes x tok/s against a stream read of a 1 GiB buffer
 (numpy, one process per thread) measured in the same run.
 
-    python bench/bench_inference.py --work /tmp/pyphi-bench --types q4_0 q8_0 bf16 --threads 1 2
+    python bench/bench_inference.py --work /tmp/pyphi-bench --types q4_0 q4_k_m q8_0 bf16 --threads 1 2
 
 The machine may be shared: the 1-minute load average is printed with each run.
 """
@@ -40,7 +40,7 @@ import tempfile
 import time
 from pathlib import Path
 
-DEFAULT_TYPES = ("q4_0", "q8_0", "bf16")
+DEFAULT_TYPES = ("q4_0", "q4_k_m", "q8_0", "bf16")
 DEFAULT_THREADS = (1, 2)
 N_BATCH = 512
 SEED = 1234

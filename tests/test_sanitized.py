@@ -19,7 +19,9 @@ import sys
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-TESTS = ["tests/test_kernels.py", "tests/test_model.py", "tests/test_quants.py"]
+# The kernel and forward tests, as the issue asks. The row codecs (test_quants.py) are left out
+# here to keep CI short: the native fuzz harness (tests/fuzz) runs them under ASan+UBSan.
+TESTS = ["tests/test_kernels.py", "tests/test_model.py"]
 
 
 def _runtime(name: str) -> str:
