@@ -22,14 +22,14 @@ static const pyphi_kernels *table(int isa) {
     return g_tables[isa].vec_dot[PYPHI_TYPE_F32] != NULL ? &g_tables[isa] : NULL;
 }
 
-/* isa's own table with every NULL entry taken from its base's completed table (kernels.h), the
- * scalar one by default; NULL if this build has no table for isa. Called in increasing isa order,
+/* Fills g_tables[isa]: isa's own table with every NULL entry taken from its base's completed
+ * table (kernels.h), the scalar one by default; left empty if this build has no table for isa. Called in increasing isa order,
  * so a base (always below isa) is complete first. A missing vec_dot brings the base's gemm with
  * it, so a tile always computes what its table's vec_dot does. */
-static const pyphi_kernels *complete_table(int isa) {
+static void complete_table(int isa) {
     const pyphi_kernels *own = pyphi_isa_kernels(isa);
     if (own == NULL) {
-        return NULL;
+        return;
     }
     const pyphi_kernels *base = own->base > 0 && own->base < isa && table(own->base) != NULL
                                     ? table(own->base)
@@ -51,7 +51,6 @@ static const pyphi_kernels *complete_table(int isa) {
     if (t->softmax == NULL) {
         t->softmax = base->softmax;
     }
-    return t;
 }
 
 static int supported(int isa) {
