@@ -22,7 +22,7 @@ import seeds  # noqa: E402  (tests/fuzz/seeds.py)
 # executions per harness in CI: each is a few seconds to ~20 s of fuzzing here
 RUNS = {"gguf": 1000, "safetensors": 3000, "template": 500}
 MAX_LEN = {"gguf": 120_000, "safetensors": 20_000, "template": 20_000}
-NATIVE_RUNS = 50_000
+NATIVE_RUNS = 200_000
 
 
 @pytest.fixture(scope="module")
