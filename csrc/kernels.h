@@ -46,7 +46,9 @@
  * to zero, which adds at most |w[i] a[i]| per subnormal operand and 2^-126 per addition (no
  * such values in real weights and activations, nor in the tests).
  * The K-quants (Q4_K/Q5_K/Q6_K x Q8_K) scale per 256-value super-block with d_a a full
- * binary32: their order and bound are stated with their scalar twins in kernels_scalar.c. */
+ * binary32: their order and bound are stated with their scalar twins in kernels_scalar.c.
+ * The NEON tables' quantized dots (every type, K-quants included) form the same exact integer
+ * sums per block, then the scalar twin's float operations in its order: its bits (kernels_neon.h). */
 typedef void (*pyphi_vec_dot_fn)(int64_t n, float *s, const void *w, const void *a);
 
 /* x: (n,) float32 -> y: a row of n values in one activation type (Q8_0, Q8_1, Q8_K); n a multiple

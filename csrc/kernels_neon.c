@@ -6,9 +6,11 @@
  * every other entry from this one (its base). Each function computes what the same table entry of
  * pyphi_kernels_scalar (kernels_scalar.c, quants.c) defines; see kernels.h for how closely.
  *
- * Quantized dots: each block's int32 sum is exact for every block content (int8 x int8 products
- * widen to int16 without overflow: |-128 * -128| = 16384), and the blocks are then scaled and
- * added in block order exactly as the scalar twin does, so the result is the scalar twin's bits.
+ * Quantized dots, every type of the scalar table (Q5_0/Q4_1/Q5_1 and the K-quants through
+ * kernels_neon.h's bodies): each block's int32 sum is exact for every block content (int8 x int8
+ * products widen to int16 without overflow: |-128 * -128| = 16384), and the blocks are then
+ * scaled and added in block order exactly as the scalar twin does, so the result is the scalar
+ * twin's bits.
  */
 #include "kernels.h"
 #include "kernels_neon.h"
@@ -110,6 +112,31 @@ static void vec_dot_q4_0_q8_0_neon(int64_t n, float *s, const void *vw, const vo
     *s = sum;
 }
 
+/* Q5_0, Q4_1, Q5_1 and the K-quants: kernels_neon.h's bodies with the widening dot. */
+static void vec_dot_q5_0_q8_0_neon(int64_t n, float *s, const void *w, const void *a) {
+    pyphi_vec_dot_q5_0_neon(dot16_s8, n, s, w, a);
+}
+
+static void vec_dot_q4_1_q8_1_neon(int64_t n, float *s, const void *w, const void *a) {
+    pyphi_vec_dot_q4_1_neon(dot16_s8, n, s, w, a);
+}
+
+static void vec_dot_q5_1_q8_1_neon(int64_t n, float *s, const void *w, const void *a) {
+    pyphi_vec_dot_q5_1_neon(dot16_s8, n, s, w, a);
+}
+
+static void vec_dot_q4_K_q8_K_neon(int64_t n, float *s, const void *w, const void *a) {
+    pyphi_vec_dot_q4_K_neon(dot16_s8, n, s, w, a);
+}
+
+static void vec_dot_q5_K_q8_K_neon(int64_t n, float *s, const void *w, const void *a) {
+    pyphi_vec_dot_q5_K_neon(dot16_s8, n, s, w, a);
+}
+
+static void vec_dot_q6_K_q8_K_neon(int64_t n, float *s, const void *w, const void *a) {
+    pyphi_vec_dot_q6_K_neon(dot16_s8, n, s, w, a);
+}
+
 /* ---- Activation quantizer: float32 -> Q8_0, bit-identical to pyphi_quantize_row_q8_0 ------ */
 
 /* roundf(v * id) through the numpy cast of quants.h (pyphi_numpy_f32_to_u8), 4 lanes as int32:
@@ -162,9 +189,15 @@ PYPHI_DEFINE_GEMM_BY_DOT(gemm_f16_neon, vec_dot_f16_neon)
 PYPHI_DEFINE_GEMM_BY_DOT(gemm_bf16_neon, vec_dot_bf16_neon)
 PYPHI_DEFINE_GEMM_BY_DOT(gemm_q8_0_q8_0_neon, vec_dot_q8_0_q8_0_neon)
 PYPHI_DEFINE_GEMM_BY_DOT(gemm_q4_0_q8_0_neon, vec_dot_q4_0_q8_0_neon)
+PYPHI_DEFINE_GEMM_BY_DOT(gemm_q5_0_q8_0_neon, vec_dot_q5_0_q8_0_neon)
+PYPHI_DEFINE_GEMM_BY_DOT(gemm_q4_1_q8_1_neon, vec_dot_q4_1_q8_1_neon)
+PYPHI_DEFINE_GEMM_BY_DOT(gemm_q5_1_q8_1_neon, vec_dot_q5_1_q8_1_neon)
+PYPHI_DEFINE_GEMM_BY_DOT(gemm_q4_K_q8_K_neon, vec_dot_q4_K_q8_K_neon)
+PYPHI_DEFINE_GEMM_BY_DOT(gemm_q5_K_q8_K_neon, vec_dot_q5_K_q8_K_neon)
+PYPHI_DEFINE_GEMM_BY_DOT(gemm_q6_K_q8_K_neon, vec_dot_q6_K_q8_K_neon)
 
-/* Formats not listed here (packed weights, the other quantized types) take the scalar twin
- * (dispatch.c fills the gaps). */
+/* Packed weights and the Q8_1/Q8_K activation quantizers are not listed here: they take the
+ * scalar twin (dispatch.c fills the gaps). */
 const pyphi_kernels pyphi_kernels_neon = {
     .isa = PYPHI_ISA_NEON,
     .vec_dot = {
@@ -173,6 +206,12 @@ const pyphi_kernels pyphi_kernels_neon = {
         [PYPHI_TYPE_BF16] = vec_dot_bf16_neon,
         [PYPHI_TYPE_Q8_0] = vec_dot_q8_0_q8_0_neon,
         [PYPHI_TYPE_Q4_0] = vec_dot_q4_0_q8_0_neon,
+        [PYPHI_TYPE_Q5_0] = vec_dot_q5_0_q8_0_neon,
+        [PYPHI_TYPE_Q4_1] = vec_dot_q4_1_q8_1_neon,
+        [PYPHI_TYPE_Q5_1] = vec_dot_q5_1_q8_1_neon,
+        [PYPHI_TYPE_Q4_K] = vec_dot_q4_K_q8_K_neon,
+        [PYPHI_TYPE_Q5_K] = vec_dot_q5_K_q8_K_neon,
+        [PYPHI_TYPE_Q6_K] = vec_dot_q6_K_q8_K_neon,
     },
     .gemm = {
         [PYPHI_TYPE_F32] = gemm_f32_neon,
@@ -180,6 +219,12 @@ const pyphi_kernels pyphi_kernels_neon = {
         [PYPHI_TYPE_BF16] = gemm_bf16_neon,
         [PYPHI_TYPE_Q8_0] = gemm_q8_0_q8_0_neon,
         [PYPHI_TYPE_Q4_0] = gemm_q4_0_q8_0_neon,
+        [PYPHI_TYPE_Q5_0] = gemm_q5_0_q8_0_neon,
+        [PYPHI_TYPE_Q4_1] = gemm_q4_1_q8_1_neon,
+        [PYPHI_TYPE_Q5_1] = gemm_q5_1_q8_1_neon,
+        [PYPHI_TYPE_Q4_K] = gemm_q4_K_q8_K_neon,
+        [PYPHI_TYPE_Q5_K] = gemm_q5_K_q8_K_neon,
+        [PYPHI_TYPE_Q6_K] = gemm_q6_K_q8_K_neon,
     },
     .quantize_act = {[PYPHI_TYPE_Q8_0] = quantize_row_q8_0_neon},
 };
