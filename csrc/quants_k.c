@@ -384,102 +384,156 @@ void pyphi_dequantize_row_q8_K(const void *vx, float *y, int64_t n) {
 
 /* ---- Packed layouts (quants.h) ----------------------------------------------------------- */
 
-/* Q4_K: one lane per row (quants.h). */
-static void pack_rows_q4_K(const void *w, int64_t n_rows, int64_t n, void *dst) {
-    const int64_t nb = n / PYPHI_QK_K;
-    const size_t row_bytes = (size_t)nb * sizeof(block_q4_K);
-    uint8_t *out = dst;
-    for (int64_t g = 0; g < n_rows / PYPHI_PACK_ROWS; g++) {
-        const uint8_t *rows = (const uint8_t *)w + (size_t)g * PYPHI_PACK_ROWS * row_bytes;
-        for (int64_t b = 0; b < nb; b++, out += PYPHI_Q4_K_PACKED_BYTES) {
-            for (int i = 0; i < PYPHI_PACK_ROWS; i++) {
-                const block_q4_K *blk = (const block_q4_K *)(rows + (size_t)i * row_bytes) + b;
-                memcpy(out + 2 * i, &blk->d, 2);
-                memcpy(out + 32 + 2 * i, &blk->dmin, 2);
-                for (int k = 0; k < 3; k++) {
-                    memcpy(out + 64 + 4 * (16 * k + i), blk->scales + 4 * k, 4);
-                }
-                for (int k = 0; k < 4; k++) {
-                    for (int c = 0; c < 8; c++) {
-                        memcpy(out + 256 + 4 * ((k * 8 + c) * 16 + i), blk->qs + 32 * k + 4 * c, 4);
-                    }
-                }
-            }
+/* The 16-lane layouts (Q4_K, Q6_K) move whole 4-byte groups: 4-byte group 16 k + i of the
+ * packed super-block's lane part is row i's group map(k). Packing takes 4 rows at a time, loads 4
+ * consecutive source groups of each and stores them transposed, 16 bytes per store (GCC's
+ * generic vectors: SSE2 on x86-64, NEON on arm64, both baseline), and walks the 4 rows from start
+ * to end, so the hardware prefetcher sees 4 streams, not 16 rows visited block by block. The
+ * unpackers (one row, group by group) are the plain statement of the layout. */
+typedef uint32_t u32x4 __attribute__((vector_size(16)));
+typedef uint16_t u16x8 __attribute__((vector_size(16)));
+
+static inline uint32_t load_u32(const uint8_t *p) {
+    uint32_t v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline uint16_t load_u16(const uint8_t *p) {
+    uint16_t v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline u32x4 load_u32x4(const uint8_t *p) {
+    u32x4 v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+/* r[j] = 4 groups (k .. k + 3) of row j -> c[q] = group k + q of rows 0..3. */
+static inline void transpose4(const u32x4 r[4], u32x4 c[4]) {
+    u32x4 t0 = __builtin_shufflevector(r[0], r[1], 0, 4, 1, 5);
+    u32x4 t1 = __builtin_shufflevector(r[0], r[1], 2, 6, 3, 7);
+    u32x4 t2 = __builtin_shufflevector(r[2], r[3], 0, 4, 1, 5);
+    u32x4 t3 = __builtin_shufflevector(r[2], r[3], 2, 6, 3, 7);
+    c[0] = __builtin_shufflevector(t0, t2, 0, 1, 4, 5);
+    c[1] = __builtin_shufflevector(t0, t2, 2, 3, 6, 7);
+    c[2] = __builtin_shufflevector(t1, t3, 0, 1, 4, 5);
+    c[3] = __builtin_shufflevector(t1, t3, 2, 3, 6, 7);
+}
+
+/* Source groups src_group .. + 3 of the 4 blocks blk[0..3] (rows i .. i + 3) -> packed groups
+ * 16 (k + q) + i (q = 0..3), one 16-byte store each. */
+static inline void lanes_store4(const uint8_t *const blk[4], int src_group, uint8_t *packed, int k,
+                                int i) {
+    u32x4 r[4], c[4];
+    for (int j = 0; j < 4; j++) {
+        r[j] = load_u32x4(blk[j] + 4 * src_group);
+    }
+    transpose4(r, c);
+    for (int q = 0; q < 4; q++) {
+        memcpy(packed + 4 * (16 * (k + q) + i), &c[q], sizeof c[q]);
+    }
+}
+
+/* Q4_K (quants.h): the block's 36 4-byte groups transposed (map(k) = k), except group 0 (d,
+ * dmin), whose halves go to d[16] and dmin[16]. */
+static inline void q4_K_to_lanes4(const uint8_t *const blk[4], int i, uint8_t *packed) {
+    u32x4 r[4], c[4];
+    for (int j = 0; j < 4; j++) {
+        r[j] = load_u32x4(blk[j]);
+    }
+    transpose4(r, c);
+    u16x8 dm = __builtin_shufflevector((u16x8)c[0], (u16x8)c[0], 0, 2, 4, 6, 1, 3, 5, 7);
+    memcpy(packed + 2 * i, &dm, 8);
+    memcpy(packed + 32 + 2 * i, (const uint8_t *)&dm + 8, 8);
+    for (int q = 1; q < 4; q++) {
+        memcpy(packed + 4 * (16 * q + i), &c[q], sizeof c[q]);
+    }
+    for (int k = 4; k < 144 / 4; k += 4) {
+        lanes_store4(blk, k, packed, k, i);
+    }
+}
+
+static inline void q4_K_from_lane(const uint8_t *packed, int i, uint8_t *blk) {
+    memcpy(blk, packed + 2 * i, 2);
+    memcpy(blk + 2, packed + 32 + 2 * i, 2);
+    for (int k = 1; k < 144 / 4; k++) {
+        uint32_t v = load_u32(packed + 4 * (16 * k + i));
+        memcpy(blk + 4 * k, &v, 4);
+    }
+}
+
+/* Q6_K (quants.h): quad u = 2h + m is ql groups 16h + 4m + c, ql groups 16h + 8 + 4m + c, qh
+ * groups 8h + 4m + c (c = 0..3); as the first of 4 consecutive 4-byte groups of block_q6_K (qh
+ * starts at group 32), for packed groups 4 t .. 4 t + 3 of the quads. */
+static const uint8_t Q6_K_QUAD_RUNS[4 * 3] = {
+    0, 8, 32,  /* h 0, m 0 */
+    4, 12, 36, /* h 0, m 1 */
+    16, 24, 40, /* h 1, m 0 */
+    20, 28, 44, /* h 1, m 1 */
+};
+#define Q6_K_SCALES_AT 32            /* packed: scales[8][16][2] */
+#define Q6_K_QUADS_AT (32 + 16 * 16) /* packed: quads[4][12][16][4] */
+
+static inline void q6_K_to_lanes4(const uint8_t *const blk[4], int i, uint8_t *packed) {
+    for (int j = 0; j < 4; j++) {
+        memcpy(packed + 2 * (i + j), blk[j] + offsetof(block_q6_K, d), 2);
+        for (int p = 0; p < 8; p++) {
+            uint16_t v = load_u16(blk[j] + offsetof(block_q6_K, scales) + 2 * p);
+            memcpy(packed + Q6_K_SCALES_AT + 2 * (16 * p + i + j), &v, 2);
+        }
+    }
+    for (int t = 0; t < 4 * 3; t++) {
+        lanes_store4(blk, Q6_K_QUAD_RUNS[t], packed + Q6_K_QUADS_AT, 4 * t, i);
+    }
+}
+
+static inline void q6_K_from_lane(const uint8_t *packed, int i, uint8_t *blk) {
+    memcpy(blk + offsetof(block_q6_K, d), packed + 2 * i, 2);
+    for (int p = 0; p < 8; p++) {
+        uint16_t v = load_u16(packed + Q6_K_SCALES_AT + 2 * (16 * p + i));
+        memcpy(blk + offsetof(block_q6_K, scales) + 2 * p, &v, 2);
+    }
+    for (int t = 0; t < 4 * 3; t++) {
+        for (int c = 0; c < 4; c++) {
+            uint32_t v = load_u32(packed + Q6_K_QUADS_AT + 4 * (16 * (4 * t + c) + i));
+            memcpy(blk + 4 * (Q6_K_QUAD_RUNS[t] + c), &v, 4);
         }
     }
 }
 
-void pyphi_unpack_q4_K(const void *packed_block, int i, void *vout) {
-    const uint8_t *p = packed_block;
-    block_q4_K *out = vout;
-    memcpy(&out->d, p + 2 * i, 2);
-    memcpy(&out->dmin, p + 32 + 2 * i, 2);
-    for (int k = 0; k < 3; k++) {
-        memcpy(out->scales + 4 * k, p + 64 + 4 * (16 * k + i), 4);
+/* w (n_rows, nb blocks of block_bytes) -> dst, 16 rows a group, one lane per row. */
+#define DEFINE_PACK_LANES(name, block_bytes, packed_bytes, to_lanes4)                              \
+    static void name(const void *w, int64_t n_rows, int64_t n, void *dst) {                      \
+        const int64_t nb = n / PYPHI_QK_K;                                                       \
+        const size_t row_bytes = (size_t)nb * (block_bytes);                                     \
+        for (int64_t g = 0; g < n_rows / PYPHI_PACK_ROWS; g++) {                                 \
+            const size_t at = (size_t)g * PYPHI_PACK_ROWS * row_bytes; /* same on both sides */  \
+            uint8_t *group = (uint8_t *)dst + at;                                                \
+            for (int i = 0; i < PYPHI_PACK_ROWS; i += 4) {                                       \
+                const uint8_t *rows = (const uint8_t *)w + at + (size_t)i * row_bytes;           \
+                for (int64_t b = 0; b < nb; b++) {                                               \
+                    const uint8_t *blk[4];                                                       \
+                    for (int j = 0; j < 4; j++) {                                                \
+                        blk[j] = rows + (size_t)j * row_bytes + (size_t)b * (block_bytes);       \
+                    }                                                                            \
+                    to_lanes4(blk, i, group + (size_t)b * (packed_bytes));                       \
+                }                                                                                \
+            }                                                                                    \
+        }                                                                                        \
     }
-    for (int k = 0; k < 4; k++) {
-        for (int c = 0; c < 8; c++) {
-            memcpy(out->qs + 32 * k + 4 * c, p + 256 + 4 * ((k * 8 + c) * 16 + i), 4);
-        }
-    }
+
+DEFINE_PACK_LANES(pack_rows_q4_K, sizeof(block_q4_K), PYPHI_Q4_K_PACKED_BYTES, q4_K_to_lanes4)
+DEFINE_PACK_LANES(pack_rows_q6_K, sizeof(block_q6_K), PYPHI_Q6_K_PACKED_BYTES, q6_K_to_lanes4)
+
+void pyphi_unpack_q4_K(const void *packed_block, int i, void *out) {
+    q4_K_from_lane(packed_block, i, out);
 }
 
-/* Q6_K: one lane per row (quants.h); copies [count] 4-byte groups (or 2-byte scale pairs) of
- * each row's field to [count][16][size]. */
-static void lanes_scatter(uint8_t *dst, const uint8_t *src, int i, int count, int size) {
-    for (int c = 0; c < count; c++) {
-        memcpy(dst + (size_t)(c * PYPHI_PACK_ROWS + i) * (size_t)size, src + c * size, (size_t)size);
-    }
-}
-
-static void lanes_gather(uint8_t *dst, const uint8_t *src, int i, int count, int size) {
-    for (int c = 0; c < count; c++) {
-        memcpy(dst + c * size, src + (size_t)(c * PYPHI_PACK_ROWS + i) * (size_t)size, (size_t)size);
-    }
-}
-
-/* Quad u of a Q6_K block (quants.h): 12 groups of 4 bytes. */
-static void q6_K_quad(const block_q6_K *blk, int u, uint8_t quad[48]) {
-    const int h = u / 2, m = u % 2;
-    memcpy(quad, blk->ql + 4 * (16 * h + 4 * m), 16);
-    memcpy(quad + 16, blk->ql + 4 * (16 * h + 8 + 4 * m), 16);
-    memcpy(quad + 32, blk->qh + 4 * (8 * h + 4 * m), 16);
-}
-
-static void pack_rows_q6_K(const void *w, int64_t n_rows, int64_t n, void *dst) {
-    const int64_t nb = n / PYPHI_QK_K;
-    const size_t row_bytes = (size_t)nb * sizeof(block_q6_K);
-    uint8_t *out = dst;
-    for (int64_t g = 0; g < n_rows / PYPHI_PACK_ROWS; g++) {
-        const uint8_t *rows = (const uint8_t *)w + (size_t)g * PYPHI_PACK_ROWS * row_bytes;
-        for (int64_t b = 0; b < nb; b++, out += PYPHI_Q6_K_PACKED_BYTES) {
-            for (int i = 0; i < PYPHI_PACK_ROWS; i++) {
-                const block_q6_K *blk = (const block_q6_K *)(rows + (size_t)i * row_bytes) + b;
-                memcpy(out + 2 * i, &blk->d, 2);
-                lanes_scatter(out + 32, (const uint8_t *)blk->scales, i, 8, 2);
-                for (int u = 0; u < 4; u++) {
-                    uint8_t quad[12 * 4];
-                    q6_K_quad(blk, u, quad);
-                    lanes_scatter(out + 288 + 768 * u, quad, i, 12, 4);
-                }
-            }
-        }
-    }
-}
-
-void pyphi_unpack_q6_K(const void *packed_block, int i, void *vout) {
-    const uint8_t *p = packed_block;
-    block_q6_K *out = vout;
-    memcpy(&out->d, p + 2 * i, 2);
-    lanes_gather((uint8_t *)out->scales, p + 32, i, 8, 2);
-    for (int u = 0; u < 4; u++) {
-        uint8_t quad[12 * 4];
-        lanes_gather(quad, p + 288 + 768 * u, i, 12, 4);
-        const int h = u / 2, m = u % 2;
-        memcpy(out->ql + 4 * (16 * h + 4 * m), quad, 16);
-        memcpy(out->ql + 4 * (16 * h + 8 + 4 * m), quad + 16, 16);
-        memcpy(out->qh + 4 * (8 * h + 4 * m), quad + 32, 16);
-    }
+void pyphi_unpack_q6_K(const void *packed_block, int i, void *out) {
+    q6_K_from_lane(packed_block, i, out);
 }
 
 void pyphi_pack_rows_k(int type, const void *w, int64_t n_rows, int64_t n, void *dst) {
