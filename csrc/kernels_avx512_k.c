@@ -373,7 +373,7 @@ static inline __attribute__((always_inline)) void packed_q4_K_tile(int nt, int64
 static inline __attribute__((always_inline)) void packed_q6_K_tile(int nt, int64_t nb, const uint8_t *group,
                                                                    const uint8_t *a, size_t a_stride,
                                                                    float *y, int64_t y_stride) {
-    const __m512i nibble = _mm512_set1_epi8(0x0f), two = _mm512_set1_epi8(0x03);
+    const __m512i nibble = _mm512_set1_epi8(0x0f), six = _mm512_set1_epi8(0x3f);
     __m512 acc[PACKED_K_TOKENS];
     _Pragma("GCC unroll 8") for (int t = 0; t < nt; t++) acc[t] = _mm512_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
@@ -401,9 +401,14 @@ static inline __attribute__((always_inline)) void packed_q6_K_tile(int nt, int64
                 _Pragma("GCC unroll 4") for (int c = 0; c < 4; c++) {
                     __m512i ql = _mm512_loadu_si512(quad + 64 * (4 * (q & 1) + c));
                     __m512i qh = _mm512_loadu_si512(quad + 64 * (8 + c));
-                    __m512i lo = _mm512_and_si512(_mm512_srli_epi16(ql, 4 * (q >> 1)), nibble);
-                    __m512i hi = _mm512_and_si512(_mm512_srli_epi16(qh, 2 * q), two);
-                    code[c] = _mm512_or_si512(lo, _mm512_slli_epi16(hi, 4));
+                    /* bits 0-3: the nibble; bits 4-5: qh bits 2q, 2q + 1, moved there by one
+                     * 16-bit shift (the bits it carries across bytes land outside 0-5) */
+                    __m512i lo = q >> 1 ? _mm512_srli_epi16(ql, 4) : ql;
+                    __m512i hi = q == 0 ? _mm512_slli_epi16(qh, 4)
+                               : q == 1 ? _mm512_slli_epi16(qh, 2)
+                               : q == 2 ? qh : _mm512_srli_epi16(qh, 2);
+                    /* nibble ? lo : hi, bit by bit (ternary-logic table 0xCA), then the 6 bits */
+                    code[c] = _mm512_and_si512(_mm512_ternarylogic_epi32(nibble, lo, hi, 0xCA), six);
                 }
                 _Pragma("GCC unroll 8") for (int t = 0; t < nt; t++) {
                     const int8_t *aq = ((const block_q8_K *)(a + (size_t)t * a_stride) + b)->qs + 16 * j;
