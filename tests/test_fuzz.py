@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import os
 import pathlib
-import subprocess
 import sys
 
 import pytest
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE / "fuzz"))
+import fresh_process  # noqa: E402  (tests/fuzz/fresh_process.py)
 import native  # noqa: E402  (tests/fuzz/native.py)
 import seeds  # noqa: E402  (tests/fuzz/seeds.py)
 
@@ -36,11 +36,11 @@ def test_python_harness_runs_clean(target, seed_dirs, tmp_path):
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     env = {**os.environ, "PYPHI_FUZZ_TOKENIZER": str(seed_dirs["gguf"] / "tiny-q8_0.gguf")}
-    proc = subprocess.run(
+    proc = fresh_process.run(
         [sys.executable, "-P", str(HERE / "fuzz" / "fuzz_python.py"), target, str(corpus), str(seed_dirs[target]),
          f"-runs={RUNS[target]}", f"-max_len={MAX_LEN[target]}", "-timeout=60", "-rss_limit_mb=2048",
          f"-artifact_prefix={tmp_path}/", "-seed=1"],
-        capture_output=True, text=True, timeout=900, env=env,
+        timeout=900, env=env,
     )
     report = proc.stderr[-5000:]
     assert proc.returncode == 0, report

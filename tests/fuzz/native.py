@@ -18,6 +18,8 @@ import shutil
 import subprocess
 import sys
 
+import fresh_process  # beside this file
+
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 CSRC = ROOT / "csrc"
@@ -94,7 +96,7 @@ def run(binary: pathlib.Path, corpus: pathlib.Path, runs: int, max_total_time: i
     # a 64 MB quarantine (ASan's default is 256 MB) still catches a use after free within a run,
     # and keeps freed buffers from dominating the RSS that the 1 GB limit is meant to watch
     env = {**os.environ, "ASAN_OPTIONS": "detect_leaks=1:allocator_may_return_null=1:quarantine_size_mb=64"}
-    return subprocess.run(args, capture_output=True, text=True, env=env, cwd=corpus.parent)
+    return fresh_process.run(args, env=env, cwd=corpus.parent)
 
 
 def main() -> int:

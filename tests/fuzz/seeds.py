@@ -9,7 +9,6 @@ checkpoint's config.json and a small shard of its own format.
 
 from __future__ import annotations
 
-import io
 import json
 import pathlib
 import struct
