@@ -24,7 +24,7 @@ PYPHI_TEST_REFERENCE=record:DIR, then emulated with replay:DIR (tests/conftest.p
 
 Needs (Debian): qemu-user, and for aarch64 gcc-aarch64-linux-gnu and debootstrap. Run from any
 directory, after `pip install .` into this interpreter's environment:
-    python ci/emulation/run.py            # everything (README: about 25 minutes on 2 cores)
+    python ci/emulation/run.py            # everything (about 30 minutes on 2 shared cores)
     python ci/emulation/run.py --quick    # the CI subset (tests/test_emulation.py)
 """
 
