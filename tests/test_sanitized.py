@@ -1,6 +1,7 @@
-"""The kernel and forward-pass tests again, against the C core built with AddressSanitizer and
-UndefinedBehaviorSanitizer (CMake option PYPHI_SANITIZE): any out-of-bounds access, use after
-free or undefined behaviour (signed overflow, misaligned load, bad shift...) aborts the run.
+"""The kernel tests and a set of forward-pass tests again, against the C core built with
+AddressSanitizer and UndefinedBehaviorSanitizer (CMake option PYPHI_SANITIZE): any out-of-bounds
+access, use after free or undefined behaviour (signed overflow, misaligned load, bad shift...)
+aborts the run.
 
 The sanitized library is built from this source tree into a temporary directory and loaded
 through PYPHI_LIBRARY (pyphi/_native.py) by a child pytest, with the sanitizer runtimes preloaded
@@ -19,9 +20,22 @@ import sys
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-# The kernel and forward tests, as the issue asks. The row codecs (test_quants.py) are left out
-# here to keep CI short: the native fuzz harness (tests/fuzz) runs them under ASan+UBSan.
-TESTS = ["tests/test_kernels.py", "tests/test_model.py"]
+# Every kernel test, and forward tests chosen so that each path of the forward pass runs once
+# under the sanitizers: every ISA with f32 and f16 caches, packed Q8_0 weights, decode after
+# prefill, the thread pool, a transformers comparison, and K-quant weights packed by default. All
+# of tests/test_model.py took 8 minutes here; the rest of it checks numbers, which the native run
+# does. The row codecs (test_quants.py) are left out: the native fuzz harness (tests/fuzz) runs
+# them under ASan+UBSan.
+TESTS = [
+    "tests/test_kernels.py",
+    "tests/test_kernels_k.py",
+    "tests/test_model.py::test_every_isa_matches_the_scalar_reference",
+    "tests/test_model.py::test_packed_weights_give_the_scalar_forward_bit_for_bit[q8_0]",
+    "tests/test_model.py::test_decode_equals_prefill[f16]",
+    "tests/test_model.py::test_thread_count_does_not_change_logits[q4_0]",
+    "tests/test_model.py::test_float_weights_match_transformers[f32-tiny]",
+    "tests/test_model_kquants.py::test_k_quant_models_top1_and_kl",
+]
 
 
 def _runtime(name: str) -> str:
