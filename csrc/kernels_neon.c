@@ -82,37 +82,15 @@ static inline int32x4_t dot16_s8(int32x4_t acc, int8x16_t x, int8x16_t y) {
     return vpadalq_s16(acc, vmull_high_s8(x, y));
 }
 
-static void vec_dot_q8_0_q8_0_neon(int64_t n, float *s, const void *vw, const void *va) {
-    const block_q8_0 *w = vw; /* (n / 32,) */
-    const block_q8_0 *a = va; /* (n / 32,) */
-    float sum = 0.0f;
-    for (int64_t b = 0; b < n / PYPHI_QK8_0; b++) {
-        int32x4_t acc = vdupq_n_s32(0);
-        acc = dot16_s8(acc, vld1q_s8(w[b].qs), vld1q_s8(a[b].qs));
-        acc = dot16_s8(acc, vld1q_s8(w[b].qs + 16), vld1q_s8(a[b].qs + 16));
-        float dd = pyphi_fp16_to_fp32(w[b].d) * pyphi_fp16_to_fp32(a[b].d); /* exact */
-        sum += (float)vaddvq_s32(acc) * dd;
-    }
-    *s = sum;
+/* The quantized dots: kernels_neon.h's bodies with the widening dot. */
+static void vec_dot_q8_0_q8_0_neon(int64_t n, float *s, const void *w, const void *a) {
+    pyphi_vec_dot_q8_0_neon(dot16_s8, n, s, w, a);
 }
 
-static void vec_dot_q4_0_q8_0_neon(int64_t n, float *s, const void *vw, const void *va) {
-    const block_q4_0 *w = vw; /* (n / 32,) */
-    const block_q8_0 *a = va; /* (n / 32,) */
-    float sum = 0.0f;
-    for (int64_t b = 0; b < n / PYPHI_QK4_0; b++) {
-        int8x16_t lo, hi; /* values 0..15 and 16..31 of the block, in -8..7 */
-        pyphi_q4_0_codes_neon(w[b].qs, &lo, &hi);
-        int32x4_t acc = vdupq_n_s32(0);
-        acc = dot16_s8(acc, lo, vld1q_s8(a[b].qs));
-        acc = dot16_s8(acc, hi, vld1q_s8(a[b].qs + 16));
-        float dd = pyphi_fp16_to_fp32(w[b].d) * pyphi_fp16_to_fp32(a[b].d); /* exact */
-        sum += (float)vaddvq_s32(acc) * dd;
-    }
-    *s = sum;
+static void vec_dot_q4_0_q8_0_neon(int64_t n, float *s, const void *w, const void *a) {
+    pyphi_vec_dot_q4_0_neon(dot16_s8, n, s, w, a);
 }
 
-/* Q5_0, Q4_1, Q5_1 and the K-quants: kernels_neon.h's bodies with the widening dot. */
 static void vec_dot_q5_0_q8_0_neon(int64_t n, float *s, const void *w, const void *a) {
     pyphi_vec_dot_q5_0_neon(dot16_s8, n, s, w, a);
 }

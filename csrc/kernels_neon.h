@@ -20,7 +20,7 @@ static inline void pyphi_q4_0_codes_neon(const uint8_t *qs, int8x16_t *lo, int8x
     *hi = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(packed, 4)), eight);
 }
 
-/* ---- Shared by both tables: the quantized dots other than Q8_0/Q4_0 -------------------------
+/* ---- Shared by both tables: the quantized dots ---------------------------------------------
  * Each file instantiates these bodies with its own exact 16-value dot (pyphi_dot16_neon_fn:
  * acc plus the int32 sum of x[i] * y[i], spread over the 4 lanes in any way): widening
  * multiplies in kernels_neon.c, SDOT in kernels_neon_dotprod.c. A block's integer sums are exact
@@ -67,6 +67,34 @@ PYPHI_NEON_INLINE float pyphi_min_block_term_neon(uint16_t dw, uint16_t mw, cons
     float dd = pyphi_fp16_to_fp32(dw) * pyphi_fp16_to_fp32(a->d); /* exact */
     float ms = pyphi_fp16_to_fp32(mw) * pyphi_fp16_to_fp32(a->s); /* exact */
     return (float)isum * dd + ms;
+}
+
+PYPHI_NEON_INLINE void pyphi_vec_dot_q8_0_neon(pyphi_dot16_neon_fn dot, int64_t n, float *s,
+                                               const void *vw, const void *va) {
+    const block_q8_0 *w = vw; /* (n / 32,) */
+    const block_q8_0 *a = va; /* (n / 32,) */
+    float sum = 0.0f;
+    for (int64_t b = 0; b < n / PYPHI_QK8_0; b++) {
+        int32_t isum = pyphi_dot32_neon(dot, vld1q_s8(w[b].qs), vld1q_s8(w[b].qs + 16), a[b].qs);
+        float dd = pyphi_fp16_to_fp32(w[b].d) * pyphi_fp16_to_fp32(a[b].d); /* exact */
+        sum += (float)isum * dd;
+    }
+    *s = sum;
+}
+
+PYPHI_NEON_INLINE void pyphi_vec_dot_q4_0_neon(pyphi_dot16_neon_fn dot, int64_t n, float *s,
+                                               const void *vw, const void *va) {
+    const block_q4_0 *w = vw; /* (n / 32,) */
+    const block_q8_0 *a = va; /* (n / 32,) */
+    float sum = 0.0f;
+    for (int64_t b = 0; b < n / PYPHI_QK4_0; b++) {
+        int8x16_t lo, hi; /* values 0..15 and 16..31 of the block, in -8..7 */
+        pyphi_q4_0_codes_neon(w[b].qs, &lo, &hi);
+        int32_t isum = pyphi_dot32_neon(dot, lo, hi, a[b].qs);
+        float dd = pyphi_fp16_to_fp32(w[b].d) * pyphi_fp16_to_fp32(a[b].d); /* exact */
+        sum += (float)isum * dd;
+    }
+    *s = sum;
 }
 
 PYPHI_NEON_INLINE void pyphi_vec_dot_q5_0_neon(pyphi_dot16_neon_fn dot, int64_t n, float *s,
