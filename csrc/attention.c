@@ -46,9 +46,8 @@ static void attend(void *ctx, int64_t chunk, int thread) {
     float *scores = a->scratch + (size_t)thread * (size_t)job->scratch_stride; /* (group, n_keys) */
     float *out = a->out + t * a->n_head * hd + g * job->group * hd;      /* (group, head_dim) */
 
-    size_t head_bytes = a->kv->row_bytes / (size_t)a->n_head_kv; /* one head of a cache row */
-    const uint8_t *k = (const uint8_t *)pyphi_kv_k(a->kv, a->layer, first) + (size_t)g * head_bytes;
-    job->gemm(hd, n_keys, job->group, k, a->kv->row_bytes, q, (size_t)hd * sizeof(float), scores,
+    const void *k = pyphi_kv_k(a->kv, a->layer, g, first); /* (n_keys, head_dim): contiguous */
+    job->gemm(hd, n_keys, job->group, k, a->kv->head_bytes, q, (size_t)hd * sizeof(float), scores,
               n_keys);
     for (int64_t h = 0; h < job->group; h++) {
         job->softmax(scores + h * n_keys, n_keys, job->scale);

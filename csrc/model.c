@@ -429,7 +429,8 @@ int pyphi_model_create(const struct pyphi_model_desc *desc, const struct pyphi_m
     m->x = malloc((size_t)activation_floats(desc, n) * sizeof(float));
     int status = m->layers && m->tokens && m->inv_freq[0] && m->x ? PYPHI_OK : PYPHI_E_NOMEM;
     if (status == PYPHI_OK) {
-        status = pyphi_kv_init(&m->kv, params->kv_type, desc->n_layer, params->n_ctx, kv_dim(desc));
+        status = pyphi_kv_init(&m->kv, params->kv_type, desc->n_layer, params->n_ctx,
+                               desc->n_head_kv, desc->head_dim);
     }
     if (status < 0) {
         pyphi_model_free(m);
@@ -634,7 +635,7 @@ static int forward(pyphi_model *m, pyphi_pool *pool, const int32_t *tokens, int6
 /* Re-rotates the n_past cached keys from the current factor set to the other one. */
 static int rerotate_cache(pyphi_model *m, pyphi_pool *pool) {
     const struct pyphi_model_desc *d = &m->d;
-    return pyphi_kv_rerotate(&m->kv, pool, m->n_past, d->head_dim, d->n_rot, d->rope_pairing,
+    return pyphi_kv_rerotate(&m->kv, pool, m->n_past, d->n_rot, d->rope_pairing,
                              m->inv_freq[m->rope_long], m->inv_freq[!m->rope_long],
                              d->rope_attn_factor);
 }
