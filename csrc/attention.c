@@ -1,9 +1,10 @@
 /* attention.c: GQA attention over the KV cache (see attention.h).
  *
- * Both products are the current ISA's dot kernel for the cache type (kernels.h: F16 or F32
- * values against float32 ones, whose scalar twin is the reference), computed through the tile
- * entry so that the query heads sharing a KV head share its loads: a score is a key row . the
- * query, and each output value is a row of the transposed values . the scores. Softmax is the
+ * Both products are the current ISA's kernels for the cache type (kernels.h, each with its
+ * scalar twin as reference): the scores are the dot tile (F16 or F32 keys against float32
+ * queries), the query heads sharing a KV head sharing its loads, a score being a key . the query;
+ * the outputs are the weighted sum of the value rows by the scores, each the same sequence of
+ * roundings on every ISA, reading the head's values once for the whole group. Softmax is the
  * ISA's kernel too (kernels.h: a polynomial exp within 2 ulp of expf, the same bits on every
  * ISA). The maths is transformers' eager_attention_forward (models/phi3/modeling_phi3.py):
  * softmax(q k^T * head_dim^-0.5 + mask) v in float32, with the sliding-window causal mask of
@@ -19,6 +20,7 @@
 struct attention_job {
     const struct pyphi_attention_args *a;
     pyphi_gemm_fn gemm; /* cache-type rows . float32 rows (kernels.h tile) */
+    pyphi_weighted_rows_fn weighted_rows; /* float32 weights . cache-type rows */
     pyphi_softmax_fn softmax;
     float scale;
     int64_t group;          /* query heads per KV head */
@@ -31,8 +33,8 @@ int64_t pyphi_attention_scratch_floats(int64_t n_head, int64_t n_head_kv, int64_
 }
 
 /* Chunk = (token t, KV head g) = t * n_head_kv + g: the group of query heads reading g. Each key
- * row and value row of g is loaded once for the whole group (the tile shares the loads); every
- * score and output is still the current ISA's dot of one row with one vector, as before. */
+ * and value of g is loaded once for the whole group; every score is the current ISA's dot of one
+ * key with one query, every output value one lane's running sum over the positions in order. */
 static void attend(void *ctx, int64_t chunk, int thread) {
     struct attention_job *job = ctx;
     const struct pyphi_attention_args *a = job->a;
@@ -52,16 +54,15 @@ static void attend(void *ctx, int64_t chunk, int thread) {
     for (int64_t h = 0; h < job->group; h++) {
         job->softmax(scores + h * n_keys, n_keys, job->scale);
     }
-    /* value d of the KV head over positions first .. i: rows of the transposed cache */
-    const uint8_t *v = pyphi_kv_v(a->kv, a->layer, g * hd, first);
-    size_t v_stride = (size_t)((const uint8_t *)pyphi_kv_v(a->kv, a->layer, g * hd + 1, first) - v);
-    job->gemm(n_keys, hd, job->group, v, v_stride, scores, (size_t)n_keys * sizeof(float), out, hd);
+    const void *v = pyphi_kv_v(a->kv, a->layer, g, first); /* (n_keys, head_dim): contiguous */
+    job->weighted_rows(hd, n_keys, job->group, v, a->kv->head_bytes, scores, n_keys, out, hd);
 }
 
 int pyphi_attention(pyphi_pool *pool, const struct pyphi_attention_args *args) {
     struct attention_job job = {
         .a = args,
         .gemm = pyphi_kernels_current()->gemm[args->kv->type],
+        .weighted_rows = pyphi_kernels_current()->weighted_rows[args->kv->type],
         .softmax = pyphi_kernels_current()->softmax,
         .scale = (float)(1.0 / sqrt((double)args->head_dim)),
         .group = args->n_head / args->n_head_kv,

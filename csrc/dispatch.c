@@ -47,6 +47,9 @@ static void complete_table(int isa) {
         if (t->quantize_act[type] == NULL) {
             t->quantize_act[type] = base->quantize_act[type];
         }
+        if (t->weighted_rows[type] == NULL) {
+            t->weighted_rows[type] = base->weighted_rows[type];
+        }
     }
     if (t->softmax == NULL) {
         t->softmax = base->softmax;

@@ -112,6 +112,19 @@ typedef void (*pyphi_gemm_packed_fn)(int64_t n, int64_t n_groups, int64_t n_tok,
  * subnormal: absolute error < 2^-126). NaN in, NaN out. n >= 1. */
 typedef void (*pyphi_softmax_fn)(float *x, int64_t n, float scale);
 
+/* Attention's scores . values: for q < n_q and i < n,
+ *   out[q * out_stride + i] = sum over rows j = 0, 1, ..., n_rows - 1, in that order, of
+ *                              p[q * p_stride + j] * v_j[i]
+ * as s = s + p * v from s = 0, the product and the sum each rounded to float32 (no fused
+ * multiply-add). Each output is one lane's own sequence of those operations, so every ISA gives
+ * the scalar twin's bits. Error (Higham sec. 3.1, as for the dots): within gamma(n_rows + 1) of
+ * sum over j of |p_j v_j[i]|. v: n_rows rows of n values in the cache type (F16 or F32), v_stride
+ * bytes apart, read one after the other (one stream for the hardware prefetcher); p: float32;
+ * out must not overlap v or p. */
+typedef void (*pyphi_weighted_rows_fn)(int64_t n, int64_t n_rows, int64_t n_q, const void *v,
+                                       size_t v_stride, const float *p, int64_t p_stride,
+                                       float *out, int64_t out_stride);
+
 /* pyphi_exp's constants, shared so every ISA rounds the same numbers: ln(2^-126); log2 e; ln 2
  * split into 0.693359375 (9 significant bits, so n * LN2_HI is exact for |n| <= 126) and the
  * rest; 1 / k! for k = 2..7 (rounded to float32). */
@@ -134,6 +147,7 @@ typedef struct pyphi_kernels {
     pyphi_gemm_packed_fn gemm_packed[PYPHI_TYPE_ID_LIMIT]; /* Q4_0 and Q8_0 only */
     pyphi_quantize_fn quantize_act[PYPHI_TYPE_ID_LIMIT];   /* by activation type (pyphi_vec_dot_type) */
     pyphi_softmax_fn softmax; /* attention's scores */
+    pyphi_weighted_rows_fn weighted_rows[PYPHI_TYPE_ID_LIMIT]; /* F16 and F32 (the cache types) */
 } pyphi_kernels;
 
 /* A SIMD table may leave any entry NULL: dispatch.c fills it from its base's completed table,
@@ -164,6 +178,12 @@ void pyphi_vec_dot_q5_1_q8_1_scalar(int64_t n, float *s, const void *w, const vo
 void pyphi_vec_dot_q4_K_q8_K_scalar(int64_t n, float *s, const void *w, const void *a);
 void pyphi_vec_dot_q5_K_q8_K_scalar(int64_t n, float *s, const void *w, const void *a);
 void pyphi_vec_dot_q6_K_q8_K_scalar(int64_t n, float *s, const void *w, const void *a);
+void pyphi_weighted_rows_f32_scalar(int64_t n, int64_t n_rows, int64_t n_q, const void *v,
+                                    size_t v_stride, const float *p, int64_t p_stride, float *out,
+                                    int64_t out_stride);
+void pyphi_weighted_rows_f16_scalar(int64_t n, int64_t n_rows, int64_t n_q, const void *v,
+                                    size_t v_stride, const float *p, int64_t p_stride, float *out,
+                                    int64_t out_stride);
 void pyphi_gemm_packed_q8_0_scalar(int64_t n, int64_t n_groups, int64_t n_tok, const void *w,
                                    const void *a, size_t a_stride, const int32_t *a_sums,
                                    float *y, int64_t y_stride);

@@ -386,9 +386,68 @@ static void softmax_avx2(float *x, int64_t n, float scale) {
     }
 }
 
+/* ---- Weighted sums of rows (attention's scores . values) --------------------------------- */
+
+/* kernels.h's sequence per lane: a tile keeps the running sums of up to WROWS_Q queries x 32
+ * values (12 registers), converts each value row once for all queries and multiplies then adds,
+ * as the scalar twin does; the last n % 32 values are the scalar twin's own (same bits). */
+#define WROWS_Q 3
+#define WROWS_VECS 4
+
+#define DEFINE_WEIGHTED_ROWS(NAME, T, LOAD, SCALAR)                                                \
+    static inline __attribute__((always_inline)) void NAME##_tile(                                \
+        int nq, int64_t n_rows, const uint8_t *v, size_t v_stride, const float *p,                \
+        int64_t p_stride, float *out, int64_t out_stride) {                                       \
+        __m256 acc[WROWS_Q][WROWS_VECS];                                                          \
+        _Pragma("GCC unroll 3") for (int q = 0; q < nq; q++)                                      \
+        _Pragma("GCC unroll 4") for (int c = 0; c < WROWS_VECS; c++) acc[q][c] = _mm256_setzero_ps(); \
+        for (int64_t j = 0; j < n_rows; j++) {                                                    \
+            const T *row = (const T *)(v + (size_t)j * v_stride); /* (32,) */                     \
+            __m256 x[WROWS_VECS];                                                                 \
+            _Pragma("GCC unroll 4") for (int c = 0; c < WROWS_VECS; c++) x[c] = LOAD(row + 8 * c); \
+            _Pragma("GCC unroll 3") for (int q = 0; q < nq; q++) {                                \
+                __m256 pj = _mm256_set1_ps(p[q * p_stride + j]);                                  \
+                _Pragma("GCC unroll 4") for (int c = 0; c < WROWS_VECS; c++)                      \
+                    acc[q][c] = _mm256_add_ps(acc[q][c], _mm256_mul_ps(pj, x[c]));                \
+            }                                                                                     \
+        }                                                                                         \
+        _Pragma("GCC unroll 3") for (int q = 0; q < nq; q++)                                      \
+        _Pragma("GCC unroll 4") for (int c = 0; c < WROWS_VECS; c++)                              \
+            _mm256_storeu_ps(out + q * out_stride + 8 * c, acc[q][c]);                            \
+    }                                                                                             \
+    static void NAME(int64_t n, int64_t n_rows, int64_t n_q, const void *vv, size_t v_stride,    \
+                     const float *p, int64_t p_stride, float *out, int64_t out_stride) {         \
+        const uint8_t *v = vv;                                                                    \
+        int64_t n_full = n / (8 * WROWS_VECS) * (8 * WROWS_VECS);                                 \
+        for (int64_t q0 = 0; q0 < n_q; q0 += WROWS_Q) {                                           \
+            int nq = n_q - q0 < WROWS_Q ? (int)(n_q - q0) : WROWS_Q;                              \
+            const float *pq = p + q0 * p_stride;                                                  \
+            for (int64_t d0 = 0; d0 < n_full; d0 += 8 * WROWS_VECS) {                             \
+                const uint8_t *vd = v + (size_t)d0 * sizeof(T);                                   \
+                float *o = out + q0 * out_stride + d0;                                            \
+                switch (nq) {                                                                     \
+                case 1: NAME##_tile(1, n_rows, vd, v_stride, pq, p_stride, o, out_stride); break; \
+                case 2: NAME##_tile(2, n_rows, vd, v_stride, pq, p_stride, o, out_stride); break; \
+                default: NAME##_tile(3, n_rows, vd, v_stride, pq, p_stride, o, out_stride); break; \
+                }                                                                                 \
+            }                                                                                     \
+        }                                                                                         \
+        if (n_full < n) {                                                                         \
+            SCALAR(n - n_full, n_rows, n_q, v + (size_t)n_full * sizeof(T), v_stride, p, p_stride, \
+                   out + n_full, out_stride);                                                     \
+        }                                                                                         \
+    }
+
+DEFINE_WEIGHTED_ROWS(weighted_rows_f32_avx2, float, load_f32, pyphi_weighted_rows_f32_scalar)
+DEFINE_WEIGHTED_ROWS(weighted_rows_f16_avx2, uint16_t, load_f16, pyphi_weighted_rows_f16_scalar)
+
 const pyphi_kernels pyphi_kernels_avx2 = {
     .isa = PYPHI_ISA_AVX2,
     .softmax = softmax_avx2,
+    .weighted_rows = {
+        [PYPHI_TYPE_F32] = weighted_rows_f32_avx2,
+        [PYPHI_TYPE_F16] = weighted_rows_f16_avx2,
+    },
     .vec_dot = {
         [PYPHI_TYPE_F32] = vec_dot_f32_avx2,
         [PYPHI_TYPE_F16] = vec_dot_f16_avx2,

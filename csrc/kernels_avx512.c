@@ -527,6 +527,71 @@ DEFINE_GEMM_FLOAT(gemm_f32_avx512, tile_f32)
 DEFINE_GEMM_FLOAT(gemm_f16_avx512, tile_f16)
 DEFINE_GEMM_FLOAT(gemm_bf16_avx512, tile_bf16)
 
+/* ---- Weighted sums of rows (attention's scores . values) --------------------------------- */
+
+/* kernels.h's sequence per lane: a tile keeps the running sums of up to WROWS_Q queries x 128
+ * values (24 registers), converts each value row once for all queries and multiplies then adds,
+ * as the scalar twin does. FULL: all 128 values present (no masks). */
+#define WROWS_Q 3
+#define WROWS_VECS 8
+
+#define DEFINE_WEIGHTED_ROWS_TILE(NAME, T, LOAD, LOAD_MASKED)                                      \
+    static inline __attribute__((always_inline)) void NAME(                                       \
+        int nq, int full, int64_t rem, int64_t n_rows, const uint8_t *v, size_t v_stride,          \
+        const float *p, int64_t p_stride, float *out, int64_t out_stride) {                       \
+        __m512 acc[WROWS_Q][WROWS_VECS];                                                          \
+        __mmask16 m[WROWS_VECS];                                                                  \
+        _Pragma("GCC unroll 8") for (int c = 0; c < WROWS_VECS; c++) {                           \
+            int64_t left = rem - 16 * c;                                                          \
+            m[c] = left >= 16 ? (__mmask16)0xFFFF : left > 0 ? tail_mask(left) : 0;               \
+            _Pragma("GCC unroll 3") for (int q = 0; q < nq; q++) acc[q][c] = _mm512_setzero_ps(); \
+        }                                                                                         \
+        for (int64_t j = 0; j < n_rows; j++) {                                                    \
+            const T *row = (const T *)(v + (size_t)j * v_stride); /* (rem,) */                    \
+            __m512 x[WROWS_VECS];                                                                 \
+            _Pragma("GCC unroll 8") for (int c = 0; c < WROWS_VECS; c++)                          \
+                x[c] = full ? LOAD(row + 16 * c) : LOAD_MASKED(row + 16 * c, m[c]);               \
+            _Pragma("GCC unroll 3") for (int q = 0; q < nq; q++) {                                \
+                __m512 pj = _mm512_set1_ps(p[q * p_stride + j]);                                  \
+                _Pragma("GCC unroll 8") for (int c = 0; c < WROWS_VECS; c++)                      \
+                    acc[q][c] = _mm512_add_ps(acc[q][c], _mm512_mul_ps(pj, x[c]));                \
+            }                                                                                     \
+        }                                                                                         \
+        _Pragma("GCC unroll 3") for (int q = 0; q < nq; q++)                                      \
+        _Pragma("GCC unroll 8") for (int c = 0; c < WROWS_VECS; c++)                              \
+            _mm512_mask_storeu_ps(out + q * out_stride + 16 * c, m[c], acc[q][c]);                \
+    }
+
+DEFINE_WEIGHTED_ROWS_TILE(wrows_tile_f32, float, load_f32, load_f32_masked)
+DEFINE_WEIGHTED_ROWS_TILE(wrows_tile_f16, uint16_t, load_f16, load_f16_masked)
+
+#define DEFINE_WEIGHTED_ROWS(NAME, T, TILE)                                                        \
+    static void NAME(int64_t n, int64_t n_rows, int64_t n_q, const void *vv, size_t v_stride,    \
+                     const float *p, int64_t p_stride, float *out, int64_t out_stride) {         \
+        const uint8_t *v = vv;                                                                    \
+        for (int64_t q0 = 0; q0 < n_q; q0 += WROWS_Q) {                                           \
+            int nq = n_q - q0 < WROWS_Q ? (int)(n_q - q0) : WROWS_Q;                              \
+            for (int64_t d0 = 0; d0 < n; d0 += 16 * WROWS_VECS) {                                 \
+                int64_t rem = n - d0 < 16 * WROWS_VECS ? n - d0 : 16 * WROWS_VECS;                \
+                const uint8_t *vd = v + (size_t)d0 * sizeof(T);                                   \
+                const float *pq = p + q0 * p_stride;                                              \
+                float *o = out + q0 * out_stride + d0;                                            \
+                int full = rem == 16 * WROWS_VECS;                                                \
+                switch (nq * 2 + full) {                                                          \
+                case 1 * 2 + 0: TILE(1, 0, rem, n_rows, vd, v_stride, pq, p_stride, o, out_stride); break; \
+                case 1 * 2 + 1: TILE(1, 1, rem, n_rows, vd, v_stride, pq, p_stride, o, out_stride); break; \
+                case 2 * 2 + 0: TILE(2, 0, rem, n_rows, vd, v_stride, pq, p_stride, o, out_stride); break; \
+                case 2 * 2 + 1: TILE(2, 1, rem, n_rows, vd, v_stride, pq, p_stride, o, out_stride); break; \
+                case 3 * 2 + 0: TILE(3, 0, rem, n_rows, vd, v_stride, pq, p_stride, o, out_stride); break; \
+                default: TILE(3, 1, rem, n_rows, vd, v_stride, pq, p_stride, o, out_stride); break;  \
+                }                                                                                 \
+            }                                                                                     \
+        }                                                                                         \
+    }
+
+DEFINE_WEIGHTED_ROWS(weighted_rows_f32_avx512, float, wrows_tile_f32)
+DEFINE_WEIGHTED_ROWS(weighted_rows_f16_avx512, uint16_t, wrows_tile_f16)
+
 /* ---- Packed weights: 16 rows per register lane set, the scalar dot's arithmetic ---------- */
 
 /* One lane per output row (quants.h, packed layout): for a block, dpbusd of a register of 16
@@ -754,6 +819,10 @@ static void quantize_row_q8_1_avx512(const float *x, void *vy, int64_t n) {
 const pyphi_kernels pyphi_kernels_avx512 = {
     .isa = PYPHI_ISA_AVX512,
     .softmax = softmax_avx512,
+    .weighted_rows = {
+        [PYPHI_TYPE_F32] = weighted_rows_f32_avx512,
+        [PYPHI_TYPE_F16] = weighted_rows_f16_avx512,
+    },
     .vec_dot = {
         [PYPHI_TYPE_F32] = vec_dot_f32_avx512,
         [PYPHI_TYPE_F16] = vec_dot_f16_avx512,

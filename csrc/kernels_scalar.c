@@ -406,6 +406,30 @@ PYPHI_DEFINE_GEMM_BY_DOT(gemm_q4_K_q8_K_scalar, pyphi_vec_dot_q4_K_q8_K_scalar)
 PYPHI_DEFINE_GEMM_BY_DOT(gemm_q5_K_q8_K_scalar, pyphi_vec_dot_q5_K_q8_K_scalar)
 PYPHI_DEFINE_GEMM_BY_DOT(gemm_q6_K_q8_K_scalar, pyphi_vec_dot_q6_K_q8_K_scalar)
 
+/* The weighted sum of rows (kernels.h): one running sum per output, rows in order; compiled
+ * with -ffp-contract=off, so the product and the sum are rounded apart. */
+#define DEFINE_WEIGHTED_ROWS(NAME, T, TO_F32)                                                      \
+    void NAME(int64_t n, int64_t n_rows, int64_t n_q, const void *v, size_t v_stride,            \
+              const float *p, int64_t p_stride, float *out, int64_t out_stride) {                \
+        for (int64_t q = 0; q < n_q; q++) {                                                       \
+            float *o = out + q * out_stride; /* (n,) */                                           \
+            for (int64_t i = 0; i < n; i++) {                                                     \
+                o[i] = 0.0f;                                                                      \
+            }                                                                                     \
+            for (int64_t j = 0; j < n_rows; j++) {                                                \
+                const T *row = (const T *)((const uint8_t *)v + (size_t)j * v_stride); /* (n,) */ \
+                float pj = p[q * p_stride + j];                                                   \
+                for (int64_t i = 0; i < n; i++) {                                                 \
+                    o[i] = o[i] + pj * TO_F32(row[i]);                                            \
+                }                                                                                 \
+            }                                                                                     \
+        }                                                                                         \
+    }
+
+static inline float f32_as_is(float x) { return x; }
+DEFINE_WEIGHTED_ROWS(pyphi_weighted_rows_f32_scalar, float, f32_as_is)
+DEFINE_WEIGHTED_ROWS(pyphi_weighted_rows_f16_scalar, uint16_t, pyphi_fp16_to_fp32)
+
 const pyphi_kernels pyphi_kernels_scalar = {
     .isa = PYPHI_ISA_SCALAR,
     .vec_dot = {
@@ -442,6 +466,10 @@ const pyphi_kernels pyphi_kernels_scalar = {
         [PYPHI_TYPE_Q6_K] = pyphi_gemm_packed_q6_K_scalar,
     },
     .softmax = softmax_scalar,
+    .weighted_rows = {
+        [PYPHI_TYPE_F32] = pyphi_weighted_rows_f32_scalar,
+        [PYPHI_TYPE_F16] = pyphi_weighted_rows_f16_scalar,
+    },
     .quantize_act = {
         [PYPHI_TYPE_BF16] = pyphi_quantize_row_bf16,
         [PYPHI_TYPE_Q8_0] = pyphi_quantize_row_q8_0,

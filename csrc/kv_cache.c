@@ -55,23 +55,18 @@ void pyphi_kv_free(struct pyphi_kv_cache *c) {
     c->k = c->v = NULL;
 }
 
-static size_t k_offset(const struct pyphi_kv_cache *c, int64_t layer, int64_t head, int64_t pos) {
+/* Where head `head` of position pos of layer starts, in the key or the value array. */
+static size_t head_offset(const struct pyphi_kv_cache *c, int64_t layer, int64_t head, int64_t pos) {
     return (((size_t)layer * (size_t)c->n_head_kv + (size_t)head) * (size_t)c->n_ctx + (size_t)pos) *
            c->head_bytes;
 }
 
-/* Values are transposed: value i of position pos is element (i, pos) of the layer's
- * (row, n_ctx) matrix. */
-static size_t v_index(const struct pyphi_kv_cache *c, int64_t layer, int64_t i, int64_t pos) {
-    return ((size_t)layer * (size_t)c->row + (size_t)i) * (size_t)c->n_ctx + (size_t)pos;
-}
-
 const void *pyphi_kv_k(const struct pyphi_kv_cache *c, int64_t layer, int64_t head, int64_t pos) {
-    return c->k + k_offset(c, layer, head, pos);
+    return c->k + head_offset(c, layer, head, pos);
 }
 
-const void *pyphi_kv_v(const struct pyphi_kv_cache *c, int64_t layer, int64_t i, int64_t pos) {
-    return c->v + v_index(c, layer, i, pos) * (c->head_bytes / (size_t)c->head_dim);
+const void *pyphi_kv_v(const struct pyphi_kv_cache *c, int64_t layer, int64_t head, int64_t pos) {
+    return c->v + head_offset(c, layer, head, pos);
 }
 
 /* n float32 values -> the cache type (round to nearest even). */
@@ -102,17 +97,9 @@ void pyphi_kv_store(struct pyphi_kv_cache *c, int64_t layer, int64_t pos, const 
                     const float *v, int64_t n, int64_t stride) {
     for (int64_t t = 0; t < n; t++) {
         for (int64_t g = 0; g < c->n_head_kv; g++) {
-            row_from_f32(c, k + t * stride + g * c->head_dim, c->k + k_offset(c, layer, g, pos + t),
-                         c->head_dim);
-        }
-        const float *vt = v + t * stride; /* (row,) */
-        for (int64_t i = 0; i < c->row; i++) {
-            size_t at = v_index(c, layer, i, pos + t);
-            if (c->type == PYPHI_TYPE_F32) {
-                ((float *)c->v)[at] = vt[i];
-            } else {
-                ((uint16_t *)c->v)[at] = pyphi_fp32_to_fp16(vt[i]);
-            }
+            size_t at = head_offset(c, layer, g, pos + t);
+            row_from_f32(c, k + t * stride + g * c->head_dim, c->k + at, c->head_dim);
+            row_from_f32(c, v + t * stride + g * c->head_dim, c->v + at, c->head_dim);
         }
     }
 }
@@ -137,7 +124,7 @@ static void rerotate_position(void *ctx, int64_t pos, int thread) {
     pyphi_rope_table(cs_to, pos, 1, job->inv_freq_to, job->n_rot, job->attn_factor);
     for (int64_t layer = 0; layer < c->n_layer; layer++) {
         for (int64_t g = 0; g < c->n_head_kv; g++) {
-            uint8_t *k = c->k + k_offset(c, layer, g, pos);
+            uint8_t *k = c->k + head_offset(c, layer, g, pos);
             row_to_f32(c, k, key, c->head_dim);
             pyphi_rope_rerotate(key, 1, c->head_dim, job->n_rot, job->pairing, cs_from, cs_to);
             row_from_f32(c, key, k, c->head_dim);

@@ -4,11 +4,12 @@
  * heads of head_dim values each, in F16 or F32, allocated once. Keys are stored already rotated
  * (RoPE), values as they are. The cache knows nothing about which positions are valid: the
  * model counts them (truncation is just a smaller count).
- * Both are laid out for attention, where one KV head of one layer is read over all positions:
- * keys head-major, so a head's keys are one contiguous run the hardware prefetcher streams
- * (position-major rows put a head's 256 bytes every 2 KiB for Phi-4-mini: a decode step's
- * attention at 4064 positions took twice as long that way, measured on Zen 5), values transposed,
- * so value i of a head over all positions is a contiguous row.
+ * Both are head-major, (layer, head, position, head_dim): attention reads one KV head of one
+ * layer over all positions, and that way its keys, then its values, are each one contiguous run
+ * the hardware prefetcher streams. (Position-major key rows put a head's 256 bytes every 2 KiB
+ * for Phi-4-mini, and a transposed value matrix had the tile read two 8 KiB rows at once: a
+ * decode step's attention at 4064 positions took 4x as long, measured on Zen 5.) A new position
+ * also writes one run per head, not one value into each of `row` rows.
  */
 #ifndef PYPHI_KV_CACHE_H
 #define PYPHI_KV_CACHE_H
@@ -26,7 +27,7 @@ struct pyphi_kv_cache {
     int64_t row;      /* values per position: n_head_kv * head_dim */
     size_t head_bytes; /* one head's keys (or values) at one position */
     uint8_t *k;       /* (n_layer, n_head_kv, n_ctx, head_dim) in type: head-major */
-    uint8_t *v;       /* (n_layer, row, n_ctx) in type: transposed */
+    uint8_t *v;       /* (n_layer, n_head_kv, n_ctx, head_dim) in type: head-major */
 };
 
 /* Bytes of keys and values together, or a negative status for a bad type or size. */
@@ -35,11 +36,10 @@ int pyphi_kv_init(struct pyphi_kv_cache *c, int type, int64_t n_layer, int64_t n
                   int64_t n_head_kv, int64_t head_dim);
 void pyphi_kv_free(struct pyphi_kv_cache *c);
 
-/* The key of KV head `head` at position pos in layer (head_bytes bytes); the keys of positions
- * pos + 1, pos + 2, ... follow it, head_bytes apart. */
+/* The key (value) of KV head `head` at position pos in layer (head_bytes bytes); those of
+ * positions pos + 1, pos + 2, ... follow it, head_bytes apart. */
 const void *pyphi_kv_k(const struct pyphi_kv_cache *c, int64_t layer, int64_t head, int64_t pos);
-/* Value i (0 <= i < row) of positions pos, pos + 1, ... in layer: contiguous, in the cache type. */
-const void *pyphi_kv_v(const struct pyphi_kv_cache *c, int64_t layer, int64_t i, int64_t pos);
+const void *pyphi_kv_v(const struct pyphi_kv_cache *c, int64_t layer, int64_t head, int64_t pos);
 
 /* Stores n float32 rows of keys and values as positions pos .. pos + n - 1 of layer, converted
  * to the cache type (round to nearest even). Row t of k is at k + t * stride, likewise v. */

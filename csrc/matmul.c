@@ -112,6 +112,31 @@ int pyphi_softmax(float *x, int64_t n, float scale) {
     return PYPHI_OK;
 }
 
+int pyphi_weighted_rows(int vtype, const void *v, int64_t n_rows, int64_t n, const float *p,
+                        int64_t n_q, float *out) {
+    if (vtype != PYPHI_TYPE_F16 && vtype != PYPHI_TYPE_F32) {
+        return PYPHI_E_TYPE;
+    }
+    size_t elem = vtype == PYPHI_TYPE_F32 ? sizeof(float) : sizeof(uint16_t);
+    int64_t v_bytes, p_floats, out_floats;
+    if (v == NULL || p == NULL || out == NULL || n_rows < 1 || n < 1 || n_q < 1 ||
+        !aligned(v, elem) || !aligned(p, sizeof(float)) || !aligned(out, sizeof(float)) ||
+        __builtin_mul_overflow(n_rows, n, &v_bytes) ||
+        __builtin_mul_overflow(v_bytes, (int64_t)elem, &v_bytes) ||
+        __builtin_mul_overflow(n_q, n_rows, &p_floats) || p_floats > INT64_MAX / 4 ||
+        __builtin_mul_overflow(n_q, n, &out_floats) || out_floats > INT64_MAX / 4) {
+        return PYPHI_E_ARG;
+    }
+    size_t out_bytes = (size_t)out_floats * sizeof(float);
+    if (overlap(out, out_bytes, v, (size_t)v_bytes) ||
+        overlap(out, out_bytes, p, (size_t)p_floats * sizeof(float))) {
+        return PYPHI_E_ARG;
+    }
+    pyphi_kernels_current()->weighted_rows[vtype](n, n_rows, n_q, v, (size_t)n * elem, p, n_rows,
+                                                  out, n);
+    return PYPHI_OK;
+}
+
 /* ---- Matmul --------------------------------------------------------------------------------- */
 
 struct matmul_job {

@@ -138,6 +138,13 @@ int pyphi_vec_dot(int wtype, const void *w, const void *a, int64_t n, float *out
  * bits on every ISA, its exp within 2 ulp of exp (the definition is in csrc/kernels.h). */
 int pyphi_softmax(float *x, int64_t n, float scale);
 
+/* out (n_q, n) float32 = p (n_q, n_rows) float32 . v (n_rows, n) in vtype (F16 or F32) with the
+ * current ISA's kernel, attention's scores . values: each output a running sum over the rows in
+ * order, product and sum rounded apart, the same bits on every ISA (csrc/kernels.h). All >= 1;
+ * out must not overlap v or p. */
+int pyphi_weighted_rows(int vtype, const void *v, int64_t n_rows, int64_t n, const float *p,
+                        int64_t n_q, float *out);
+
 /* y (n_tokens, n_out) float32 = x (n_tokens, n_in) float32 . w^T, where w is (n_out, n_in) in wtype
  * with rows of pyphi_row_bytes(wtype, n_in) bytes. y must not overlap x or w. The result does not
  * depend on the pool size. */

@@ -50,6 +50,27 @@ def softmax(x, scale: float = 1.0) -> np.ndarray:
     return y
 
 
+def weighted_rows(vtype: int | str, v, p) -> np.ndarray:
+    """p (n_q, n_rows) float32 . v (n_rows, n) with the current ISA's kernel (attention's scores .
+    values) -> float32 (n_q, n). v: float32 or float16 values for F32 / F16."""
+    vt = type_id(vtype)
+    dtype = {type_id("F32"): np.float32, type_id("F16"): np.float16}.get(vt)
+    if dtype is None:
+        raise ValueError("weighted_rows: vtype must be F32 or F16")
+    v = np.ascontiguousarray(v, dtype=dtype)
+    p = np.ascontiguousarray(p, dtype=np.float32)
+    if v.ndim != 2 or p.ndim != 2 or p.shape[1] != v.shape[0]:
+        raise ValueError(f"weighted_rows: p {p.shape} and v {v.shape} do not chain")
+    out = np.empty((p.shape[0], v.shape[1]), np.float32)
+    check(
+        lib.pyphi_weighted_rows(vt, ffi.from_buffer("uint8_t[]", v), v.shape[0], v.shape[1],
+                                ffi.from_buffer("float[]", p), p.shape[0],
+                                ffi.from_buffer("float[]", out, require_writable=True)),
+        "weighted_rows",
+    )
+    return out
+
+
 def matmul(pool: ThreadPool | None, wtype: int | str, w, x) -> np.ndarray:
     """y = x . w^T: x float (T, n_in) (or (n_in,)), w the (n_out, n_in) weights in `wtype` as
     uint8 (n_out, row_bytes) or any bytes-like holding whole rows -> float32 (T, n_out)

@@ -533,6 +533,53 @@ def test_softmax_within_bound_and_equal_to_the_scalar_twin(isa):
             assert np.array_equal(_bits(scaled), _bits(kernels.softmax(x * np.float32(0.125))))
 
 
+# ---- weighted sum of rows (attention's scores . values) ---------------------------------------
+
+
+def weighted_rows_reference(v: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """kernels.h's definition in numpy float32: s = s + p_j * v_j over the rows in order, the
+    product and the sum each rounded to float32."""
+    s = np.zeros((p.shape[0], v.shape[1]), np.float32)
+    vf = v.astype(np.float32)
+    for j in range(v.shape[0]):
+        s = s + p[:, j : j + 1] * vf[j]
+    return s
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("vtype", ["F16", "F32"])
+def test_weighted_rows_is_the_rounded_running_sum(isa, vtype):
+    """Every ISA gives the bits of the running sum in numpy float32, for widths around the 8, 16,
+    32 and 128 values a register or tile holds, query counts around the 3 a tile holds, and rows
+    up to a few hundred; and it stays within gamma(n_rows + 1) of the float64 sum (kernels.h)."""
+    rng = np.random.default_rng(810)
+    dtype = np.float16 if vtype == "F16" else np.float32
+    for n, n_rows, n_q in [(1, 1, 1), (7, 3, 2), (16, 5, 3), (31, 9, 4), (32, 2, 1), (33, 17, 5),
+                           (64, 40, 3), (100, 7, 6), (127, 3, 1), (128, 300, 3), (129, 11, 2),
+                           (256, 64, 3), (300, 5, 7)]:
+        v = rng.standard_normal((n_rows, n)).astype(dtype)
+        p = rng.uniform(0, 1, (n_q, n_rows)).astype(np.float32)
+        ref = weighted_rows_reference(v, p)
+        with cpu.forced_isa(isa):
+            got = kernels.weighted_rows(vtype, v, p)
+        assert np.array_equal(_bits(got), _bits(ref)), (n, n_rows, n_q)
+        exact = p.astype(np.float64) @ v.astype(np.float64)
+        k = n_rows + 1
+        bound = k * U / (1 - k * U) * (np.abs(p.astype(np.float64)) @ np.abs(v.astype(np.float64)))
+        assert (np.abs(got - exact) <= bound).all(), (n, n_rows, n_q)
+
+
+def test_weighted_rows_rejects_bad_arguments():
+    v = np.zeros((2, 4), np.float32)
+    p = np.zeros((1, 2), np.float32)
+    out = np.zeros((1, 4), np.float32)
+    f = lambda a: ffi.from_buffer("float[]", a)  # noqa: E731
+    assert lib.pyphi_weighted_rows(quants.type_id("Q8_0"), f(v), 2, 4, f(p), 1, f(out)) == lib.PYPHI_E_TYPE
+    assert lib.pyphi_weighted_rows(quants.type_id("F32"), f(v), 0, 4, f(p), 1, f(out)) == lib.PYPHI_E_ARG
+    assert lib.pyphi_weighted_rows(quants.type_id("F32"), ffi.NULL, 2, 4, f(p), 1, f(out)) == lib.PYPHI_E_ARG
+    assert lib.pyphi_weighted_rows(quants.type_id("F32"), f(v), 2, 4, f(p), 1, f(v)) == lib.PYPHI_E_ARG
+
+
 def test_softmax_rejects_bad_arguments():
     x = np.zeros(4, np.float32)
     assert lib.pyphi_softmax(ffi.from_buffer("float[]", x), 0, 1.0) == lib.PYPHI_E_ARG
