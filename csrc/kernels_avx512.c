@@ -442,7 +442,10 @@ DEFINE_DOT_BY_TILE(vec_dot_q5_1_q8_1_avx512, tile_q5_1)
  * accumulators of DEFINE_VEC_DOT_FLOAT and the same loop structure (64-value steps, 16-value
  * steps, a masked tail, then (acc0 + acc1) + (acc2 + acc3)), so bit for bit the dot; the tile
  * converts each weight vector once for all tokens and loads each activation vector once for all
- * rows. Attention uses it too: keys x the query heads of a KV head, values x their scores. */
+ * rows. Attention uses it too: keys x the query heads of a KV head, values x their scores.
+ * A single token takes one row at a time (the 1 x 1 tile): consecutive rows are consecutive in
+ * memory, so a decode step reads the weights as one sequential stream (as kernels_avx512bf16.c's
+ * decode does; two rows at once are two streams crossing pages apart). */
 #define FLOAT_ROWS 2
 #define FLOAT_TOKENS 3
 
@@ -504,6 +507,12 @@ DEFINE_FLOAT_TILE(tile_bf16, uint16_t, load_bf16, load_bf16_masked, uint16_t, lo
     static void NAME(int64_t n, int64_t n_rows, int64_t n_tok, const void *vw, size_t w_stride,  \
                      const void *va, size_t a_stride, float *y, int64_t y_stride) {              \
         const uint8_t *w = vw, *a = va;                                                           \
+        if (n_tok == 1) {                                                                         \
+            for (int64_t r = 0; r < n_rows; r++) {                                                \
+                TILE(1, 1, n, w + (size_t)r * w_stride, w_stride, a, a_stride, y + r, y_stride);  \
+            }                                                                                     \
+            return;                                                                               \
+        }                                                                                         \
         for (int64_t t0 = 0; t0 < n_tok; t0 += FLOAT_TOKENS) {                                    \
             int64_t nt = n_tok - t0 < FLOAT_TOKENS ? n_tok - t0 : FLOAT_TOKENS;                   \
             const uint8_t *at = a + (size_t)t0 * a_stride;                                        \
