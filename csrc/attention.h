@@ -28,7 +28,8 @@ int64_t pyphi_attention_scratch_floats(int64_t n_head, int64_t n_head_kv, int64_
 
 /* out = softmax(q k^T / sqrt(head_dim) + causal mask) v per query head, query head h reading KV
  * head h / (n_head / n_head_kv) (HF repeat_kv). One (token, KV head) per chunk of the pool, every
- * value one dot of the ISA, so the result does not depend on the pool size. */
+ * score one dot and every output one weighted sum of the ISA (kernels.h), computed by one thread
+ * in a fixed order, so the result does not depend on the pool size. */
 int pyphi_attention(pyphi_pool *pool, const struct pyphi_attention_args *args);
 
 #endif /* PYPHI_ATTENTION_H */
