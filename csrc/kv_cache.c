@@ -37,7 +37,6 @@ int pyphi_kv_init(struct pyphi_kv_cache *c, int type, int64_t n_layer, int64_t n
     c->n_ctx = n_ctx;
     c->n_head_kv = n_head_kv;
     c->head_dim = head_dim;
-    c->row = row;
     c->head_bytes = (size_t)(head_dim * pyphi_type_block_bytes(type));
     /* calloc: the pages are committed as positions are first written, not all at once */
     c->k = calloc(1, (size_t)bytes / 2);

@@ -9,7 +9,7 @@
  * the hardware prefetcher streams. (Position-major key rows put a head's 256 bytes every 2 KiB
  * for Phi-4-mini, and a transposed value matrix had the tile read two 8 KiB rows at once: a
  * decode step's attention at 4064 positions took 4x as long, measured on Zen 5.) A new position
- * also writes one run per head, not one value into each of `row` rows.
+ * also writes one run per head, not one value into each of n_head_kv * head_dim rows.
  */
 #ifndef PYPHI_KV_CACHE_H
 #define PYPHI_KV_CACHE_H
@@ -24,7 +24,6 @@ struct pyphi_kv_cache {
     int64_t n_layer;
     int64_t n_ctx;    /* positions per layer */
     int64_t n_head_kv, head_dim;
-    int64_t row;      /* values per position: n_head_kv * head_dim */
     size_t head_bytes; /* one head's keys (or values) at one position */
     uint8_t *k;       /* (n_layer, n_head_kv, n_ctx, head_dim) in type: head-major */
     uint8_t *v;       /* (n_layer, n_head_kv, n_ctx, head_dim) in type: head-major */

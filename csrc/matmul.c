@@ -222,10 +222,10 @@ int pyphi_matmul(pyphi_pool *pool, int wtype, const void *w, int64_t n_out, int6
         .act_row_bytes = (size_t)act_row_bytes,
     };
     int64_t rows = CHUNK_WEIGHT_BYTES / (w_row_bytes > 0 ? w_row_bytes : 1) / ROWS_MULTIPLE * ROWS_MULTIPLE;
-    job.rows_per_chunk = rows < ROWS_MULTIPLE ? ROWS_MULTIPLE : rows > MAX_ROWS_PER_CHUNK ? MAX_ROWS_PER_CHUNK : rows;
-    if (n_tokens == 1) {
-        job.rows_per_chunk = DECODE_CHUNK_ROWS;
-    }
+    job.rows_per_chunk = n_tokens == 1          ? DECODE_CHUNK_ROWS
+                         : rows < ROWS_MULTIPLE ? ROWS_MULTIPLE
+                         : rows > MAX_ROWS_PER_CHUNK ? MAX_ROWS_PER_CHUNK
+                                                    : rows;
 
     if (atype != PYPHI_TYPE_F32) {
         /* quantize each row of x once; every output row of the batch then reuses it */
