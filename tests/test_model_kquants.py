@@ -135,19 +135,39 @@ def test_every_isa_agrees_with_the_scalar_forward_packed_or_not(kquant_files):
         assert top1 >= ISA_MIN_TOP1 and kl <= ISA_MAX_KL, (isa, pack)
 
 
+# llama.cpp's quantizer mixes on the head128 checkpoint: the K-quant types each file holds.
+LLAMA_MIXES = {"Q4_K_M": {Q4_K, Q6_K}, "Q5_K_M": {Q5_K, Q6_K}, "Q6_K": {Q6_K}}
+
+
+def _llama_logits(llama_cpp, path, tokens, **kwargs) -> np.ndarray:
+    llm = llama_cpp.Llama(str(path), n_ctx=128, logits_all=True, verbose=False, n_threads=1, **kwargs)
+    llm.eval(tokens.tolist())
+    logits = np.array(llm.scores[: len(tokens)])
+    llm.close()
+    return logits
+
+
 @pytest.mark.peer
-def test_llama_quantize_q4_k_m_file(model_zoo, tmp_path):
-    """llama.cpp's own Q4_K_M of the head128 F32 GGUF (llama_model_quantize, no imatrix): each
-    K-quant tensor equals pyphi's quantizer on the same F32 rows byte for byte, and pyphi runs the
-    file with llama.cpp's argmax at nearly every position (measured 0.963 over 80; the two
-    engines' summation orders differ, and random weights give near-flat distributions)."""
+@pytest.mark.parametrize("ftype", list(LLAMA_MIXES))
+def test_llama_quantized_files(model_zoo, tmp_path, ftype):
+    """llama.cpp's own Q4_K_M, Q5_K_M and Q6_K of the head128 F32 GGUF (llama_model_quantize, no
+    imatrix). Each K-quant tensor equals pyphi's quantizer on the same F32 rows byte for byte. Then
+    pyphi's argmax against llama.cpp's (default path) at every position of the prompt. The two
+    engines round differently (summation order; llama.cpp's f16 queries and attention weights), and
+    every matmul requantizes its input, so a last-bit difference can move a Q8_K code: their logits
+    differ by about 0.02 (max |logit| 2.4), and random weights give near-flat distributions (median
+    top-2 margin 0.06-0.09). The yardstick is llama.cpp against itself with flash attention, which
+    rounds differently in the same way. Measured (80 positions): pyphi agrees at 0.963 / 0.988 /
+    0.988 of them, llama.cpp's flash path at 0.950 / 0.988 / 0.988; every position where pyphi
+    differs is a tie at that precision (llama.cpp's margin 0.0002-0.015, below the logit difference
+    there)."""
     import ctypes
 
     llama_cpp = pytest.importorskip("llama_cpp")
     src = model_zoo.gguf("head128", "f32")
-    dst = tmp_path / "head128-Q4_K_M.gguf"
+    dst = tmp_path / f"head128-{ftype}.gguf"
     params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M
+    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{ftype}")
     params.nthread = 1
     assert llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params)) == 0
     seen = set()
@@ -156,10 +176,19 @@ def test_llama_quantize_q4_k_m_file(model_zoo, tmp_path):
             if info.type in (Q4_K, Q5_K, Q6_K):
                 seen.add(info.type)
                 assert np.array_equal(quants.quantize(info.type, f.tensor_data(name)), g.tensor_data(name)), name
-    assert seen == {Q4_K, Q6_K}
+    assert seen == LLAMA_MIXES[ftype]
+    tokens = prompt()
     with Model(dst, n_ctx=128) as model:
-        ours = model.eval(prompt(), logits="all")
-    llm = llama_cpp.Llama(str(dst), n_ctx=128, logits_all=True, verbose=False, n_threads=1)
-    llm.eval(prompt().tolist())
-    theirs = np.array(llm.scores[: len(prompt())])
-    assert float((ours.argmax(-1) == theirs.argmax(-1)).mean()) >= 0.9
+        ours = model.eval(tokens, logits="all")
+    theirs = _llama_logits(llama_cpp, dst, tokens)
+    flash = _llama_logits(llama_cpp, dst, tokens, flash_attn=True)
+    agree = ours.argmax(-1) == theirs.argmax(-1)
+    agree_flash = float((flash.argmax(-1) == theirs.argmax(-1)).mean())
+    top2 = np.sort(theirs, -1)[:, -2:]
+    margin = top2[:, 1] - top2[:, 0]  # (positions,): llama.cpp's top-1 over its runner-up
+    diff = np.abs(ours - theirs).max(-1)  # (positions,)
+    print(f"{ftype}: argmax agreement {agree.mean():.3f} (llama.cpp flash vs default {agree_flash:.3f}); "
+          f"max |diff| {diff.max():.4f}; where they differ, margin {margin[~agree]} vs |diff| {diff[~agree]}")
+    assert diff.max() <= 0.05 * np.abs(theirs).max()
+    assert np.all(margin[~agree] < diff[~agree]), "pyphi's argmax differs where llama.cpp's is no tie"
+    assert agree.mean() >= agree_flash - 2 / len(tokens)
