@@ -116,7 +116,21 @@ def worker(engine: str, path: str, threads: int, mode: str, n_prefill: int, n_de
         for tok in decode_toks:
             e.eval([tok])
         out["depth_decode_tps"] = n_decode / (time.perf_counter() - t)
-    return out
+    return out | huge_mappings()
+
+
+def huge_mappings() -> dict:
+    """GB of this process's memory mapped by 2 MiB page-table entries: of files (the GGUF's page
+    cache, FilePmdMapped) and anonymous (AnonHugePages: pyphi's packed weights, either engine's
+    buffers). Reading the same bytes through 4 KiB entries is slower here (both engines' file
+    mappings get whichever the kernel's page cache holds, so the run lines print it)."""
+    sizes = {}
+    with open("/proc/self/smaps_rollup") as f:
+        for line in f:
+            key, _, rest = line.partition(":")
+            if key in ("FilePmdMapped", "AnonHugePages"):
+                sizes[key] = int(rest.split()[0]) * 1024 / 1e9
+    return {"file_pmd_gb": sizes.get("FilePmdMapped", 0.0), "anon_huge_gb": sizes.get("AnonHugePages", 0.0)}
 
 
 # ---- parent: build files, run workers, summarise ----------------------------------------------
