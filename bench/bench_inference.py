@@ -16,7 +16,10 @@ alternating, repeated --reps times. One process per (engine, type, threads, rep)
   original context: one token more and pyphi, like transformers, switches the whole sequence to
   the long LongRoPE factors and re-prefills it (pyphi.h), a one-off cost llama.cpp does not pay
   (it picks the factor set once from n_ctx). Reading 4064 or 4096 cached positions differs <1%.
-Before each run the file is read once, so both engines find it in the page cache.
+Before each run the file is read once, so both engines find it in the page cache. Each run line
+also gives how much of that process's memory 2 MiB page-table entries map (file_pmd_gb: the GGUF's
+page cache; anon_huge_gb: pyphi's packed weights or either engine's buffers): whichever folios the
+page cache holds decide it for both engines' file mappings, and 4 KiB entries read slower.
 Tokens are uniformly random ids (seeded, the same for both engines); llama.cpp gets
 n_threads_batch = n_threads so both use the same cores.
 
@@ -264,8 +267,9 @@ def main() -> None:
                 run(engine, t, threads, mode, n_decode)
 
     file_gb = {t: paths[t].stat().st_size / 1e9 for t in paths}
+    at_depth = f", decode {args.depth_decode} tokens at depth {args.depth}" if args.depth else ""
     print(f"\nfull-size Phi-4-mini, random weights, pyphi's GGUFs; prefill {args.prefill} tokens, decode "
-          f"{args.decode} tokens from an empty cache, decode {args.depth_decode} tokens at depth {args.depth}; "
+          f"{args.decode} tokens from an empty cache{at_depth}; "
           f"n_batch {N_BATCH}; medians (min-max) of {args.reps} reps ({args.depth_reps} at depth); tok/s; "
           f"load average during runs {min(loads):.1f}-{max(loads):.1f}")
     header = f"{'type':5s} {'thr':>3s} {'metric':17s} {'pyphi':>22s} {'llama.cpp':>22s} {'ratio':>6s} {'roofline':>30s}"
