@@ -407,8 +407,8 @@ static inline __attribute__((always_inline)) void packed_q6_K_tile(int nt, int64
                                           : _mm512_srai_epi32(scw, 16);
                 __m512i code[4];
                 _Pragma("GCC unroll 4") for (int c = 0; c < 4; c++) {
-                    __m512i ql = _mm512_loadu_si512(quad + 64 * (4 * (q & 1) + c));
-                    __m512i qh = _mm512_loadu_si512(quad + 64 * (8 + c));
+                    __m512i ql = _mm512_loadu_si512(quad + 64 * (8 * (q & 1) + c));
+                    __m512i qh = _mm512_loadu_si512(quad + 64 * (4 + c));
                     /* bits 0-3: the nibble; bits 4-5: qh bits 2q, 2q + 1, moved there by one
                      * 16-bit shift (the bits it carries across bytes land outside 0-5) */
                     __m512i lo = q >> 1 ? _mm512_srli_epi16(ql, 4) : ql;

@@ -170,10 +170,13 @@ static inline void pyphi_k_scale_min(int j, const uint8_t *q, uint8_t *sc, uint8
  *   uint16_t d[16];                  row i's d
  *   int8_t   scales[8][16][2];       scales[p][i][j] = row i's scales[2 p + j]
  *   uint8_t  quads[4][12][16][4];    the 4-byte groups of row i's ql and qh by quad u = 2h + m
- *                                    (h: half, m: 0 or 1), in the order the kernel reads them:
- *                                    ql groups 16h + 4m + c, then ql 16h + 8 + 4m + c, then qh
- *                                    8h + 4m + c, c = 0..3 (group c = bytes 4c .. 4c + 3)
- * A quad holds the codes of sub-blocks 8h + 2q + m, q = 0..3. */
+ *                                    (h: half, m: 0 or 1), in the order the kernel first reads
+ *                                    them: ql groups 16h + 4m + c, then qh 8h + 4m + c, then ql
+ *                                    16h + 8 + 4m + c, c = 0..3 (group c = bytes 4c .. 4c + 3)
+ * A quad holds the codes of sub-blocks 8h + 2q + m, q = 0..3. That first-read order is the
+ * address order, which the hardware prefetchers follow: with the second ql run before qh, a
+ * single token's matmul read the packed weights from memory at 18.6-19.7 GB/s on one Zen 5 core,
+ * against 22.7 in address order. */
 #define PYPHI_Q6_K_PACKED_BYTES (PYPHI_PACK_ROWS * 210)
 
 /* ---- Bit casts ------------------------------------------------------------------------------ */

@@ -465,14 +465,14 @@ static inline void q4_K_from_lane(const uint8_t *packed, int i, uint8_t *blk) {
     }
 }
 
-/* Q6_K (quants.h): quad u = 2h + m is ql groups 16h + 4m + c, ql groups 16h + 8 + 4m + c, qh
- * groups 8h + 4m + c (c = 0..3); as the first of 4 consecutive 4-byte groups of block_q6_K (qh
+/* Q6_K (quants.h): quad u = 2h + m is ql groups 16h + 4m + c, qh groups 8h + 4m + c, ql groups
+ * 16h + 8 + 4m + c (c = 0..3); as the first of 4 consecutive 4-byte groups of block_q6_K (qh
  * starts at group 32), for packed groups 4 t .. 4 t + 3 of the quads. */
 static const uint8_t Q6_K_QUAD_RUNS[4 * 3] = {
-    0, 8, 32,  /* h 0, m 0 */
-    4, 12, 36, /* h 0, m 1 */
-    16, 24, 40, /* h 1, m 0 */
-    20, 28, 44, /* h 1, m 1 */
+    0, 32, 8,  /* h 0, m 0 */
+    4, 36, 12, /* h 0, m 1 */
+    16, 40, 24, /* h 1, m 0 */
+    20, 44, 28, /* h 1, m 1 */
 };
 #define Q6_K_SCALES_AT 32            /* packed: scales[8][16][2] */
 #define Q6_K_QUADS_AT (32 + 16 * 16) /* packed: quads[4][12][16][4] */

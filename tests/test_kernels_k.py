@@ -298,7 +298,7 @@ def test_pack_layouts():
     """Hand-derived from quants.h. Q5_K: group g holds block b of rows 4g .. 4g + 3, then block
     b + 1. Q4_K: per super-block of a 16-row group, d[16], dmin[16], the scales as uint32
     [3][16], then qs as [4][8][16][4]. Q6_K: d[16], scales as [8][16][2], then per quad
-    u = 2h + m the 4-byte groups ql 16h + 4m + c, ql 16h + 8 + 4m + c, qh 8h + 4m + c (c < 4),
+    u = 2h + m the 4-byte groups ql 16h + 4m + c, qh 8h + 4m + c, ql 16h + 8 + 4m + c (c < 4),
     as [12][16][4]."""
     rng = np.random.default_rng(800)
     wq = random_weights(rng, Q5_K, 8, 512)  # 2 groups x 2 super-blocks of 176 bytes
@@ -320,8 +320,8 @@ def test_pack_layouts():
         ql, qh = lanes(blk[:, 0:128], 4), lanes(blk[:, 128:192], 4)  # (32, 16, 4), (16, 16, 4)
         for u in range(4):
             h, m = divmod(u, 2)
-            quad = np.concatenate([ql[16 * h + 4 * m : 16 * h + 4 * m + 4], ql[16 * h + 8 + 4 * m : 16 * h + 12 + 4 * m],
-                                   qh[8 * h + 4 * m : 8 * h + 4 * m + 4]])
+            quad = np.concatenate([ql[16 * h + 4 * m : 16 * h + 4 * m + 4], qh[8 * h + 4 * m : 8 * h + 4 * m + 4],
+                                   ql[16 * h + 8 + 4 * m : 16 * h + 12 + 4 * m]])
             assert np.array_equal(p[288 + 768 * u : 288 + 768 * (u + 1)].reshape(12, 16, 4), quad), u
 
     wq = random_weights(rng, Q4_K, 16, 512)
