@@ -75,6 +75,7 @@ struct pyphi_model {
     int64_t packed_bytes;
     struct pack_item *pending; /* (1 + n_layer MATRICES_PER_LAYER,): copies the first eval makes */
     int64_t n_pending, pending_chunks;
+    int embedding_dropped; /* a tied head was packed: eval drops the embedding's pages again */
 
     /* Activations of one batch of up to n_batch tokens. */
     float *x;       /* (n_batch, n_embd): the residual stream */
@@ -323,6 +324,7 @@ static void pack_pending(pyphi_model *m, pyphi_pool *pool) {
     for (int64_t i = 0; i < m->n_pending; i++) {
         struct pyphi_tensor *t = m->pending[i].t;
         drop_pages(t->data, (size_t)pyphi_packed_bytes(t->type, t->ne1, t->ne0));
+        m->embedding_dropped |= t->data == m->d.tok_embd.data;
         t->data = m->pending[i].dst;
     }
     m->n_pending = 0;
@@ -603,6 +605,13 @@ static int forward(pyphi_model *m, pyphi_pool *pool, const int32_t *tokens, int6
     };
 
     embed(&d->tok_embd, tokens, n, m->x);                                  /* x (n, E) */
+    if (m->embedding_dropped) {
+        /* Each row read faulted its page back in, and the kernel maps the cached pages around
+         * it too (fault-around, up to a whole folio): on Phi-4-mini's q4_k_m the mapped part of
+         * the tied embedding, beside its packed copy, grew by about 20 MiB per 512 varied tokens,
+         * toward all 504 MB. Dropping the pages again costs a fault per row next time. */
+        drop_pages(d->tok_embd.data, tensor_bytes(&d->tok_embd));
+    }
     pyphi_rope_table(m->rope_cs, pos, n, m->inv_freq[m->rope_long], d->n_rot,
                      d->rope_attn_factor);                                 /* (n, n_rot) */
     for (int64_t l = 0; l < d->n_layer; l++) {
