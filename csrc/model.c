@@ -289,7 +289,7 @@ static void reserve_pack(pyphi_model *m, struct pyphi_tensor *t, uint8_t **curso
 
 /* Chunk = PACK_CHUNK_ROWS rows (whole groups) of one pending matrix: packs them and drops the
  * file pages they came from (the model never reads them again; a tied head's embedding reads a
- * few rows, which fault back in). Packing is a copy, so chunks are independent and the result
+ * few rows, which fault back in until forward drops them). Packing is a copy, so chunks are independent and the result
  * does not depend on the pool size. */
 static void pack_chunk(void *ctx, int64_t chunk, int thread) {
     (void)thread;
@@ -459,7 +459,8 @@ int pyphi_model_create(const struct pyphi_model_desc *desc, const struct pyphi_m
             return PYPHI_E_NOMEM;
         }
         uint8_t *cursor = m->packed;
-        /* a tied head's pages go too: the embedding faults back in only the rows it reads */
+        /* a tied head's pages go too: the embedding faults back in the rows it reads, and
+         * forward drops them again after each lookup */
         reserve_pack(m, &m->d.output, &cursor);
         for (int64_t l = 0; l < desc->n_layer; l++) {
             const struct pyphi_tensor *ms[MATRICES_PER_LAYER];
