@@ -289,8 +289,8 @@ static void reserve_pack(pyphi_model *m, struct pyphi_tensor *t, uint8_t **curso
 
 /* Chunk = PACK_CHUNK_ROWS rows (whole groups) of one pending matrix: packs them and drops the
  * file pages they came from (the model never reads them again; a tied head's embedding reads a
- * few rows, which fault back in until forward drops them). Packing is a copy, so chunks are independent and the result
- * does not depend on the pool size. */
+ * few rows, which fault back in until forward drops them). Packing is a copy, so chunks are
+ * independent and the result does not depend on the pool size. */
 static void pack_chunk(void *ctx, int64_t chunk, int thread) {
     (void)thread;
     const pyphi_model *m = ctx;
