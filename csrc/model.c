@@ -31,6 +31,7 @@
  *   close, not identical, to transformers; the tests measure how close.
  */
 #include "attention.h"
+#include "huge_pages.h"
 #include "kv_cache.h"
 #include "ops.h"
 #include "pyphi.h"
@@ -73,6 +74,7 @@ struct pyphi_model {
     int64_t attn_scratch_floats;
     uint8_t *packed;     /* (packed_bytes,): the packed matrices; layers[].x.data point here */
     int64_t packed_bytes;
+    pyphi_collapser *collapser; /* moves the packed matrices onto huge pages once they are made */
     struct pack_item *pending; /* (1 + n_layer MATRICES_PER_LAYER,): copies the first eval makes */
     int64_t n_pending, pending_chunks;
     int embedding_dropped; /* a tied head was packed: eval drops the embedding's pages again */
@@ -232,7 +234,6 @@ static int check_params(const struct pyphi_model_desc *d, const struct pyphi_mod
 
 /* ---- Packed weights -------------------------------------------------------------------------- */
 
-#define HUGE_PAGE ((size_t)2 << 20)
 /* Rows per chunk of the pack, a multiple of every packed group (16 rows, 4 for the K-quants):
  * 1-4 MB of Phi-4-mini's rows, so the pool's chunk counter is fetched rarely and the largest
  * matrix (the head) still splits finely. */
@@ -258,6 +259,11 @@ static int64_t packed_size(const struct pyphi_tensor *t) {
     }
     int64_t bytes = pyphi_packed_bytes(t->type, t->ne1, t->ne0);
     return bytes > 0 ? (bytes + 63) / 64 * 64 : 0; /* each matrix 64-byte aligned */
+}
+
+/* The bytes of the packed buffer: packed_bytes rounded up to whole 2 MiB pages. */
+static size_t packed_span(int64_t packed_bytes) {
+    return ((size_t)packed_bytes + PYPHI_HUGE_PAGE - 1) / PYPHI_HUGE_PAGE * PYPHI_HUGE_PAGE;
 }
 
 /* Drops the whole pages inside [p, p + bytes) from the process. On the read-only file mapping
@@ -328,6 +334,7 @@ static void pack_pending(pyphi_model *m, pyphi_pool *pool) {
         t->data = m->pending[i].dst;
     }
     m->n_pending = 0;
+    m->collapser = pyphi_collapser_start(m->packed, packed_span(m->packed_bytes));
 }
 
 /* Floats of the activation buffers for one batch of n_batch tokens. */
@@ -399,6 +406,7 @@ void pyphi_model_free(pyphi_model *m) {
     if (m == NULL) {
         return;
     }
+    pyphi_collapser_stop(m->collapser);
     pyphi_kv_free(&m->kv);
     free(m->layers);
     free(m->tokens);
@@ -441,17 +449,13 @@ int pyphi_model_create(const struct pyphi_model_desc *desc, const struct pyphi_m
     memcpy(m->layers, desc->layers, (size_t)desc->n_layer * sizeof *m->layers);
     m->d.layers = m->layers;
     if (sizes.packed_bytes > 0) {
-        /* whole 2 MiB pages, backed by transparent huge pages where the kernel allows: a decode
-         * step streams all of it, and with 4 KiB pages TLB misses halve a core's read rate */
-        size_t bytes = ((size_t)sizes.packed_bytes + HUGE_PAGE - 1) / HUGE_PAGE * HUGE_PAGE;
-        m->packed = aligned_alloc(HUGE_PAGE, bytes);
+        /* whole 2 MiB pages, filled in the pages the kernel gives by default (4 KiB where THP is
+         * "madvise") and moved onto huge pages after the pack (huge_pages.c says why) */
+        m->packed = aligned_alloc(PYPHI_HUGE_PAGE, packed_span(sizes.packed_bytes));
         if (m->packed == NULL) {
             pyphi_model_free(m);
             return PYPHI_E_NOMEM;
         }
-#ifdef MADV_HUGEPAGE
-        madvise(m->packed, bytes, MADV_HUGEPAGE);
-#endif
         m->packed_bytes = sizes.packed_bytes;
         m->pending = malloc((size_t)(1 + desc->n_layer * MATRICES_PER_LAYER) * sizeof *m->pending);
         if (m->pending == NULL) {
@@ -650,22 +654,9 @@ static int rerotate_cache(pyphi_model *m, pyphi_pool *pool) {
                              d->rope_attn_factor);
 }
 
-/* ---- Public API ----------------------------------------------------------------------------- */
-
-int pyphi_model_eval(pyphi_model *m, pyphi_pool *pool, const int32_t *tokens, int64_t n_tokens,
-                     int64_t pos, float *logits, int64_t n_logits) {
-    if (m == NULL || tokens == NULL || n_tokens < 1 || pos < 0 || pos > m->n_past ||
-        n_logits < 0 || n_logits > n_tokens || (n_logits > 0 && logits == NULL)) {
-        return PYPHI_E_ARG;
-    }
-    if (n_tokens > m->p.n_ctx - pos) {
-        return PYPHI_E_CONTEXT;
-    }
-    for (int64_t t = 0; t < n_tokens; t++) {
-        if (tokens[t] < 0 || tokens[t] >= m->d.n_vocab) {
-            return PYPHI_E_ARG;
-        }
-    }
+/* pyphi_model_eval after its checks: packs at the first call, then runs the batches. */
+static int eval_batches(pyphi_model *m, pyphi_pool *pool, const int32_t *tokens, int64_t n_tokens,
+                        int64_t pos, float *logits, int64_t n_logits) {
     if (m->n_pending > 0) {
         pack_pending(m, pool);
     }
@@ -696,6 +687,29 @@ int pyphi_model_eval(pyphi_model *m, pyphi_pool *pool, const int32_t *tokens, in
     }
     return PYPHI_OK;
 }
+
+/* ---- Public API ----------------------------------------------------------------------------- */
+
+int pyphi_model_eval(pyphi_model *m, pyphi_pool *pool, const int32_t *tokens, int64_t n_tokens,
+                     int64_t pos, float *logits, int64_t n_logits) {
+    if (m == NULL || tokens == NULL || n_tokens < 1 || pos < 0 || pos > m->n_past ||
+        n_logits < 0 || n_logits > n_tokens || (n_logits > 0 && logits == NULL)) {
+        return PYPHI_E_ARG;
+    }
+    if (n_tokens > m->p.n_ctx - pos) {
+        return PYPHI_E_CONTEXT;
+    }
+    for (int64_t t = 0; t < n_tokens; t++) {
+        if (tokens[t] < 0 || tokens[t] >= m->d.n_vocab) {
+            return PYPHI_E_ARG;
+        }
+    }
+    pyphi_collapser_busy(m->collapser, 1);
+    int status = eval_batches(m, pool, tokens, n_tokens, pos, logits, n_logits);
+    pyphi_collapser_busy(m->collapser, 0);
+    return status;
+}
+
 
 int pyphi_model_truncate(pyphi_model *m, int64_t n) {
     if (m == NULL || n < 0 || n > m->n_past) {

@@ -155,9 +155,9 @@ int pyphi_matmul(pyphi_pool *pool, int wtype, const void *w, int64_t n_out, int6
  * block, the same number of bytes), built in memory, never stored. It lets the SIMD kernels
  * advance 16 output rows per instruction. Q4_K/Q5_K/Q6_K pack 4 rows, whole super-blocks
  * interleaved, so a 4-row kernel streams one contiguous run. The model packs its matrices at
- * its first eval. pyphi_packed_bytes: the bytes of the packed (n_out, n_in) matrix, or PYPHI_E_TYPE
- * (another type) / PYPHI_E_SHAPE (n_out not a multiple of 16 (4 for the K-quants), or n_in not a
- * multiple of the block). */
+ * its first eval and moves the copy onto huge pages while idle. pyphi_packed_bytes: the bytes
+ * of the packed (n_out, n_in) matrix, or PYPHI_E_TYPE (another type) / PYPHI_E_SHAPE (n_out not
+ * a multiple of 16 (4 for the K-quants), or n_in not a multiple of the block). */
 int64_t pyphi_packed_bytes(int wtype, int64_t n_out, int64_t n_in);
 /* w (n_out, n_in) in ggml's layout -> dst (pyphi_packed_bytes); w and dst must not overlap. */
 int pyphi_pack_matrix(int wtype, const void *w, int64_t n_out, int64_t n_in, void *dst);

@@ -180,6 +180,55 @@ def test_packed_weights_give_the_scalar_forward_bit_for_bit(model_zoo, out_type)
         assert ratio(results[isa, True], results["scalar", False]) <= 1e-5, isa
 
 
+COLLAPSE_CHILD = """
+import json, sys, time
+from pyphi.model import Model
+
+def anon_huge():
+    with open("/proc/self/smaps_rollup") as f:
+        return next(int(l.split()[1]) * 1024 for l in f if l.startswith("AnonHugePages"))
+
+with Model(sys.argv[1], n_ctx=64, pack_weights=True) as m:
+    before = anon_huge()
+    m.eval([1, 2, 3])
+    deadline = time.monotonic() + 60
+    while anon_huge() - before < m.sizes.packed_bytes // 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    print(json.dumps({"packed": m.sizes.packed_bytes, "huge": anon_huge() - before}))
+"""
+
+
+def _thp_off() -> bool:
+    import os
+    import platform
+
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            if "[never]" in f.read():
+                return True
+    except OSError:
+        return True
+    major, minor = (int(v) for v in platform.release().split(".")[:2])
+    return os.uname().sysname != "Linux" or (major, minor) < (6, 1)  # MADV_COLLAPSE: Linux 6.1
+
+
+@pytest.mark.skipif(_thp_off(), reason="needs Linux 6.1+ (MADV_COLLAPSE) with THP not 'never'")
+def test_packed_weights_move_onto_huge_pages_once_idle(model_zoo):
+    """huge_pages.c: the first eval packs into the kernel's default pages and, while the model is
+    idle, a thread moves the copy onto 2 MiB pages. In a fresh process the packed copy (54 MB)
+    ends up mapped by 2 MiB entries (AnonHugePages), at least half of it."""
+    import json
+    import subprocess
+    import sys
+
+    path = model_zoo.gguf("head128", "q8_0")
+    out = subprocess.run([sys.executable, "-c", COLLAPSE_CHILD, str(path)], capture_output=True,
+                         text=True, timeout=120, check=True, cwd="/").stdout
+    sizes = json.loads(out)
+    assert sizes["packed"] > 50e6
+    assert sizes["huge"] >= sizes["packed"] // 2, sizes
+
+
 def test_truncate_and_position_argument(model_zoo):
     tokens = prompt(30)
     other = prompt(10, seed=7)

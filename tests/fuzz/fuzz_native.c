@@ -273,9 +273,10 @@ static void fuzz_model(struct input *in) {
     free(factors[1]);
 }
 
-/* The library backs packed weights with transparent huge pages: under ASan's quarantine every
- * freed model keeps a whole 2 MiB page resident, so peak RSS measured page sizes, not the
- * memory the library touches (2.9 GB on a machine where huge pages were plentiful). */
+/* The library moves packed weights onto transparent huge pages (huge_pages.c): under ASan's
+ * quarantine every freed model would keep a whole 2 MiB page resident, so peak RSS would measure
+ * page sizes, not the memory the library touches (2.9 GB on a machine where huge pages were
+ * plentiful). Without THP the collapsing thread ends at its first page. */
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
     (void)argc;
     (void)argv;

@@ -1,0 +1,26 @@
+/* huge_pages.h: moving a long-lived buffer onto 2 MiB pages after it was filled (internal). */
+#ifndef PYPHI_HUGE_PAGES_H
+#define PYPHI_HUGE_PAGES_H
+
+#include <stddef.h>
+
+#define PYPHI_HUGE_PAGE ((size_t)2 << 20)
+
+typedef struct pyphi_collapser pyphi_collapser;
+
+/* Starts a thread, at the lowest CPU priority, that asks the kernel (MADV_COLLAPSE, Linux 6.1+)
+ * to back [p, p + bytes) with transparent huge pages, one 2 MiB page at a time, while its owner
+ * is idle (pyphi_collapser_busy; it starts busy). p is 2 MiB aligned and its pages already
+ * written. The contents never change, so readers need no care; a read of a page being collapsed
+ * waits for it. NULL where it cannot start (not Linux, or no thread); where THP is off the thread ends at its
+ * first page. Either way the buffer keeps the pages it has, which changes only its speed. */
+pyphi_collapser *pyphi_collapser_start(void *p, size_t bytes);
+
+/* busy 1: the owner is computing, so the thread waits before its next page (a collapse would
+ * take a core and stall reads of its page); busy 0: it may go on. */
+void pyphi_collapser_busy(pyphi_collapser *c, int busy);
+
+/* Stops the thread after the page it is collapsing and waits for it; NULL does nothing. */
+void pyphi_collapser_stop(pyphi_collapser *c);
+
+#endif
