@@ -23,6 +23,12 @@ Bounds, and what was measured when they were set (prompt of 80 tokens, seed 1):
 
 from __future__ import annotations
 
+import json
+import platform
+import re
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -199,17 +205,15 @@ with Model(sys.argv[1], n_ctx=64, pack_weights=True) as m:
 
 
 def _thp_off() -> bool:
-    import os
-    import platform
-
+    """No transparent huge pages here: not Linux, THP 'never', or a kernel before MADV_COLLAPSE."""
     try:
         with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
             if "[never]" in f.read():
                 return True
     except OSError:
         return True
-    major, minor = (int(v) for v in platform.release().split(".")[:2])
-    return os.uname().sysname != "Linux" or (major, minor) < (6, 1)  # MADV_COLLAPSE: Linux 6.1
+    version = re.match(r"(\d+)\.(\d+)", platform.release())
+    return version is None or (int(version[1]), int(version[2])) < (6, 1)
 
 
 @pytest.mark.skipif(_thp_off(), reason="needs Linux 6.1+ (MADV_COLLAPSE) with THP not 'never'")
@@ -217,10 +221,6 @@ def test_packed_weights_move_onto_huge_pages_once_idle(model_zoo):
     """huge_pages.c: the first eval packs into the kernel's default pages and, while the model is
     idle, a thread moves the copy onto 2 MiB pages. In a fresh process the packed copy (54 MB)
     ends up mapped by 2 MiB entries (AnonHugePages), at least half of it."""
-    import json
-    import subprocess
-    import sys
-
     path = model_zoo.gguf("head128", "q8_0")
     out = subprocess.run([sys.executable, "-c", COLLAPSE_CHILD, str(path)], capture_output=True,
                          text=True, timeout=120, check=True, cwd="/").stdout
