@@ -1,14 +1,17 @@
-/* huge_pages.c: collapse a filled buffer into transparent huge pages, in the background.
+/* huge_pages.c: putting a large long-lived buffer on transparent huge pages without making its
+ * first fill slow.
  *
- * Why not ask for huge pages when allocating (MADV_HUGEPAGE)? Because a fresh 2 MiB page has to
- * be zeroed whole at its first touch, and where the memory comes back from a hypervisor (a VM
- * whose host reclaims freed guest memory, as free page reporting does) the fault rate drops to
- * 0.4-0.7 GB/s: gigabytes of packed weights would then take seconds before the first token. With
- * 4 KiB pages the buffer fills several times faster, and a packed matrix streams a few percent
- * slower through the TLB until this thread has moved it onto huge pages. It does so while the
- * model is idle (between a chat's turns, a server's requests): collapsing during an eval took a
- * third off a prefill, the copy and the stalled reads of each page competing with the eval. It
- * runs at nice 19, so other processes' work comes first too.
+ * A packed matrix streams 5-10% faster from 2 MiB pages than from 4 KiB ones (TLB misses, most on
+ * 2 threads). But a fresh 2 MiB page is zeroed whole at its first touch, and where the memory
+ * comes back from a hypervisor (a VM whose host reclaims freed guest memory, as free page
+ * reporting does) that runs at 0.4-0.7 GB/s: gigabytes of packed weights then take seconds
+ * before the first token. So the first PROBE_PAGES pages are faulted in as huge pages and timed:
+ * - fast (bare metal: several GB/s): the whole buffer is advised MADV_HUGEPAGE and done;
+ * - slow: the rest is filled in 4 KiB pages (MADV_NOHUGEPAGE), faster there, and a thread moves
+ *   it onto huge pages (MADV_COLLAPSE) while the model is idle (between a chat's turns, a
+ *   server's requests). Collapsing during an eval took a third off a prefill, the copy and the
+ *   stalled reads of each page competing with it. The thread runs at nice 19, so other
+ *   processes' work comes first too.
  */
 #include "huge_pages.h"
 
@@ -29,6 +32,33 @@
 #define MADV_COLLAPSE 25 /* Linux 6.1 uapi; older kernels answer EINVAL */
 #endif
 
+#define PROBE_PAGES 4
+#define FAST_FAULTS_BYTES_PER_S 2e9
+
+static double seconds(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+int pyphi_huge_pages_advise(void *p, size_t bytes) {
+    volatile unsigned char *buffer = p;
+    size_t probe = PROBE_PAGES * PYPHI_HUGE_PAGE < bytes ? PROBE_PAGES * PYPHI_HUGE_PAGE : bytes;
+    if (madvise(p, bytes, MADV_HUGEPAGE) != 0) {
+        return 1; /* no THP here: nothing to wait for either */
+    }
+    double start = seconds();
+    for (size_t off = 0; off < probe; off += 4096) {
+        buffer[off] = 0; /* the first write of each page faults it in */
+    }
+    double elapsed = seconds() - start;
+    if ((double)probe >= FAST_FAULTS_BYTES_PER_S * elapsed || probe == bytes) {
+        return 1;
+    }
+    madvise((unsigned char *)p + probe, bytes - probe, MADV_NOHUGEPAGE);
+    return 0;
+}
+
 struct pyphi_collapser {
     unsigned char *p; /* (bytes,) 2 MiB aligned */
     size_t bytes;
@@ -41,6 +71,7 @@ static void *collapse_pages(void *arg) {
     pyphi_collapser *c = arg;
     /* on Linux a thread has its own nice value, addressed by its thread id */
     setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 19);
+    madvise(c->p, c->bytes, MADV_HUGEPAGE); /* MADV_COLLAPSE skips MADV_NOHUGEPAGE ranges */
     const struct timespec idle_poll = {0, 10 * 1000 * 1000}; /* 10 ms */
     for (size_t off = 0; off + PYPHI_HUGE_PAGE <= c->bytes; off += PYPHI_HUGE_PAGE) {
         while (atomic_load(&c->busy) && !atomic_load(&c->stop)) {
@@ -90,6 +121,12 @@ void pyphi_collapser_stop(pyphi_collapser *c) {
 }
 
 #else
+
+int pyphi_huge_pages_advise(void *p, size_t bytes) {
+    (void)p;
+    (void)bytes;
+    return 1;
+}
 
 pyphi_collapser *pyphi_collapser_start(void *p, size_t bytes) {
     (void)p;

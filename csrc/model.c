@@ -74,7 +74,8 @@ struct pyphi_model {
     int64_t attn_scratch_floats;
     uint8_t *packed;     /* (packed_bytes,): the packed matrices; layers[].x.data point here */
     int64_t packed_bytes;
-    pyphi_collapser *collapser; /* moves the packed matrices onto huge pages once they are made */
+    int collapse_later;         /* huge pages came slowly: packed fills small pages, then... */
+    pyphi_collapser *collapser; /* ...this moves it onto huge pages while the model is idle */
     struct pack_item *pending; /* (1 + n_layer MATRICES_PER_LAYER,): copies the first eval makes */
     int64_t n_pending, pending_chunks;
     int embedding_dropped; /* a tied head was packed: eval drops the embedding's pages again */
@@ -334,7 +335,9 @@ static void pack_pending(pyphi_model *m, pyphi_pool *pool) {
         t->data = m->pending[i].dst;
     }
     m->n_pending = 0;
-    m->collapser = pyphi_collapser_start(m->packed, packed_span(m->packed_bytes));
+    if (m->collapse_later) {
+        m->collapser = pyphi_collapser_start(m->packed, packed_span(m->packed_bytes));
+    }
 }
 
 /* Floats of the activation buffers for one batch of n_batch tokens. */
@@ -449,13 +452,14 @@ int pyphi_model_create(const struct pyphi_model_desc *desc, const struct pyphi_m
     memcpy(m->layers, desc->layers, (size_t)desc->n_layer * sizeof *m->layers);
     m->d.layers = m->layers;
     if (sizes.packed_bytes > 0) {
-        /* whole 2 MiB pages, filled in the pages the kernel gives by default (4 KiB where THP is
-         * "madvise") and moved onto huge pages after the pack (huge_pages.c says why) */
+        /* whole 2 MiB pages, on transparent huge pages: a decode step streams all of it, and
+         * 4 KiB pages cost it 5-10% in TLB misses (at once, or after the pack: huge_pages.c) */
         m->packed = aligned_alloc(PYPHI_HUGE_PAGE, packed_span(sizes.packed_bytes));
         if (m->packed == NULL) {
             pyphi_model_free(m);
             return PYPHI_E_NOMEM;
         }
+        m->collapse_later = !pyphi_huge_pages_advise(m->packed, packed_span(sizes.packed_bytes));
         m->packed_bytes = sizes.packed_bytes;
         m->pending = malloc((size_t)(1 + desc->n_layer * MATRICES_PER_LAYER) * sizeof *m->pending);
         if (m->pending == NULL) {
