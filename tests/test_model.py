@@ -217,10 +217,12 @@ def _thp_off() -> bool:
 
 
 @pytest.mark.skipif(_thp_off(), reason="needs Linux 6.1+ (MADV_COLLAPSE) with THP not 'never'")
-def test_packed_weights_move_onto_huge_pages_once_idle(model_zoo):
-    """huge_pages.c: the first eval packs into the kernel's default pages and, while the model is
-    idle, a thread moves the copy onto 2 MiB pages. In a fresh process the packed copy (54 MB)
-    ends up mapped by 2 MiB entries (AnonHugePages), at least half of it."""
+def test_packed_weights_end_on_huge_pages(model_zoo):
+    """huge_pages.c: the packed copy goes on 2 MiB pages at once where the kernel hands them out
+    fast, else into 4 KiB pages that a thread collapses while the model is idle. Either way, in a
+    fresh process at least half of the packed copy (54 MB) ends up mapped by 2 MiB entries
+    (AnonHugePages). Which path ran depends on the machine's fault rate at that moment (this VM
+    takes both); with the collapser disabled, the slow path fails here."""
     path = model_zoo.gguf("head128", "q8_0")
     out = subprocess.run([sys.executable, "-c", COLLAPSE_CHILD, str(path)], capture_output=True,
                          text=True, timeout=120, check=True, cwd="/").stdout
