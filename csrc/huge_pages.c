@@ -5,16 +5,20 @@
  * 2 threads). But a fresh 2 MiB page is zeroed whole at its first touch, and where the memory
  * comes back from a hypervisor (a VM whose host reclaims freed guest memory, as free page
  * reporting does) that runs at 0.4-0.7 GB/s: gigabytes of packed weights then take seconds
- * before the first token. So the first PROBE_PAGES pages are faulted in as huge pages and timed:
- * - fast (bare metal: several GB/s): the whole buffer is advised MADV_HUGEPAGE and done;
- * - slow: the rest is filled in 4 KiB pages (MADV_NOHUGEPAGE), faster there, and a thread moves
- *   it onto huge pages (MADV_COLLAPSE) while the model is idle (between a chat's turns, a
- *   server's requests). Collapsing during an eval took a third off a prefill, the copy and the
- *   stalled reads of each page competing with it. The thread runs at nice 19, so other
+ * before the first token. So the buffer is advised MADV_HUGEPAGE and its filler times the faults
+ * of each piece it writes:
+ * - fast (bare metal: several GB/s): huge pages to the end;
+ * - at the first slow piece, the rest of the buffer is filled in 4 KiB pages (MADV_NOHUGEPAGE),
+ *   faster there, and once full a thread moves it onto huge pages (MADV_COLLAPSE) while the
+ *   model is idle (between a chat's turns, a server's requests). The first pieces of a fill often
+ *   come fast, from memory another process has just freed, and the rest slowly; hence a check per
+ *   piece rather than one probe. Collapsing during an eval took a third off a prefill, the copy
+ *   and the stalled reads of each page competing with it. The thread runs at nice 19, so other
  *   processes' work comes first too.
  */
 #include "huge_pages.h"
 
+#include <stdint.h>
 #include <stdlib.h>
 
 #if defined(__linux__)
@@ -32,7 +36,6 @@
 #define MADV_COLLAPSE 25 /* Linux 6.1 uapi; older kernels answer EINVAL */
 #endif
 
-#define PROBE_PAGES 4
 #define FAST_FAULTS_BYTES_PER_S 2e9
 
 static double seconds(void) {
@@ -41,22 +44,24 @@ static double seconds(void) {
     return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
-int pyphi_huge_pages_advise(void *p, size_t bytes) {
+void pyphi_huge_pages_advise(void *p, size_t bytes) {
+    madvise(p, bytes, MADV_HUGEPAGE);
+}
+
+int pyphi_fault_in_timed(void *p, size_t bytes) {
     volatile unsigned char *buffer = p;
-    size_t probe = PROBE_PAGES * PYPHI_HUGE_PAGE < bytes ? PROBE_PAGES * PYPHI_HUGE_PAGE : bytes;
-    if (madvise(p, bytes, MADV_HUGEPAGE) != 0) {
-        return 1; /* no THP here: nothing to wait for either */
-    }
     double start = seconds();
-    for (size_t off = 0; off < probe; off += 4096) {
-        buffer[off] = 0; /* the first write of each page faults it in */
+    for (size_t off = 0; off < bytes; off += 4096) {
+        buffer[off] = 0; /* the first write to a page faults it in */
     }
-    double elapsed = seconds() - start;
-    if ((double)probe >= FAST_FAULTS_BYTES_PER_S * elapsed || probe == bytes) {
-        return 1;
+    return (double)bytes >= FAST_FAULTS_BYTES_PER_S * (seconds() - start);
+}
+
+void pyphi_huge_pages_decline(void *p, void *end) {
+    uintptr_t first = ((uintptr_t)p + PYPHI_HUGE_PAGE - 1) / PYPHI_HUGE_PAGE * PYPHI_HUGE_PAGE;
+    if ((uintptr_t)end > first) {
+        madvise((void *)first, (uintptr_t)end - first, MADV_NOHUGEPAGE);
     }
-    madvise((unsigned char *)p + probe, bytes - probe, MADV_NOHUGEPAGE);
-    return 0;
 }
 
 struct pyphi_collapser {
@@ -122,10 +127,20 @@ void pyphi_collapser_stop(pyphi_collapser *c) {
 
 #else
 
-int pyphi_huge_pages_advise(void *p, size_t bytes) {
+void pyphi_huge_pages_advise(void *p, size_t bytes) {
+    (void)p;
+    (void)bytes;
+}
+
+int pyphi_fault_in_timed(void *p, size_t bytes) {
     (void)p;
     (void)bytes;
     return 1;
+}
+
+void pyphi_huge_pages_decline(void *p, void *end) {
+    (void)p;
+    (void)end;
 }
 
 pyphi_collapser *pyphi_collapser_start(void *p, size_t bytes) {

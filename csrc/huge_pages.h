@@ -8,11 +8,16 @@
 
 typedef struct pyphi_collapser pyphi_collapser;
 
-/* Backs [p, p + bytes) (2 MiB aligned, not yet touched) with transparent huge pages if the kernel
- * hands them out fast, which it times on the first few: 1 when it does or when there is no THP to
- * wait for; 0 when huge pages come slowly, and the rest of the buffer then gets small pages, to
- * be collapsed once filled (pyphi_collapser_start). */
-int pyphi_huge_pages_advise(void *p, size_t bytes);
+/* Asks for transparent huge pages for [p, p + bytes), 2 MiB aligned, before its first touch. */
+void pyphi_huge_pages_advise(void *p, size_t bytes);
+
+/* Faults in the pages of [p, p + bytes) not yet present and times it: 1 if they came at 2 GB/s
+ * or faster (or there were none), 0 if slower. It writes zeros into the range (every 4 KiB). */
+int pyphi_fault_in_timed(void *p, size_t bytes);
+
+/* Gives up huge pages for the whole 2 MiB pages of [p, end) not yet touched: they fill as 4 KiB
+ * pages, for pyphi_collapser_start to move once the buffer is full. */
+void pyphi_huge_pages_decline(void *p, void *end);
 
 /* Starts a thread, at the lowest CPU priority, that asks the kernel (MADV_COLLAPSE, Linux 6.1+)
  * to back [p, p + bytes) with transparent huge pages, one 2 MiB page at a time, while its owner

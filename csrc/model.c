@@ -38,6 +38,7 @@
 #include "quants.h"
 #include "threadpool.h"
 
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -74,8 +75,8 @@ struct pyphi_model {
     int64_t attn_scratch_floats;
     uint8_t *packed;     /* (packed_bytes,): the packed matrices; layers[].x.data point here */
     int64_t packed_bytes;
-    int collapse_later;         /* huge pages came slowly: packed fills small pages, then... */
-    pyphi_collapser *collapser; /* ...this moves it onto huge pages while the model is idle */
+    atomic_int small_pages;     /* huge pages came slowly: the pack fills 4 KiB pages, then... */
+    pyphi_collapser *collapser; /* ...this moves them onto huge pages while the model is idle */
     struct pack_item *pending; /* (1 + n_layer MATRICES_PER_LAYER,): copies the first eval makes */
     int64_t n_pending, pending_chunks;
     int embedding_dropped; /* a tied head was packed: eval drops the embedding's pages again */
@@ -300,7 +301,7 @@ static void reserve_pack(pyphi_model *m, struct pyphi_tensor *t, uint8_t **curso
  * independent and the result does not depend on the pool size. */
 static void pack_chunk(void *ctx, int64_t chunk, int thread) {
     (void)thread;
-    const pyphi_model *m = ctx;
+    pyphi_model *m = ctx;
     int64_t lo = 0, hi = m->n_pending - 1; /* the last item whose first chunk <= chunk */
     while (lo < hi) {
         int64_t mid = (lo + hi + 1) / 2;
@@ -319,7 +320,13 @@ static void pack_chunk(void *ctx, int64_t chunk, int thread) {
     size_t row_bytes = (size_t)pyphi_row_bytes(t->type, t->ne0);
     size_t offset = (size_t)r0 * row_bytes, bytes = (size_t)rows * row_bytes;
     const uint8_t *src = (const uint8_t *)t->data + offset;
-    pyphi_pack_matrix(t->type, src, rows, t->ne0, it->dst + offset); /* checked */
+    uint8_t *dst = it->dst + offset;
+    /* the first chunk whose huge pages come slowly turns the rest of the buffer to 4 KiB pages */
+    if (!atomic_load(&m->small_pages) && !pyphi_fault_in_timed(dst, bytes) &&
+        !atomic_exchange(&m->small_pages, 1)) {
+        pyphi_huge_pages_decline(dst + bytes, m->packed + packed_span(m->packed_bytes));
+    }
+    pyphi_pack_matrix(t->type, src, rows, t->ne0, dst); /* checked */
     drop_pages(src, bytes);
 }
 
@@ -335,7 +342,7 @@ static void pack_pending(pyphi_model *m, pyphi_pool *pool) {
         t->data = m->pending[i].dst;
     }
     m->n_pending = 0;
-    if (m->collapse_later) {
+    if (atomic_load(&m->small_pages)) {
         m->collapser = pyphi_collapser_start(m->packed, packed_span(m->packed_bytes));
     }
 }
@@ -433,6 +440,7 @@ int pyphi_model_create(const struct pyphi_model_desc *desc, const struct pyphi_m
     if (m == NULL) {
         return PYPHI_E_NOMEM;
     }
+    atomic_init(&m->small_pages, 0);
     m->d = *desc;
     m->p = *params;
     int64_t n = params->n_batch, half = desc->n_rot / 2;
@@ -459,7 +467,7 @@ int pyphi_model_create(const struct pyphi_model_desc *desc, const struct pyphi_m
             pyphi_model_free(m);
             return PYPHI_E_NOMEM;
         }
-        m->collapse_later = !pyphi_huge_pages_advise(m->packed, packed_span(sizes.packed_bytes));
+        pyphi_huge_pages_advise(m->packed, packed_span(sizes.packed_bytes));
         m->packed_bytes = sizes.packed_bytes;
         m->pending = malloc((size_t)(1 + desc->n_layer * MATRICES_PER_LAYER) * sizeof *m->pending);
         if (m->pending == NULL) {
