@@ -1,12 +1,12 @@
 /* huge_pages.c: putting a large long-lived buffer on transparent huge pages without making its
  * first fill slow.
  *
- * A packed matrix streams 5-10% faster from 2 MiB pages than from 4 KiB ones (TLB misses, most on
- * 2 threads). But a fresh 2 MiB page is zeroed whole at its first touch, and where the memory
- * comes back from a hypervisor (a VM whose host reclaims freed guest memory, as free page
- * reporting does) that runs at 0.4-0.7 GB/s: gigabytes of packed weights then take seconds
- * before the first token. So the buffer is advised MADV_HUGEPAGE and its filler times the faults
- * of each piece it writes:
+ * Decode streams packed matrices 2-4% faster from 2 MiB pages than from 4 KiB ones on one thread
+ * and 7-20% on two (TLB misses; full-size q4_0 on the benchmark's VM). But a fresh 2 MiB page is
+ * zeroed whole at its first touch, and where the memory comes back from a hypervisor (a VM whose
+ * host reclaims freed guest memory, as free page reporting does) that runs at 0.4-0.7 GB/s:
+ * gigabytes of packed weights then take seconds before the first token. So the buffer is
+ * advised MADV_HUGEPAGE and its filler times the faults of each piece it writes:
  * - fast (bare metal: several GB/s): huge pages to the end;
  * - at the first slow piece, the rest of the buffer is filled in 4 KiB pages (MADV_NOHUGEPAGE),
  *   faster there, and once full a thread moves it onto huge pages (MADV_COLLAPSE) while the

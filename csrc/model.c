@@ -461,7 +461,7 @@ int pyphi_model_create(const struct pyphi_model_desc *desc, const struct pyphi_m
     m->d.layers = m->layers;
     if (sizes.packed_bytes > 0) {
         /* whole 2 MiB pages, on transparent huge pages: a decode step streams all of it, and
-         * 4 KiB pages cost it 5-10% in TLB misses (at once, or after the pack: huge_pages.c) */
+         * 4 KiB pages cost it 2-20% in TLB misses (at once, or after the pack: huge_pages.c) */
         m->packed = aligned_alloc(PYPHI_HUGE_PAGE, packed_span(sizes.packed_bytes));
         if (m->packed == NULL) {
             pyphi_model_free(m);
