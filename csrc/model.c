@@ -462,12 +462,13 @@ int pyphi_model_create(const struct pyphi_model_desc *desc, const struct pyphi_m
     if (sizes.packed_bytes > 0) {
         /* whole 2 MiB pages, on transparent huge pages: a decode step streams all of it, and
          * 4 KiB pages cost it 2-20% in TLB misses (at once, or after the pack: huge_pages.c) */
-        m->packed = aligned_alloc(PYPHI_HUGE_PAGE, packed_span(sizes.packed_bytes));
+        size_t span = packed_span(sizes.packed_bytes);
+        m->packed = aligned_alloc(PYPHI_HUGE_PAGE, span);
         if (m->packed == NULL) {
             pyphi_model_free(m);
             return PYPHI_E_NOMEM;
         }
-        pyphi_huge_pages_advise(m->packed, packed_span(sizes.packed_bytes));
+        pyphi_huge_pages_advise(m->packed, span);
         m->packed_bytes = sizes.packed_bytes;
         m->pending = malloc((size_t)(1 + desc->n_layer * MATRICES_PER_LAYER) * sizeof *m->pending);
         if (m->pending == NULL) {
@@ -721,7 +722,6 @@ int pyphi_model_eval(pyphi_model *m, pyphi_pool *pool, const int32_t *tokens, in
     pyphi_collapser_busy(m->collapser, 0);
     return status;
 }
-
 
 int pyphi_model_truncate(pyphi_model *m, int64_t n) {
     if (m == NULL || n < 0 || n > m->n_past) {
