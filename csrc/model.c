@@ -31,6 +31,7 @@
  *   close, not identical, to transformers; the tests measure how close.
  */
 #include "attention.h"
+#include "ggml_numerics.h"
 #include "huge_pages.h"
 #include "kv_cache.h"
 #include "ops.h"
@@ -80,6 +81,8 @@ struct pyphi_model {
     struct pack_item *pending; /* (1 + n_layer MATRICES_PER_LAYER,): copies the first eval makes */
     int64_t n_pending, pending_chunks;
     int embedding_dropped; /* a tied head was packed: eval drops the embedding's pages again */
+    int ggml;              /* PYPHI_NUMERICS_GGML: every stage is ggml_numerics.h's */
+    void *act_q;           /* (pyphi_ggml_matmul_scratch(n_batch, widest input),): GGML only */
 
     /* Activations of one batch of up to n_batch tokens. */
     float *x;       /* (n_batch, n_embd): the residual stream */
@@ -219,6 +222,40 @@ static int check_desc(const struct pyphi_model_desc *d) {
     return PYPHI_OK;
 }
 
+/* The matrices of a layer, in a fixed order (NULL-data parts are skipped by the callers): those
+ * the model may pack (unpackable types are skipped too) and GGML numerics must compute. The tied
+ * head (output == tok_embd) is packed as its own copy: the embedding keeps reading ggml's rows. */
+#define MATRICES_PER_LAYER 9
+static void layer_matrices(const struct pyphi_layer_weights *L,
+                           const struct pyphi_tensor *out[MATRICES_PER_LAYER]) {
+    const struct pyphi_tensor *ts[MATRICES_PER_LAYER] = {
+        &L->wqkv, &L->wq, &L->wk, &L->wv, &L->wo, &L->ffn_gate_up, &L->ffn_gate, &L->ffn_up,
+        &L->ffn_down};
+    memcpy(out, ts, sizeof ts);
+}
+
+/* What PYPHI_NUMERICS_GGML reproduces: Q4_1/Q8_0 matrices, an F16 cache read unpacked, plain
+ * RoPE (ggml's LongRoPE picks its factors by context size, not by sequence length as ours). */
+static int check_ggml(const struct pyphi_model_desc *d, const struct pyphi_model_params *p) {
+    if (p->kv_type != PYPHI_TYPE_F16 || p->pack_weights || d->rope_factors_short != NULL ||
+        d->rope_factors_long != NULL || d->rope_attn_factor != 1.0f) {
+        return PYPHI_E_ARG;
+    }
+    if (!pyphi_ggml_supports(d->output.type)) {
+        return PYPHI_E_TYPE;
+    }
+    for (int64_t l = 0; l < d->n_layer; l++) {
+        const struct pyphi_tensor *ms[MATRICES_PER_LAYER];
+        layer_matrices(&d->layers[l], ms);
+        for (int i = 0; i < MATRICES_PER_LAYER; i++) {
+            if (ms[i]->data != NULL && !pyphi_ggml_supports(ms[i]->type)) {
+                return PYPHI_E_TYPE;
+            }
+        }
+    }
+    return PYPHI_OK;
+}
+
 static int check_params(const struct pyphi_model_desc *d, const struct pyphi_model_params *p) {
     if (p == NULL) {
         return PYPHI_E_ARG;
@@ -228,10 +265,11 @@ static int check_params(const struct pyphi_model_desc *d, const struct pyphi_mod
     }
     if (p->n_ctx < 1 || p->n_ctx > d->n_ctx_train || p->n_batch < 1 || p->n_batch > INT32_MAX ||
         (p->longrope_switch != PYPHI_LONGROPE_REPREFILL &&
-         p->longrope_switch != PYPHI_LONGROPE_REROTATE)) {
+         p->longrope_switch != PYPHI_LONGROPE_REROTATE) ||
+        (p->numerics != PYPHI_NUMERICS_PYPHI && p->numerics != PYPHI_NUMERICS_GGML)) {
         return PYPHI_E_ARG;
     }
-    return PYPHI_OK;
+    return p->numerics == PYPHI_NUMERICS_GGML ? check_ggml(d, p) : PYPHI_OK;
 }
 
 /* ---- Packed weights -------------------------------------------------------------------------- */
@@ -242,18 +280,6 @@ static int check_params(const struct pyphi_model_desc *d, const struct pyphi_mod
 #define PACK_CHUNK_ROWS 512
 _Static_assert(PACK_CHUNK_ROWS % PYPHI_PACK_ROWS == 0 && PACK_CHUNK_ROWS % PYPHI_PACK_ROWS_K == 0,
                "a pack chunk must hold whole groups");
-
-/* The matrices of a description that the model may pack, in a fixed order (NULL-data parts and
- * unpackable types are skipped by the callers). The tied head (output == tok_embd) is packed as
- * its own copy: the embedding keeps reading ggml's rows. */
-#define MATRICES_PER_LAYER 9
-static void layer_matrices(const struct pyphi_layer_weights *L,
-                           const struct pyphi_tensor *out[MATRICES_PER_LAYER]) {
-    const struct pyphi_tensor *ts[MATRICES_PER_LAYER] = {
-        &L->wqkv, &L->wq, &L->wk, &L->wv, &L->wo, &L->ffn_gate_up, &L->ffn_gate, &L->ffn_up,
-        &L->ffn_down};
-    memcpy(out, ts, sizeof ts);
-}
 
 static int64_t packed_size(const struct pyphi_tensor *t) {
     if (t->data == NULL) {
@@ -347,6 +373,11 @@ static void pack_pending(pyphi_model *m, pyphi_pool *pool) {
     }
 }
 
+/* Bytes of GGML numerics' quantized activations: one batch of the widest matmul input. */
+static int64_t act_q_bytes(const struct pyphi_model_desc *d, int64_t n_batch) {
+    return pyphi_ggml_matmul_scratch(n_batch, proj_cols(d));
+}
+
 /* Floats of the activation buffers for one batch of n_batch tokens. */
 static int64_t activation_floats(const struct pyphi_model_desc *d, int64_t n_batch) {
     int64_t per_token = 2 * d->n_embd + qkv_dim(d) + q_dim(d) + 3 * d->n_ff + proj_cols(d) + d->n_rot;
@@ -398,6 +429,9 @@ int pyphi_model_sizes(const struct pyphi_model_desc *d, const struct pyphi_model
     }
     /* widths are below 2^31 (check_desc), n_batch too (check_params): per_token < 2^35 */
     int64_t scratch_floats, scratch = p->n_ctx * (int64_t)sizeof(int32_t);
+    if (p->numerics == PYPHI_NUMERICS_GGML) {
+        scratch += act_q_bytes(d, p->n_batch);
+    }
     if (!ok || __builtin_mul_overflow(activation_floats(d, 1), p->n_batch, &scratch_floats) ||
         !add_size(&scratch_floats, d->n_rot) || scratch_floats > INT64_MAX / (int64_t)sizeof(float) ||
         !add_size(&scratch, scratch_floats * (int64_t)sizeof(float))) {
@@ -425,6 +459,7 @@ void pyphi_model_free(pyphi_model *m) {
     free(m->packed);
     free(m->pending);
     free(m->attn_scratch);
+    free(m->act_q);
     free(m);
 }
 
@@ -448,7 +483,13 @@ int pyphi_model_create(const struct pyphi_model_desc *desc, const struct pyphi_m
     m->tokens = malloc((size_t)params->n_ctx * sizeof *m->tokens);
     m->inv_freq[0] = malloc((size_t)(2 * half + 1) * sizeof(float));
     m->x = malloc((size_t)activation_floats(desc, n) * sizeof(float));
-    int status = m->layers && m->tokens && m->inv_freq[0] && m->x ? PYPHI_OK : PYPHI_E_NOMEM;
+    m->ggml = params->numerics == PYPHI_NUMERICS_GGML;
+    if (m->ggml) {
+        m->act_q = malloc((size_t)act_q_bytes(desc, n));
+    }
+    int status = m->layers && m->tokens && m->inv_freq[0] && m->x && (m->act_q || !m->ggml)
+                     ? PYPHI_OK
+                     : PYPHI_E_NOMEM;
     if (status == PYPHI_OK) {
         status = pyphi_kv_init(&m->kv, params->kv_type, desc->n_layer, params->n_ctx,
                                desc->n_head_kv, desc->head_dim);
@@ -516,6 +557,9 @@ static void embed(const struct pyphi_tensor *tok_embd, const int32_t *tokens, in
 /* Packed matrices (their data inside the model's packed buffer) go to the packed matmul. */
 static int matmul(const pyphi_model *m, pyphi_pool *pool, const struct pyphi_tensor *w,
                   const float *x, int64_t n, float *y) {
+    if (m->ggml) {
+        return pyphi_ggml_matmul(pool, w->type, w->data, w->ne1, w->ne0, x, n, y, m->act_q);
+    }
     uintptr_t data = (uintptr_t)w->data, packed = (uintptr_t)m->packed;
     if (m->packed != NULL && data >= packed && data < packed + (uintptr_t)m->packed_bytes) {
         return pyphi_matmul_packed(pool, w->type, w->data, w->ne1, w->ne0, x, n, y);
@@ -564,6 +608,7 @@ static int project_gate_up(const pyphi_model *m, pyphi_pool *pool, const struct 
  * does not depend on the pool size. */
 #define SWIGLU_CHUNK_ROWS 8
 struct swiglu_job {
+    void (*rows_fn)(float *out, const float *gate_up, int64_t n_rows, int64_t n_ff);
     float *out;           /* (n, n_ff) */
     const float *gate_up; /* (n, 2 n_ff) */
     int64_t n, n_ff;
@@ -574,27 +619,52 @@ static void swiglu_chunk(void *ctx, int64_t chunk, int thread) {
     const struct swiglu_job *job = ctx;
     int64_t r0 = chunk * SWIGLU_CHUNK_ROWS;
     int64_t rows = job->n - r0 < SWIGLU_CHUNK_ROWS ? job->n - r0 : SWIGLU_CHUNK_ROWS;
-    pyphi_swiglu(job->out + r0 * job->n_ff, job->gate_up + r0 * 2 * job->n_ff, rows, job->n_ff);
+    job->rows_fn(job->out + r0 * job->n_ff, job->gate_up + r0 * 2 * job->n_ff, rows, job->n_ff);
 }
 
-static void swiglu(pyphi_pool *pool, float *out, const float *gate_up, int64_t n, int64_t n_ff) {
+static void swiglu(const pyphi_model *m, pyphi_pool *pool, float *out, const float *gate_up,
+                   int64_t n, int64_t n_ff) {
+    struct swiglu_job job = {.rows_fn = m->ggml ? pyphi_ggml_swiglu : pyphi_swiglu,
+                             .out = out, .gate_up = gate_up, .n = n, .n_ff = n_ff};
     if (n <= SWIGLU_CHUNK_ROWS) { /* a decode step: not worth a pool job */
-        pyphi_swiglu(out, gate_up, n, n_ff);
+        job.rows_fn(out, gate_up, n, n_ff);
         return;
     }
-    struct swiglu_job job = {.out = out, .gate_up = gate_up, .n = n, .n_ff = n_ff};
     pyphi_pool_run(pool, swiglu_chunk, &job, (n + SWIGLU_CHUNK_ROWS - 1) / SWIGLU_CHUNK_ROWS);
+}
+
+/* m->rope_cs (n, n_rot) = the rotations of positions pos .. pos + n - 1. */
+static void rope_table(pyphi_model *m, int64_t pos, int64_t n) {
+    const struct pyphi_model_desc *d = &m->d;
+    if (m->ggml) {
+        pyphi_ggml_rope_table(m->rope_cs, pos, n, d->n_rot, d->rope_base);
+    } else {
+        pyphi_rope_table(m->rope_cs, pos, n, m->inv_freq[m->rope_long], d->n_rot,
+                         d->rope_attn_factor);
+    }
 }
 
 /* Rotates the q and k heads of every token of qkv (n, qkv_dim) in place, token t with row t of
  * the batch's table. */
-static void rope_qk(const struct pyphi_model_desc *d, float *qkv, const float *cs, int64_t n) {
+static void rope_qk(const pyphi_model *m, float *qkv, const float *cs, int64_t n) {
+    const struct pyphi_model_desc *d = &m->d;
+    void (*apply)(float *, int64_t, int64_t, int64_t, int, const float *) =
+        m->ggml ? pyphi_ggml_rope_apply : pyphi_rope_apply;
     for (int64_t t = 0; t < n; t++) {
         float *q = qkv + t * qkv_dim(d); /* (n_head, head_dim) */
         float *k = q + q_dim(d);         /* (n_head_kv, head_dim) */
-        pyphi_rope_apply(q, d->n_head, d->head_dim, d->n_rot, d->rope_pairing, cs + t * d->n_rot);
-        pyphi_rope_apply(k, d->n_head_kv, d->head_dim, d->n_rot, d->rope_pairing, cs + t * d->n_rot);
+        apply(q, d->n_head, d->head_dim, d->n_rot, d->rope_pairing, cs + t * d->n_rot);
+        apply(k, d->n_head_kv, d->head_dim, d->n_rot, d->rope_pairing, cs + t * d->n_rot);
     }
+}
+
+static void rms_norm(const pyphi_model *m, float *y, const float *x, const struct pyphi_tensor *w,
+                     int64_t n) {
+    (m->ggml ? pyphi_ggml_rms_norm : pyphi_rms_norm)(y, x, w->data, n, m->d.n_embd, m->d.rms_eps);
+}
+
+static int attention(const pyphi_model *m, pyphi_pool *pool, const struct pyphi_attention_args *a) {
+    return m->ggml ? pyphi_ggml_attention(pool, a) : pyphi_attention(pool, a);
 }
 
 /* Runs tokens (n,) at positions pos .. pos + n - 1 (n <= n_batch), appending their keys and
@@ -607,7 +677,8 @@ static int forward(pyphi_model *m, pyphi_pool *pool, const int32_t *tokens, int6
     const int64_t E = d->n_embd, QKV = qkv_dim(d);
     /* attention's scores: one slice per pool thread, allocated on the first call with a pool */
     int64_t scratch = pyphi_pool_size(pool) *
-                      pyphi_attention_scratch_floats(d->n_head, d->n_head_kv, m->kv.n_ctx);
+                      (m->ggml ? pyphi_ggml_attention_scratch_floats(d->head_dim, m->kv.n_ctx)
+                               : pyphi_attention_scratch_floats(d->n_head, d->n_head_kv, m->kv.n_ctx));
     if (scratch > m->attn_scratch_floats) {
         float *grown = realloc(m->attn_scratch, (size_t)scratch * sizeof(float));
         if (grown == NULL) {
@@ -630,28 +701,27 @@ static int forward(pyphi_model *m, pyphi_pool *pool, const int32_t *tokens, int6
          * toward all 504 MB. Dropping the pages again costs a fault per row next time. */
         drop_pages(d->tok_embd.data, tensor_bytes(&d->tok_embd));
     }
-    pyphi_rope_table(m->rope_cs, pos, n, m->inv_freq[m->rope_long], d->n_rot,
-                     d->rope_attn_factor);                                 /* (n, n_rot) */
+    rope_table(m, pos, n);                                                 /* (n, n_rot) */
     for (int64_t l = 0; l < d->n_layer; l++) {
         L = &d->layers[l];
         attn.layer = l;
-        pyphi_rms_norm(m->xn, m->x, L->attn_norm.data, n, E, d->rms_eps);  /* (n, E) */
+        rms_norm(m, m->xn, m->x, &L->attn_norm, n);                        /* (n, E) */
         TRY(project_qkv(m, pool, L, d, m->xn, n, m->qkv, m->proj));          /* (n, QKV) */
-        rope_qk(d, m->qkv, m->rope_cs, n);                                 /* q, k rotated */
+        rope_qk(m, m->qkv, m->rope_cs, n);                                 /* q, k rotated */
         pyphi_kv_store(&m->kv, l, pos, m->qkv + q_dim(d), m->qkv + q_dim(d) + kv_dim(d), n,
                        QKV);                                               /* cache pos..pos+n */
-        TRY(pyphi_attention(pool, &attn));                                 /* attn (n, q_dim) */
+        TRY(attention(m, pool, &attn));                                    /* attn (n, q_dim) */
         TRY(matmul(m, pool, &L->wo, m->attn, n, m->proj));                    /* (n, E) */
         pyphi_add(m->x, m->proj, n * E);                                   /* residual */
-        pyphi_rms_norm(m->xn, m->x, L->ffn_norm.data, n, E, d->rms_eps);   /* (n, E) */
+        rms_norm(m, m->xn, m->x, &L->ffn_norm, n);                         /* (n, E) */
         TRY(project_gate_up(m, pool, L, d, m->xn, n, m->gate_up, m->proj));   /* (n, 2 n_ff) */
-        swiglu(pool, m->ffn, m->gate_up, n, d->n_ff);                      /* (n, n_ff) */
+        swiglu(m, pool, m->ffn, m->gate_up, n, d->n_ff);                   /* (n, n_ff) */
         TRY(matmul(m, pool, &L->ffn_down, m->ffn, n, m->proj));               /* (n, E) */
         pyphi_add(m->x, m->proj, n * E);                                   /* residual */
     }
     if (n_out > 0) {
         const float *x_out = m->x + (n - n_out) * E;                       /* (n_out, E) */
-        pyphi_rms_norm(m->xn, x_out, d->output_norm.data, n_out, E, d->rms_eps);
+        rms_norm(m, m->xn, x_out, &d->output_norm, n_out);
         TRY(matmul(m, pool, &d->output, m->xn, n_out, logits));               /* (n_out, n_vocab) */
     }
     return PYPHI_OK;

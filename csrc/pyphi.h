@@ -244,6 +244,19 @@ enum pyphi_longrope_switch {
     PYPHI_LONGROPE_REROTATE = 1
 };
 
+/* How the forward pass rounds. PYPHI pyphi's own kernels: each within its stated tolerance of the
+ * exact maths (the tests bound them against transformers), the fastest layouts. GGML llama.cpp's
+ * CPU arithmetic operation for operation (ggml_numerics.h): the logits equal llama.cpp's bit for
+ * bit on the same file (llama.cpp built for AVX-512, flash attention off), at scalar speed; for
+ * Q4_1/Q8_0 matrices, an F16 cache, no packing and no LongRoPE, else create fails
+ * (PYPHI_E_TYPE for a matrix type, PYPHI_E_ARG otherwise). Like llama.cpp's, its results depend on
+ * how a sequence is split into evals: a one-token eval sums attention in another order than a
+ * longer one (llama.cpp splits at n_ubatch, 512 by default). */
+enum pyphi_numerics {
+    PYPHI_NUMERICS_PYPHI = 0,
+    PYPHI_NUMERICS_GGML = 1
+};
+
 struct pyphi_model_params {
     int64_t n_ctx;           /* cache capacity in positions, 1..n_ctx_train */
     int64_t n_batch;         /* tokens per forward step of a long prompt (activation memory) */
@@ -255,6 +268,7 @@ struct pyphi_model_params {
                               * the process with MADV_DONTNEED, which requires them to be a
                               * read-only file mapping, as the GGUF is; 0: compute on the
                               * caller's memory as it is */
+    int32_t numerics;        /* enum pyphi_numerics */
 };
 
 struct pyphi_model_sizes {
@@ -279,7 +293,8 @@ void pyphi_model_free(pyphi_model *model); /* NULL is a no-op */
  * pos <= n_past (pos < n_past first truncates the cache to pos); pos + n_tokens <= n_ctx, else
  * PYPHI_E_CONTEXT. logits (n_logits, n_vocab) float32 receives the logits of the last n_logits
  * tokens (1 <= n_logits <= n_tokens; or n_logits = 0 and logits NULL for none). The result does
- * not depend on the pool size or on how a sequence is split into calls. */
+ * not depend on the pool size, nor (except with PYPHI_NUMERICS_GGML) on how a sequence is split
+ * into calls. */
 int pyphi_model_eval(pyphi_model *model, pyphi_pool *pool, const int32_t *tokens, int64_t n_tokens,
                      int64_t pos, float *logits, int64_t n_logits);
 /* Keeps the first n positions of the cache (n <= n_past), O(1); a LongRoPE factor change this

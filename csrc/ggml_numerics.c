@@ -1,0 +1,423 @@
+/* ggml_numerics.c: llama.cpp's CPU arithmetic, operation for operation (see ggml_numerics.h).
+ *
+ * What makes two engines' logits differ is not the maths but the rounding: every matmul quantizes
+ * its activations to int8 per block, so a one-ulp difference upstream can move an int8 by one step
+ * and grow through the layers. Reproducing llama.cpp therefore means reproducing each rounding:
+ * which float sums are fused (fmaf here where ggml calls an fmadd intrinsic), the lanes its
+ * vector sums keep (8 for the AVX2 dots, 16 for AVX-512) and the tree they are folded with, and
+ * which values it rounds to f16 on the way. The source file this file mirrors is named at each
+ * function (llama.cpp's ggml/src/ggml-cpu: arch/x86/quants.c, vec.h, vec.cpp, ops.cpp,
+ * llamafile/sgemm.cpp). Products of two f16 values are exact in float32, so whether ggml fuses
+ * those does not matter; the comments say where that is used.
+ */
+#include "ggml_numerics.h"
+
+#include "quants.h"
+#include "threadpool.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define LANES_AVX2 8
+#define LANES_AVX512 16
+
+int pyphi_ggml_supports(int type) {
+    return type == PYPHI_TYPE_Q4_1 || type == PYPHI_TYPE_Q8_0;
+}
+
+/* ---- Horizontal sums -------------------------------------------------------------------------- */
+
+/* hsum_float_8 (arch/x86/quants.c) and tinyBLAS's hsum(__m256): upper half onto lower, then
+ * lanes 2,3 onto 0,1, then lane 1 onto 0. */
+static float hsum8(const float x[LANES_AVX2]) {
+    float r[4];
+    for (int i = 0; i < 4; i++) {
+        r[i] = x[i + 4] + x[i];
+    }
+    return (r[0] + r[2]) + (r[1] + r[3]);
+}
+
+/* _mm512_reduce_add_ps: the same halving tree over 16 lanes. */
+static float hsum16(const float x[LANES_AVX512]) {
+    float r[8];
+    for (int i = 0; i < 8; i++) {
+        r[i] = x[i + 8] + x[i];
+    }
+    return hsum8(r);
+}
+
+/* ---- exp and silu ------------------------------------------------------------------------------ */
+
+/* ggml_v_expf (vec.h, the AVX-512 version) on one lane: n = round(x / ln 2) by the 1.5 * 2^23
+ * trick, b = x - n ln 2 in two parts, a degree-5 polynomial in b, scaled by 2^n; |n| > 192
+ * gives 0 or inf. */
+static float v_expf(float x) {
+    const float r = 0x1.8p23f;
+    float z = fmaf(x, 0x1.715476p+0f, r);
+    float n = z - r;
+    float b = fmaf(-n, 0x1.7f7d1cp-20f, fmaf(-n, 0x1.62e4p-1f, x));
+    if (fabsf(n) > 192.0f) {
+        return n <= 0.0f ? 0.0f : INFINITY;
+    }
+    float u = b * b;
+    float j = fmaf(fmaf(fmaf(0x1.0e4020p-7f, b, 0x1.573e2ep-5f), u,
+                        fmaf(0x1.555e66p-3f, b, 0x1.fffdb6p-2f)),
+                   u, fmaf(0x1.ffffecp-1f, b, 1.0f));
+    return ldexpf(j, (int)n); /* _mm512_scalef_ps */
+}
+
+void pyphi_ggml_swiglu(float *out, const float *gate_up, int64_t n_rows, int64_t n_ff) {
+    int64_t vectorized = n_ff / LANES_AVX512 * LANES_AVX512;
+    for (int64_t r = 0; r < n_rows; r++) {
+        const float *gate = gate_up + r * 2 * n_ff, *up = gate + n_ff; /* (n_ff,) each */
+        float *y = out + r * n_ff;
+        for (int64_t i = 0; i < vectorized; i++) { /* ggml_v_silu, then the product */
+            y[i] = gate[i] / (1.0f + v_expf(0.0f - gate[i])) * up[i];
+        }
+        for (int64_t i = vectorized; i < n_ff; i++) { /* ggml_silu_f32 */
+            y[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
+        }
+    }
+}
+
+/* ---- RMSNorm and RoPE -------------------------------------------------------------------------- */
+
+void pyphi_ggml_rms_norm(float *y, const float *x, const float *w, int64_t n_rows, int64_t n,
+                         float eps) {
+    for (int64_t r = 0; r < n_rows; r++) {
+        const float *xr = x + r * n;
+        float *yr = y + r * n;
+        double sum = 0.0;
+        for (int64_t i = 0; i < n; i++) {
+            sum += (double)(xr[i] * xr[i]);
+        }
+        const float mean = (float)(sum / (double)n);
+        const float scale = 1.0f / sqrtf(mean + eps);
+        for (int64_t i = 0; i < n; i++) {
+            yr[i] = xr[i] * scale * w[i];
+        }
+    }
+}
+
+void pyphi_ggml_rope_table(float *cs, int64_t pos0, int64_t n_pos, int64_t n_rot, float base) {
+    int64_t half = n_rot / 2;
+    const float theta_scale = powf(base, -2.0f / (float)n_rot);
+    for (int64_t p = 0; p < n_pos; p++) {
+        float *row = cs + p * n_rot; /* (n_rot,): cos (half,), then sin (half,) */
+        float theta = (float)(pos0 + p);
+        for (int64_t i = 0; i < half; i++) {
+            row[i] = cosf(theta);
+            row[half + i] = sinf(theta);
+            theta *= theta_scale;
+        }
+    }
+}
+
+/* rotate_pairs (ops.cpp): as compiled by llama.cpp's build (gcc contracts x0*cos - x1*sin into one
+ * fused step on x0*cos, measured against its tensors), on the pairs of pyphi_rope_apply. */
+void pyphi_ggml_rope_apply(float *x, int64_t n_heads, int64_t head_dim, int64_t n_rot, int pairing,
+                           const float *cs) {
+    int64_t half = n_rot / 2;
+    const float *c = cs, *s = cs + half; /* (half,) each */
+    for (int64_t h = 0; h < n_heads; h++) {
+        float *xh = x + h * head_dim; /* (head_dim,) */
+        for (int64_t i = 0; i < half; i++) {
+            int64_t ia = pairing == PYPHI_ROPE_ADJACENT ? 2 * i : i;
+            int64_t ib = pairing == PYPHI_ROPE_ADJACENT ? 2 * i + 1 : i + half;
+            float x0 = xh[ia], x1 = xh[ib];
+            xh[ia] = fmaf(x0, c[i], -(x1 * s[i]));
+            xh[ib] = fmaf(x0, s[i], x1 * c[i]);
+        }
+    }
+}
+
+/* The table for the ISA in use (pyphi_isa_set forces the scalar twins, as for pyphi's kernels). */
+static const struct pyphi_ggml_kernels *kernels(void) {
+#if defined(__x86_64__)
+    int isa = pyphi_isa_current();
+    if (isa == PYPHI_ISA_AVX2 || isa == PYPHI_ISA_AVX512 || isa == PYPHI_ISA_AVX512BF16) {
+        return &pyphi_ggml_kernels_avx2;
+    }
+#endif
+    return &pyphi_ggml_kernels_scalar;
+}
+
+/* ---- Matmul: int8 activations against Q4_1 / Q8_0 weights -------------------------------------- */
+
+int64_t pyphi_ggml_matmul_scratch(int64_t n, int64_t cols) {
+    return n * (cols / PYPHI_QK8_1) * (int64_t)sizeof(block_q8_1);
+}
+
+/* quantize_row_q8_0 / quantize_row_q8_1 (arch/x86/quants.c) on one block: *d = amax / 127,
+ * codes = round-half-even(x * (127 / amax)); returns the codes' sum (Q8_1's s is *d times it,
+ * *d before its rounding to f16). */
+static int quantize_block(const float *x, float *d, int8_t *qs) {
+    float amax = 0.0f;
+    for (int j = 0; j < 32; j++) {
+        amax = fmaxf(amax, fabsf(x[j]));
+    }
+    *d = amax / 127.0f;
+    const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+    int sum = 0;
+    for (int j = 0; j < 32; j++) {
+        qs[j] = (int8_t)nearbyintf(x[j] * id);
+        sum += qs[j];
+    }
+    return sum;
+}
+
+static void quantize_row_q8_0(const float *x, block_q8_0 *y, int64_t n) {
+    for (int64_t b = 0; b < n / 32; b++) {
+        float d;
+        quantize_block(x + 32 * b, &d, y[b].qs);
+        y[b].d = pyphi_fp32_to_fp16(d);
+    }
+}
+
+static void quantize_row_q8_1(const float *x, block_q8_1 *y, int64_t n) {
+    for (int64_t b = 0; b < n / 32; b++) {
+        float d;
+        int sum = quantize_block(x + 32 * b, &d, y[b].qs);
+        y[b].d = pyphi_fp32_to_fp16(d);
+        y[b].s = pyphi_fp32_to_fp16(d * (float)sum);
+    }
+}
+
+/* The int8 dot of lane l of the AVX2 dots: values 4l .. 4l + 3 of a 32-value block
+ * (mul_sum_us8_pairs_float / mul_sum_i8_pairs_float: vpdpbusd or maddubs + madd). */
+static float lane_dot(const int8_t *a, const int8_t *b, int lane) {
+    int s = 0;
+    for (int i = 4 * lane; i < 4 * lane + 4; i++) {
+        s += a[i] * b[i];
+    }
+    return (float)s;
+}
+
+/* ggml_vec_dot_q8_0_q8_0 (AVX2), and tinyBLAS_Q0_AVX's gemm for a row and a column: per block,
+ * the 8 lanes += (d_w d_x) * lane dot, fused; then hsum_float_8. d_w d_x is exact (f16 x f16). */
+static float dot_q8_0(const void *w_blocks, const void *x_blocks, int64_t n_blocks) {
+    const block_q8_0 *w = w_blocks, *x = x_blocks;
+    float acc[LANES_AVX2] = {0};
+    for (int64_t b = 0; b < n_blocks; b++) {
+        float d = pyphi_fp16_to_fp32(w[b].d) * pyphi_fp16_to_fp32(x[b].d);
+        for (int l = 0; l < LANES_AVX2; l++) {
+            acc[l] = fmaf(d, lane_dot(w[b].qs, x[b].qs, l), acc[l]);
+        }
+    }
+    return hsum8(acc);
+}
+
+/* ggml_vec_dot_q4_1_q8_1 (AVX2): as dot_q8_0 on the 4-bit codes (low nibbles are values 0..15,
+ * high nibbles 16..31), plus the m * s terms summed apart in block order (f16 x f16: exact, so
+ * fused or not is the same) and added last. */
+static float dot_q4_1(const void *w_blocks, const void *x_blocks, int64_t n_blocks) {
+    const block_q4_1 *w = w_blocks;
+    const block_q8_1 *x = x_blocks;
+    float acc[LANES_AVX2] = {0}, summs = 0.0f;
+    for (int64_t b = 0; b < n_blocks; b++) {
+        int8_t codes[32];
+        for (int j = 0; j < 16; j++) {
+            codes[j] = (int8_t)(w[b].qs[j] & 15);
+            codes[j + 16] = (int8_t)(w[b].qs[j] >> 4);
+        }
+        summs += pyphi_fp16_to_fp32(w[b].m) * pyphi_fp16_to_fp32(x[b].s);
+        float d = pyphi_fp16_to_fp32(w[b].d) * pyphi_fp16_to_fp32(x[b].d);
+        for (int l = 0; l < LANES_AVX2; l++) {
+            acc[l] = fmaf(d, lane_dot(codes, x[b].qs, l), acc[l]);
+        }
+    }
+    return hsum8(acc) + summs;
+}
+
+/* Rows per chunk of the matmul's pool job. */
+#define MATMUL_CHUNK_ROWS 16
+
+struct matmul_job {
+    float (*dot)(const void *w, const void *x, int64_t n_blocks);
+    const uint8_t *w;     /* (rows, row_bytes) */
+    const uint8_t *xq;    /* (n, xq_bytes): the quantized activations */
+    size_t row_bytes, xq_bytes;
+    int64_t rows, n_blocks, n;
+    float *y;             /* (n, rows) */
+};
+
+static void matmul_chunk(void *ctx, int64_t chunk, int thread) {
+    (void)thread;
+    const struct matmul_job *job = ctx;
+    int64_t r1 = (chunk + 1) * MATMUL_CHUNK_ROWS < job->rows ? (chunk + 1) * MATMUL_CHUNK_ROWS : job->rows;
+    for (int64_t t = 0; t < job->n; t++) {
+        const void *x = job->xq + (size_t)t * job->xq_bytes;
+        for (int64_t r = chunk * MATMUL_CHUNK_ROWS; r < r1; r++) {
+            const void *w = job->w + (size_t)r * job->row_bytes;
+            job->y[t * job->rows + r] = job->dot(w, x, job->n_blocks);
+        }
+    }
+}
+
+int pyphi_ggml_matmul(pyphi_pool *pool, int type, const void *w, int64_t rows, int64_t cols,
+                      const float *x, int64_t n, float *y, void *scratch) {
+    if (!pyphi_ggml_supports(type)) {
+        return PYPHI_E_TYPE;
+    }
+    if (cols % 32 != 0) {
+        return PYPHI_E_SHAPE;
+    }
+    const struct pyphi_ggml_kernels *k = kernels();
+    struct matmul_job job = {
+        .dot = type == PYPHI_TYPE_Q4_1 ? k->dot_q4_1 : k->dot_q8_0, .w = w, .xq = scratch, .row_bytes = (size_t)pyphi_row_bytes(type, cols),
+        .rows = rows, .n_blocks = cols / 32, .n = n, .y = y,
+    };
+    job.xq_bytes = (size_t)job.n_blocks * (type == PYPHI_TYPE_Q4_1 ? sizeof(block_q8_1) : sizeof(block_q8_0));
+    for (int64_t t = 0; t < n; t++) {
+        void *xq = (uint8_t *)scratch + (size_t)t * job.xq_bytes;
+        if (type == PYPHI_TYPE_Q4_1) {
+            quantize_row_q8_1(x + t * cols, xq, cols);
+        } else {
+            quantize_row_q8_0(x + t * cols, xq, cols);
+        }
+    }
+    pyphi_pool_run(pool, matmul_chunk, &job, (rows + MATMUL_CHUNK_ROWS - 1) / MATMUL_CHUNK_ROWS);
+    return PYPHI_OK;
+}
+
+/* ---- Attention ---------------------------------------------------------------------------------- */
+
+/* The two orders of ggml's f16 dot products, over n values (the queries, keys, weights and values
+ * attention rounds to f16). Products of two f16 values are exact, so each fused step is one
+ * rounded add; a tail padded with zeros changes nothing. */
+
+/* ggml_vec_dot_f16 (vec.cpp, AVX-512): four 16-lane accumulators take runs of 16 in turn; they
+ * are folded 0+2, 1+3, then 0+1, and reduced; leftovers past the last whole 64 are summed in
+ * double after. */
+static float dot_f16_vec(const uint16_t *a, const uint16_t *b, int64_t n) {
+    float acc[4][LANES_AVX512] = {{0}};
+    int64_t whole = n / 64 * 64;
+    for (int64_t i = 0; i < whole; i++) {
+        int64_t run = (i / LANES_AVX512) % 4, lane = i % LANES_AVX512;
+        acc[run][lane] = fmaf(pyphi_fp16_to_fp32(a[i]), pyphi_fp16_to_fp32(b[i]), acc[run][lane]);
+    }
+    for (int l = 0; l < LANES_AVX512; l++) {
+        acc[0][l] += acc[2][l];
+        acc[1][l] += acc[3][l];
+        acc[0][l] += acc[1][l];
+    }
+    double sum = hsum16(acc[0]);
+    for (int64_t i = whole; i < n; i++) {
+        sum += (double)(pyphi_fp16_to_fp32(a[i]) * pyphi_fp16_to_fp32(b[i]));
+    }
+    return (float)sum;
+}
+
+/* tinyBLAS's gemm (llamafile/sgemm.cpp, __m512): one 16-lane accumulator over all runs, then
+ * reduced. llama.cpp's mul_mat uses it when the batch has 2 or more tokens. */
+static float dot_f16_gemm(const uint16_t *a, const uint16_t *b, int64_t n) {
+    float acc[LANES_AVX512] = {0};
+    for (int64_t i = 0; i < n; i++) {
+        int64_t lane = i % LANES_AVX512;
+        acc[lane] = fmaf(pyphi_fp16_to_fp32(a[i]), pyphi_fp16_to_fp32(b[i]), acc[lane]);
+    }
+    return hsum16(acc);
+}
+
+const struct pyphi_ggml_kernels pyphi_ggml_kernels_scalar = {
+    .dot_q8_0 = dot_q8_0, .dot_q4_1 = dot_q4_1,
+    .dot_f16_vec = dot_f16_vec, .dot_f16_gemm = dot_f16_gemm,
+};
+
+static int64_t pad64(int64_t n) { return (n + 63) / 64 * 64; }
+
+/* Floats of scratch one thread needs: the query and the weights in f16, the weights in float. */
+int64_t pyphi_ggml_attention_scratch_floats(int64_t head_dim, int64_t n_ctx) {
+    return pad64(head_dim) + 2 * pad64(n_ctx);
+}
+
+struct ggml_attention_job {
+    const struct pyphi_attention_args *a;
+    float (*dot)(const uint16_t *a, const uint16_t *b, int64_t n); /* the batch's order */
+    const uint16_t *vt; /* (n_head_kv, head_dim, n_pad): the layer's values transposed, as
+                         * llama.cpp's cache keeps them; zeros past the batch's last position */
+    int64_t n_pad;      /* the batch's positions, padded to 64 (llama.cpp's n_kv: 256) */
+    float scale;        /* kq_scale = 1 / sqrtf(head_dim) */
+    int64_t group;      /* query heads per KV head */
+    int64_t scratch_stride;
+};
+
+/* Chunk = (token t, query head h): softmax(kq * scale + mask) . v, ggml's way. */
+static void ggml_attend(void *ctx, int64_t chunk, int thread) {
+    const struct ggml_attention_job *job = ctx;
+    const struct pyphi_attention_args *a = job->a;
+    int64_t t = chunk / a->n_head, h = chunk % a->n_head, g = h / job->group;
+    int64_t hd = a->head_dim, i = a->pos + t; /* the query's position */
+    int64_t first = a->window > 0 && i - a->window + 1 > 0 ? i - a->window + 1 : 0;
+    int64_t n_keys = i + 1;              /* keys 0 .. i are cached; those before first masked */
+    int64_t n_pad = pad64(n_keys);       /* runs of this query's weights that can be non-zero */
+    float *p = a->scratch + (size_t)thread * (size_t)job->scratch_stride; /* (job->n_pad,) */
+    uint16_t *p16 = (uint16_t *)(p + job->n_pad);                          /* (job->n_pad,) */
+    uint16_t *q16 = p16 + job->n_pad;                                      /* (pad64(hd),) */
+
+    const float *q = a->q + t * a->q_stride + h * hd;
+    for (int64_t d = 0; d < hd; d++) { /* mul_mat converts the queries to f16 */
+        q16[d] = pyphi_fp32_to_fp16(q[d]);
+    }
+    /* wp = kq * scale + mask (ggml_compute_forward_soft_max_f32), then its maximum */
+    float max = -INFINITY;
+    for (int64_t j = 0; j < n_pad; j++) {
+        if (j < first || j >= n_keys) {
+            p[j] = -INFINITY;
+            continue;
+        }
+        p[j] = job->dot(pyphi_kv_k(a->kv, a->layer, g, j), q16, hd) * job->scale;
+        max = fmaxf(max, p[j]);
+    }
+    /* ggml_vec_soft_max_f32: exp of each run of 16, each run's reduced sum added in double */
+    double sum = 0.0;
+    for (int64_t j0 = 0; j0 < n_pad; j0 += LANES_AVX512) {
+        for (int64_t j = j0; j < j0 + LANES_AVX512; j++) {
+            p[j] = v_expf(p[j] - max);
+        }
+        sum += (double)hsum16(p + j0);
+    }
+    const float inv = (float)(1.0 / sum);
+    for (int64_t j = 0; j < job->n_pad; j++) { /* kqv's mul_mat converts the weights to f16 */
+        p16[j] = j < n_pad ? pyphi_fp32_to_fp16(p[j] * inv) : 0;
+    }
+    /* kqv: each output value the weights . one row of the transposed values */
+    float *out = a->out + t * a->n_head * hd + h * hd;
+    const uint16_t *vt = job->vt + g * hd * job->n_pad;
+    for (int64_t d = 0; d < hd; d++) {
+        out[d] = job->dot(vt + d * job->n_pad, p16, n_pad);
+    }
+}
+
+int pyphi_ggml_attention(pyphi_pool *pool, const struct pyphi_attention_args *args) {
+    if (args->kv->type != PYPHI_TYPE_F16) {
+        return PYPHI_E_TYPE;
+    }
+    int64_t hd = args->head_dim, n_pad = pad64(args->pos + args->n_tokens);
+    int gemm = args->n_tokens >= 2 && hd % LANES_AVX512 == 0;
+    uint16_t *vt = calloc((size_t)(args->n_head_kv * hd * n_pad), sizeof *vt);
+    if (vt == NULL) {
+        return PYPHI_E_NOMEM;
+    }
+    for (int64_t g = 0; g < args->n_head_kv; g++) {
+        for (int64_t j = 0; j < args->pos + args->n_tokens; j++) {
+            const uint16_t *v = pyphi_kv_v(args->kv, args->layer, g, j); /* (head_dim,) */
+            for (int64_t d = 0; d < hd; d++) {
+                vt[(g * hd + d) * n_pad + j] = v[d];
+            }
+        }
+    }
+    struct ggml_attention_job job = {
+        .a = args,
+        .dot = gemm ? kernels()->dot_f16_gemm : kernels()->dot_f16_vec,
+        .vt = vt,
+        .n_pad = n_pad,
+        .scale = 1.0f / sqrtf((float)hd),
+        .group = args->n_head / args->n_head_kv,
+        .scratch_stride = pyphi_ggml_attention_scratch_floats(hd, args->kv->n_ctx),
+    };
+    pyphi_pool_run(pool, ggml_attend, &job, args->n_tokens * args->n_head);
+    free(vt);
+    return PYPHI_OK;
+}
