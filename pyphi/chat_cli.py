@@ -70,6 +70,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--system", help="system prompt")
     p.add_argument("--n-ctx", type=int, help="context length in tokens (default: 4096 or the model's)")
     p.add_argument("--threads", type=int, help="threads (default: the physical cores)")
+    p.add_argument("--numerics", choices=("pyphi", "ggml"), default="pyphi",
+                   help="ggml: llama.cpp's arithmetic, its logits bit for bit (Q4_1/Q8_0 files without LongRoPE; slower)")
     p.add_argument("--temperature", type=float, default=sampling.DEFAULT_TEMPERATURE)
     p.add_argument("--top-p", type=float, default=sampling.DEFAULT_TOP_P)
     p.add_argument("--top-k", type=int, default=sampling.DEFAULT_TOP_K)
@@ -346,7 +348,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     try:
-        llm = Llama(_model_path(args), n_ctx=args.n_ctx, n_threads=args.threads, context_shift=args.context_shift)
+        llm = Llama(_model_path(args), n_ctx=args.n_ctx, n_threads=args.threads, context_shift=args.context_shift,
+                    numerics=args.numerics)
     except (OSError, GGUFError, HubError, ValueError, MemoryError) as e:
         print(f"{PROG}: error: {one_line(e)}", file=sys.stderr)
         return EXIT_USAGE

@@ -58,11 +58,13 @@ class Llama:
     """A model, its tokenizer and chat template, and one KV cache. seed: of the random
     generator that calls without their own seed draw from. context_shift: when the context is
     full, drop the oldest tokens after the system prompt instead of failing (pyphi.generate).
+    numerics: "pyphi" (default) or "ggml", llama.cpp's arithmetic (pyphi.model.Model).
     One generation at a time: a call takes the single cache over, and a stream of an earlier
     call that is resumed after that raises RuntimeError."""
 
     def __init__(self, model_path, *, n_ctx: int | None = None, n_threads: int | None = None,
-                 seed: int = DEFAULT_SEED, context_shift: bool = False, verbose: bool = False):
+                 seed: int = DEFAULT_SEED, context_shift: bool = False, verbose: bool = False,
+                 numerics: str = "pyphi"):
         self.model_path = str(model_path)
         self.verbose = verbose
         self.context_shift = context_shift
@@ -70,7 +72,7 @@ class Llama:
             self.tokenizer = Tokenizer.from_gguf(gguf)
             self.chat_template = ChatTemplate.from_gguf(gguf)
             self._add_bos = bool(gguf.get("tokenizer.ggml.add_bos_token", False))
-        self.model = Model(model_path, n_ctx=n_ctx, n_threads=n_threads)
+        self.model = Model(model_path, n_ctx=n_ctx, n_threads=n_threads, numerics=numerics)
         if self.tokenizer.n_vocab != self.model.n_vocab:  # llama.cpp refuses such files too
             self.model.close()
             raise TokenizerError(f"{self.model_path}: tokenizer.ggml.tokens has {self.tokenizer.n_vocab} "

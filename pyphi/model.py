@@ -47,6 +47,10 @@ DEFAULT_LONGROPE_SWITCH = "reprefill"
 DEFAULT_PACK_WEIGHTS = lib.pyphi_isa_best() in (lib.PYPHI_ISA_AVX512, lib.PYPHI_ISA_AVX512BF16)
 KV_TYPES = {"f16": lib.PYPHI_TYPE_F16, "f32": lib.PYPHI_TYPE_F32}
 LONGROPE_SWITCHES = {"reprefill": lib.PYPHI_LONGROPE_REPREFILL, "rerotate": lib.PYPHI_LONGROPE_REROTATE}
+NUMERICS = {"pyphi": lib.PYPHI_NUMERICS_PYPHI, "ggml": lib.PYPHI_NUMERICS_GGML}
+# llama.cpp's n_ubatch: numerics="ggml" splits a prompt where llama.cpp does (pyphi.h)
+GGML_N_BATCH = 512
+GGML_TYPES = ("Q4_1", "Q8_0")
 GIB = 1 << 30
 _MEMINFO = "/proc/meminfo"
 
@@ -110,7 +114,9 @@ def available_memory_bytes() -> int | None:
 
 
 def _params(hparams: HParams, n_ctx: int, n_batch: int, kv_type: str, longrope_switch: str,
-            pack_weights: bool = DEFAULT_PACK_WEIGHTS):
+            pack_weights: bool = DEFAULT_PACK_WEIGHTS, numerics: str = "pyphi"):
+    if numerics not in NUMERICS:
+        raise ValueError(f"numerics {numerics!r}: expected one of {', '.join(NUMERICS)}")
     if kv_type not in KV_TYPES:
         raise ValueError(f"kv_type {kv_type!r}: expected one of {', '.join(KV_TYPES)}")
     if longrope_switch not in LONGROPE_SWITCHES:
@@ -123,6 +129,7 @@ def _params(hparams: HParams, n_ctx: int, n_batch: int, kv_type: str, longrope_s
     p.n_ctx, p.n_batch = n_ctx, n_batch
     p.kv_type, p.longrope_switch = KV_TYPES[kv_type], LONGROPE_SWITCHES[longrope_switch]
     p.pack_weights = bool(pack_weights)
+    p.numerics = NUMERICS[numerics]
     return p
 
 
@@ -171,15 +178,19 @@ class Model:
     kv_type: "f16" (default) or "f32"; n_batch: tokens per forward step of a long prompt;
     longrope_switch: "reprefill" (default) or "rerotate", see the module docstring;
     pack_weights: copy Q4_0/Q8_0/K-quant matrices into the packed layout, at the first eval (default:
-    where the CPU has a SIMD packed kernel, AVX-512).
+    where the CPU has a SIMD packed kernel, AVX-512);
+    numerics: "pyphi" (default) or "ggml", llama.cpp's CPU arithmetic operation for operation, whose
+    logits equal llama.cpp's bit for bit (flash attention off) for files of Q4_1/Q8_0 matrices
+    without LongRoPE, such as SmolLM2's, at a fraction of the speed; it implies an f16 cache, no
+    packing and n_batch 512 (llama.cpp's n_ubatch) unless given.
     Calls from several threads are serialised (the C model has one cache and one set of
     activation buffers).
     """
 
     def __init__(self, path, *, n_ctx: int | None = None, n_threads: int | None = None,
-                 kv_type: str = DEFAULT_KV_TYPE, n_batch: int = DEFAULT_N_BATCH,
+                 kv_type: str = DEFAULT_KV_TYPE, n_batch: int | None = None,
                  longrope_switch: str = DEFAULT_LONGROPE_SWITCH, check_memory: bool = True,
-                 pack_weights: bool = DEFAULT_PACK_WEIGHTS):
+                 pack_weights: bool | None = None, numerics: str = "pyphi"):
         self._handle = None
         self._lock = threading.Lock()
         self._file = ModelFile(path)
@@ -188,7 +199,14 @@ class Model:
             self.hparams = self._file.hparams
             n_ctx = default_n_ctx(self.hparams) if n_ctx is None else n_ctx
             self.n_ctx, self.kv_type, self.longrope_switch = n_ctx, kv_type, longrope_switch
-            params = _params(self.hparams, n_ctx, n_batch, kv_type, longrope_switch, pack_weights)
+            self.numerics = numerics
+            ggml = numerics == "ggml"
+            if ggml:
+                self._check_ggml(kv_type, pack_weights)
+            n_batch = (GGML_N_BATCH if ggml else DEFAULT_N_BATCH) if n_batch is None else n_batch
+            pack_weights = (DEFAULT_PACK_WEIGHTS and not ggml) if pack_weights is None else pack_weights
+            params = _params(self.hparams, n_ctx, n_batch, kv_type, longrope_switch, pack_weights,
+                             numerics)
             self.sizes = _sizes(self._file, params)
             if check_memory:
                 _check_memory(self.path, n_ctx, kv_type, self.sizes)
@@ -200,6 +218,18 @@ class Model:
             self._file.close()
             raise
         self.timings = Timings()
+
+    def _check_ggml(self, kv_type: str, pack_weights: bool | None) -> None:
+        """What numerics="ggml" reproduces (pyphi.h), as one-line errors naming the file."""
+        where = f"{self.path}: numerics='ggml'"
+        if kv_type != "f16" or pack_weights:
+            raise ValueError(f"{where} needs kv_type='f16' and pack_weights off (llama.cpp's cache, unpacked weights)")
+        factors = {"rope_factors_short.weight", "rope_factors_long.weight", "rope_freqs.weight"}
+        if factors & set(self._file.gguf.tensors) or self.hparams.rope_attn_factor != 1.0:
+            raise ValueError(f"{where} does not reproduce RoPE factors (llama.cpp picks LongRoPE's by context size)")
+        for name, type_name in self._file.matrix_types():
+            if type_name not in GGML_TYPES:
+                raise ValueError(f"{where} computes {' and '.join(GGML_TYPES)} matrices; {name} is {type_name}")
 
     # ---- state ----
 

@@ -274,6 +274,14 @@ class ModelFile:
         self._keep.append(layers)
         return d
 
+    def matrix_types(self):
+        """(name, ggml type name) of every matrix the forward pass multiplies by: the layers' 2-D
+        tensors and the output head (the embedding, when tied)."""
+        head = "token_embd.weight" if self.hparams.tied_output else "output.weight"
+        for name, info in self.gguf.tensors.items():
+            if name == head or (name.startswith("blk.") and len(info.shape) == 2):
+                yield name, GGML_TYPE_NAMES.get(info.type, str(info.type))
+
     @property
     def weights_type(self) -> str:
         """The ggml type name of the first layer's Q (or QKV) matrix (the file's main weight type)."""

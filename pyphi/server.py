@@ -40,6 +40,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0: any free one)")
     p.add_argument("--n-ctx", type=int, help="context length in tokens (default: 4096 or the model's)")
     p.add_argument("--threads", type=int, help="threads (default: the physical cores)")
+    p.add_argument("--numerics", choices=("pyphi", "ggml"), default="pyphi",
+                   help="ggml: llama.cpp's arithmetic, its logits bit for bit (Q4_1/Q8_0 files without LongRoPE; slower)")
     p.add_argument("--api-key", help="require `Authorization: Bearer API_KEY` on every request")
     p.add_argument("--queue", type=int, default=DEFAULT_QUEUE,
                    help=f"requests that may wait while one is answered; more get 503 (default {DEFAULT_QUEUE})")
@@ -62,7 +64,8 @@ def _is_loopback(host: str) -> bool:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        llm = Llama(args.model, n_ctx=args.n_ctx, n_threads=args.threads, context_shift=args.context_shift)
+        llm = Llama(args.model, n_ctx=args.n_ctx, n_threads=args.threads, context_shift=args.context_shift,
+                    numerics=args.numerics)
         server = Server(ServedModel.of(llm), (args.host, args.port), api_key=args.api_key, queue=args.queue,
                         max_body=args.max_body)
     except (OSError, GGUFError, ValueError, MemoryError) as e:

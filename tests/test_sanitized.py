@@ -22,7 +22,8 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 # Every kernel test, and forward tests chosen so that each path of the forward pass runs once
 # under the sanitizers: every ISA with f32 and f16 caches, packed Q8_0 weights, decode after
-# prefill, the thread pool, a transformers comparison, and K-quant weights packed by default. All
+# prefill, the thread pool, a transformers comparison, K-quant weights packed by default, and
+# numerics="ggml" on every ISA with its refusals. All
 # of tests/test_model.py took 8 minutes here; the rest of it checks numbers, which the native run
 # does. The row codecs (test_quants.py) are left out: the native fuzz harness (tests/fuzz) runs
 # them under ASan+UBSan.
@@ -35,6 +36,8 @@ TESTS = [
     "tests/test_model.py::test_thread_count_does_not_change_logits[q4_0]",
     "tests/test_model.py::test_float_weights_match_transformers[f32-tiny]",
     "tests/test_model_kquants.py::test_k_quant_models_top1_and_kl",
+    "tests/test_smollm2.py::test_ggml_numerics_same_bits_on_every_isa",
+    "tests/test_smollm2.py::test_ggml_numerics_refuses_what_it_does_not_reproduce",
 ]
 
 

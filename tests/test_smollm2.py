@@ -28,6 +28,11 @@ two logits are closer than that noise (measured: 64/64 tokens on one prompt of f
 run 14, 5, 23 and 16 tokens before such a tie, where llama.cpp's margins are 0.06-0.41 logits and
 the engines differ by 0.56-1.58); see
 test_greedy_generation_follows_llama_cpp.
+
+numerics="ggml" (pyphi.h, csrc/ggml_numerics.c) removes that noise: it repeats llama.cpp's
+roundings operation for operation, so its logits equal llama.cpp's bit for bit (flash attention
+off, llama.cpp built for this CPU), and greedy text is token-identical on every prompt. Those
+tests assert equality, not a tolerance.
 """
 
 from __future__ import annotations
@@ -62,6 +67,12 @@ def tokenizer(smollm2_gguf):
 @pytest.fixture(scope="module")
 def model(smollm2_gguf):
     with Model(smollm2_gguf, n_ctx=N_CTX) as m:
+        yield m
+
+
+@pytest.fixture(scope="module")
+def ggml_model(smollm2_gguf):
+    with Model(smollm2_gguf, n_ctx=N_CTX, numerics="ggml") as m:
         yield m
 
 
@@ -112,17 +123,22 @@ def test_chat_uses_the_gguf_template_and_stops_at_im_end(smollm2_gguf):
             llm.create_chat_completion(system, tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}])
 
 
-def test_float_copy_matches_transformers(smollm2_gguf, text_ids, tmp_path):
+@pytest.fixture(scope="module")
+def f32_copy(smollm2_gguf, tmp_path_factory):
+    """The file with every tensor dequantized to F32 by gguf-py."""
+    gguf = pytest.importorskip("gguf")
+    return str(_f32_copy(gguf, smollm2_gguf, tmp_path_factory.mktemp("smollm2") / "smollm2-f32.gguf"))
+
+
+def test_float_copy_matches_transformers(smollm2_gguf, f32_copy, text_ids):
     """pyphi on the file's weights dequantized to F32 against transformers' LlamaForCausalLM
     from the GGUF (float32): only summation order differs, bound 1e-4 of the largest logit
     (the bound of the Phi-3 tests; measured 2e-6 on 64 tokens)."""
-    gguf = pytest.importorskip("gguf")
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     pytest.importorskip("accelerate")  # transformers' GGUF loader needs it
-    f32 = _f32_copy(gguf, smollm2_gguf, tmp_path / "smollm2-f32.gguf")
     ids = text_ids[:128]
-    with Model(f32, n_ctx=N_CTX, kv_type="f32") as m:
+    with Model(f32_copy, n_ctx=N_CTX, kv_type="f32") as m:
         ours = m.eval(ids, logits="all")
     path = smollm2_gguf.rsplit("/", 1)
     hf = transformers.AutoModelForCausalLM.from_pretrained(path[0], gguf_file=path[1], dtype=torch.float32).eval()
@@ -213,6 +229,88 @@ def test_greedy_generation_follows_llama_cpp(smollm2_gguf, model, tokenizer):
     print("\n".join(report))
 
 
+@pytest.mark.peer
+def test_ggml_numerics_logits_equal_llama_cpps_at_every_position(smollm2_gguf, ggml_model, text_ids):
+    """The first 512 tokens of the text in one batch (one llama.cpp ubatch), then 8 one-token
+    steps (llama.cpp's decode path, another summation order in attention): every logit equal."""
+    ids = text_ids[: N_CTX - 8]
+    peer = _peer(smollm2_gguf)
+    theirs = _peer_logits(peer, ids)
+    ggml_model.truncate(0)
+    np.testing.assert_array_equal(ggml_model.eval(ids, logits="all"), theirs)
+    for token in text_ids[N_CTX - 8 : N_CTX]:
+        peer.eval([int(token)])
+        np.testing.assert_array_equal(ggml_model.eval([token]),
+                                      np.asarray(peer.scores[peer.n_tokens - 1], dtype=np.float32))
+    peer.close()
+
+
+@pytest.mark.peer
+def test_ggml_numerics_greedy_is_token_identical_to_llama_cpp(smollm2_gguf, ggml_model, tokenizer):
+    """The issue's five prompts, 64 greedy tokens each, each engine fed its own choices: the same
+    tokens, and the same logits at every step."""
+    peer = _peer(smollm2_gguf)
+    for prompt in PROMPTS:
+        ids = tokenizer.encode(prompt, special=True)
+        peer.reset()
+        peer.eval(ids)
+        ggml_model.truncate(0)
+        ours = ggml_model.eval(ids)
+        generated = []
+        for _ in range(GREEDY_TOKENS):
+            theirs = np.asarray(peer.scores[peer.n_tokens - 1], dtype=np.float32)
+            np.testing.assert_array_equal(ours, theirs)
+            generated.append(int(ours.argmax()))
+            peer.eval([int(theirs.argmax())])
+            ours = ggml_model.eval([generated[-1]])
+        print(f"{prompt[:24]!r}: {GREEDY_TOKENS} equal: {tokenizer.decode(generated)[:60]!r}")
+    peer.close()
+
+
+def test_ggml_numerics_same_bits_on_every_isa(smollm2_gguf, text_ids):
+    """The AVX2 kernels of numerics="ggml" against their scalar twins: a prefill and two decode
+    steps give the same bits whichever ISA is forced, the scalar run on one thread, the others on
+    two."""
+    from pyphi.cpu import forced_isa, supported_isas
+
+    ids = text_ids[:24]
+    results = {}
+    for isa in supported_isas():
+        threads = 1 if isa == "scalar" else 2
+        with forced_isa(isa), Model(smollm2_gguf, n_ctx=64, n_threads=threads, numerics="ggml") as m:
+            results[isa] = np.concatenate([m.eval(ids[:-2], logits="all"), m.eval(ids[-2:-1])[None],
+                                           m.eval(ids[-1:])[None]])
+    for isa, logits in results.items():
+        np.testing.assert_array_equal(logits, results["scalar"], err_msg=isa)
+
+
+def test_ggml_numerics_refuses_what_it_does_not_reproduce(smollm2_gguf, f32_copy, model_zoo):
+    """One-line errors naming the file and what is missing; the C library refuses the same."""
+    from pyphi._native import ffi, lib
+    from pyphi.model_file import ModelFile
+
+    with pytest.raises(ValueError, match=r"smollm2-f32\.gguf: numerics='ggml' computes Q4_1 and Q8_0 "
+                                         r"matrices; token_embd\.weight is F32"):
+        Model(f32_copy, numerics="ggml")
+    with pytest.raises(ValueError, match=r"numerics='ggml' needs kv_type='f16' and pack_weights off"):
+        Model(smollm2_gguf, numerics="ggml", kv_type="f32")
+    with pytest.raises(ValueError, match=r"numerics='ggml' does not reproduce RoPE factors"):
+        Model(model_zoo.gguf("tiny", "q8_0"), numerics="ggml")
+    with pytest.raises(ValueError, match=r"numerics 'fast': expected one of pyphi, ggml"):
+        Model(smollm2_gguf, numerics="fast")
+    sizes = ffi.new("struct pyphi_model_sizes *")
+    with ModelFile(smollm2_gguf) as mf:
+        for change, status in [({}, lib.PYPHI_OK), ({"pack_weights": 1}, lib.PYPHI_E_ARG),
+                               ({"kv_type": lib.PYPHI_TYPE_F32}, lib.PYPHI_E_ARG), ({"numerics": 2}, lib.PYPHI_E_ARG)]:
+            params = ffi.new("struct pyphi_model_params *", {"n_ctx": 64, "n_batch": 8, "kv_type": lib.PYPHI_TYPE_F16,
+                                                             "numerics": lib.PYPHI_NUMERICS_GGML, **change})
+            assert lib.pyphi_model_sizes(mf.desc, params, sizes) == status, change
+    with ModelFile(f32_copy) as mf:
+        params = ffi.new("struct pyphi_model_params *", {"n_ctx": 64, "n_batch": 8, "kv_type": lib.PYPHI_TYPE_F16,
+                                                         "numerics": lib.PYPHI_NUMERICS_GGML})
+        assert lib.pyphi_model_sizes(mf.desc, params, sizes) == lib.PYPHI_E_TYPE
+
+
 def _perplexity(chunks_logits, chunks_ids) -> float:
     """exp(mean over every chunk position t >= 1 of -log softmax(logits[t - 1])[ids[t]]), float64."""
     nll = []
@@ -225,21 +323,26 @@ def _perplexity(chunks_logits, chunks_ids) -> float:
 
 
 @pytest.mark.peer
-def test_perplexity_within_one_percent_of_llama_cpp(smollm2_gguf, model, text_ids):
+def test_perplexity_within_one_percent_of_llama_cpp(smollm2_gguf, model, ggml_model, text_ids):
     """The text in chunks of N_CTX tokens, each from an empty cache, every next token scored;
-    llama.cpp's perplexity from its per-token logits (logits_all) by the same formula."""
+    llama.cpp's perplexity from its per-token logits (logits_all) by the same formula. pyphi's
+    own numerics within 1%; numerics="ggml" the same number."""
     chunks = [text_ids[i : i + N_CTX] for i in range(0, len(text_ids) - N_CTX + 1, N_CTX)]
-    ours, theirs = [], []
+    ours, ours_ggml, theirs = [], [], []
     peer = _peer(smollm2_gguf)
     for chunk in chunks:
         model.truncate(0)
         ours.append(model.eval(chunk, logits="all"))
+        ggml_model.truncate(0)
+        ours_ggml.append(ggml_model.eval(chunk, logits="all"))
         theirs.append(_peer_logits(peer, chunk))
     peer.close()
     ppl_ours, ppl_theirs = _perplexity(ours, chunks), _perplexity(theirs, chunks)
+    ppl_ggml = _perplexity(ours_ggml, chunks)
     print(f"perplexity over {len(chunks)} x {N_CTX} tokens: pyphi {ppl_ours:.4f}, llama.cpp {ppl_theirs:.4f} "
-          f"({ppl_ours / ppl_theirs - 1:+.3%})")
+          f"({ppl_ours / ppl_theirs - 1:+.3%}); pyphi numerics='ggml' {ppl_ggml:.4f}")
     assert abs(ppl_ours / ppl_theirs - 1) <= PPL_TOLERANCE
+    assert ppl_ggml == ppl_theirs
     assert 1 < ppl_ours < 100  # a trained model on plain English (a random one: ~49152)
 
 
