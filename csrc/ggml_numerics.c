@@ -17,7 +17,6 @@
 
 #include <math.h>
 #include <stdlib.h>
-#include <string.h>
 
 #define LANES_AVX2 8
 #define LANES_AVX512 16
@@ -51,12 +50,15 @@ static float hsum16(const float x[LANES_AVX512]) {
 
 /* ggml_v_expf (vec.h, the AVX-512 version) on one lane: n = round(x / ln 2) by the 1.5 * 2^23
  * trick, b = x - n ln 2 in two parts, a degree-5 polynomial in b, scaled by 2^n; |n| > 192
- * gives 0 or inf. */
+ * gives 0 or inf, NaN stays NaN. */
 static float v_expf(float x) {
     const float r = 0x1.8p23f;
     float z = fmaf(x, 0x1.715476p+0f, r);
     float n = z - r;
     float b = fmaf(-n, 0x1.7f7d1cp-20f, fmaf(-n, 0x1.62e4p-1f, x));
+    if (isnan(n)) {
+        return n;
+    }
     if (fabsf(n) > 192.0f) {
         return n <= 0.0f ? 0.0f : INFINITY;
     }
@@ -149,9 +151,20 @@ int64_t pyphi_ggml_matmul_scratch(int64_t n, int64_t cols) {
     return n * (cols / PYPHI_QK8_1) * (int64_t)sizeof(block_q8_1);
 }
 
+/* A rounded code as _mm256_cvtps_epi32 and the saturating packs make it: within -128..127 for
+ * finite activations; a NaN or infinite one (a hostile file's) gives -128, without UB. */
+static int8_t code_of(float v) {
+    if (!(v >= -2147483648.0f && v < 2147483648.0f)) {
+        return -128; /* cvtps_epi32's "integer indefinite", saturated */
+    }
+    long long i = (long long)v;
+    return (int8_t)(i > 127 ? 127 : i < -128 ? -128 : i);
+}
+
 /* quantize_row_q8_0 / quantize_row_q8_1 (arch/x86/quants.c) on one block: *d = amax / 127,
  * codes = round-half-even(x * (127 / amax)); returns the codes' sum (Q8_1's s is *d times it,
- * *d before its rounding to f16). */
+ * *d before its rounding to f16; ggml sums the codes before saturating them, which differs only
+ * for non-finite activations). */
 static int quantize_block(const float *x, float *d, int8_t *qs) {
     float amax = 0.0f;
     for (int j = 0; j < 32; j++) {
@@ -161,7 +174,7 @@ static int quantize_block(const float *x, float *d, int8_t *qs) {
     const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
     int sum = 0;
     for (int j = 0; j < 32; j++) {
-        qs[j] = (int8_t)nearbyintf(x[j] * id);
+        qs[j] = code_of(nearbyintf(x[j] * id));
         sum += qs[j];
     }
     return sum;

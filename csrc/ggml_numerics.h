@@ -64,7 +64,7 @@ int pyphi_ggml_attention(pyphi_pool *pool, const struct pyphi_attention_args *ar
 void pyphi_ggml_swiglu(float *out, const float *gate_up, int64_t n_rows, int64_t n_ff);
 
 /* The dot products above, one table per instruction set: the scalar twins in ggml_numerics.c
- * define them, ggml_numerics_avx2.c computes the same bits with AVX2 + FMA + F16C (its lanes are
+ * define them, kernels_avx2_ggml.c computes the same bits with AVX2 + FMA + F16C (its lanes are
  * ggml's lanes, so no emulation is needed there). */
 struct pyphi_ggml_kernels {
     /* ggml_vec_dot_q8_0_q8_0: n_blocks block_q8_0 of weights and of activations */

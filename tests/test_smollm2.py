@@ -94,6 +94,20 @@ def _peer_logits(peer, ids) -> np.ndarray:
     return np.array(peer.scores[: len(ids)], dtype=np.float32)
 
 
+def _peer_last(peer) -> np.ndarray:
+    """llama.cpp's logits after its last eval."""
+    return np.asarray(peer.scores[peer.n_tokens - 1], dtype=np.float32)
+
+
+def _start(peer, model, tokenizer, prompt: str) -> np.ndarray:
+    """Both engines from an empty cache on the prompt (special tokens parsed); pyphi's last logits."""
+    ids = tokenizer.encode(prompt, special=True)
+    peer.reset()
+    peer.eval(ids)
+    model.truncate(0)
+    return model.eval(ids)
+
+
 # ---- pyphi alone -------------------------------------------------------------------------------
 
 
@@ -206,13 +220,9 @@ def test_greedy_generation_follows_llama_cpp(smollm2_gguf, model, tokenizer):
     peer = _peer(smollm2_gguf)
     report = []
     for prompt in PROMPTS:
-        ids = tokenizer.encode(prompt, special=True)
-        peer.reset()
-        peer.eval(ids)
-        model.truncate(0)
-        ours = model.eval(ids)
+        ours = _start(peer, model, tokenizer, prompt)
         for step in range(GREEDY_TOKENS):
-            theirs = np.asarray(peer.scores[peer.n_tokens - 1], dtype=np.float32)
+            theirs = _peer_last(peer)
             want, got = int(theirs.argmax()), int(ours.argmax())
             if got != want:
                 margin = theirs[want] - theirs[got]
@@ -240,8 +250,7 @@ def test_ggml_numerics_logits_equal_llama_cpps_at_every_position(smollm2_gguf, g
     np.testing.assert_array_equal(ggml_model.eval(ids, logits="all"), theirs)
     for token in text_ids[N_CTX - 8 : N_CTX]:
         peer.eval([int(token)])
-        np.testing.assert_array_equal(ggml_model.eval([token]),
-                                      np.asarray(peer.scores[peer.n_tokens - 1], dtype=np.float32))
+        np.testing.assert_array_equal(ggml_model.eval([token]), _peer_last(peer))
     peer.close()
 
 
@@ -251,14 +260,10 @@ def test_ggml_numerics_greedy_is_token_identical_to_llama_cpp(smollm2_gguf, ggml
     tokens, and the same logits at every step."""
     peer = _peer(smollm2_gguf)
     for prompt in PROMPTS:
-        ids = tokenizer.encode(prompt, special=True)
-        peer.reset()
-        peer.eval(ids)
-        ggml_model.truncate(0)
-        ours = ggml_model.eval(ids)
+        ours = _start(peer, ggml_model, tokenizer, prompt)
         generated = []
         for _ in range(GREEDY_TOKENS):
-            theirs = np.asarray(peer.scores[peer.n_tokens - 1], dtype=np.float32)
+            theirs = _peer_last(peer)
             np.testing.assert_array_equal(ours, theirs)
             generated.append(int(ours.argmax()))
             peer.eval([int(theirs.argmax())])

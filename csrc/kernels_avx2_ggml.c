@@ -1,11 +1,12 @@
-/* ggml_numerics_avx2.c: the dot products of ggml_numerics.h with AVX2 + FMA + F16C.
+/* kernels_avx2_ggml.c: the dot products of ggml_numerics.h with AVX2 + FMA + F16C.
  *
  * Compiled with -mavx2 -mfma -mf16c (CMakeLists.txt) and reached only through ggml_numerics.c's
  * table choice, which follows pyphi_isa_current (dispatch.c checked that these instructions run).
  * Each function gives its scalar twin's bits (ggml_numerics.c): the lanes here are the twin's
- * arrays, the integer block dots are exact (codes within -128..127 times activation codes within
- * -127..127 cannot saturate maddubs's int16 pairs), and every float operation is the twin's,
- * fused where it fuses.
+ * arrays, the integer block dots are exact (weight codes within -128..127 times the activation
+ * codes of finite activations, within -127..127, cannot saturate maddubs's int16 pairs), and every
+ * float operation is the twin's, fused where it fuses. (A non-finite activation, from a hostile
+ * file, gives a -128 code that may saturate here: garbage either way, without UB.)
  */
 #include "ggml_numerics.h"
 
