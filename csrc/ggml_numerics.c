@@ -180,7 +180,8 @@ static int quantize_block(const float *x, float *d, int8_t *qs) {
     return sum;
 }
 
-static void quantize_row_q8_0(const float *x, block_q8_0 *y, int64_t n) {
+static void quantize_row_q8_0(const float *x, void *blocks, int64_t n) {
+    block_q8_0 *y = blocks;
     for (int64_t b = 0; b < n / 32; b++) {
         float d;
         quantize_block(x + 32 * b, &d, y[b].qs);
@@ -188,7 +189,8 @@ static void quantize_row_q8_0(const float *x, block_q8_0 *y, int64_t n) {
     }
 }
 
-static void quantize_row_q8_1(const float *x, block_q8_1 *y, int64_t n) {
+static void quantize_row_q8_1(const float *x, void *blocks, int64_t n) {
+    block_q8_1 *y = blocks;
     for (int64_t b = 0; b < n / 32; b++) {
         float d;
         int sum = quantize_block(x + 32 * b, &d, y[b].qs);
@@ -276,19 +278,17 @@ int pyphi_ggml_matmul(pyphi_pool *pool, int type, const void *w, int64_t rows, i
     if (cols % 32 != 0) {
         return PYPHI_E_SHAPE;
     }
-    const struct pyphi_ggml_kernels *k = kernels();
+    /* the weight type decides the activations' format and the dot, once */
+    int q4_1 = type == PYPHI_TYPE_Q4_1;
+    void (*quantize)(const float *, void *, int64_t) = q4_1 ? quantize_row_q8_1 : quantize_row_q8_0;
     struct matmul_job job = {
-        .dot = type == PYPHI_TYPE_Q4_1 ? k->dot_q4_1 : k->dot_q8_0, .w = w, .xq = scratch, .row_bytes = (size_t)pyphi_row_bytes(type, cols),
+        .dot = q4_1 ? kernels()->dot_q4_1 : kernels()->dot_q8_0, .w = w, .xq = scratch,
+        .row_bytes = (size_t)pyphi_row_bytes(type, cols),
+        .xq_bytes = (size_t)(cols / 32) * (q4_1 ? sizeof(block_q8_1) : sizeof(block_q8_0)),
         .rows = rows, .n_blocks = cols / 32, .n = n, .y = y,
     };
-    job.xq_bytes = (size_t)job.n_blocks * (type == PYPHI_TYPE_Q4_1 ? sizeof(block_q8_1) : sizeof(block_q8_0));
     for (int64_t t = 0; t < n; t++) {
-        void *xq = (uint8_t *)scratch + (size_t)t * job.xq_bytes;
-        if (type == PYPHI_TYPE_Q4_1) {
-            quantize_row_q8_1(x + t * cols, xq, cols);
-        } else {
-            quantize_row_q8_0(x + t * cols, xq, cols);
-        }
+        quantize(x + t * cols, (uint8_t *)scratch + (size_t)t * job.xq_bytes, cols);
     }
     pyphi_pool_run(pool, matmul_chunk, &job, (rows + MATMUL_CHUNK_ROWS - 1) / MATMUL_CHUNK_ROWS);
     return PYPHI_OK;
@@ -392,8 +392,8 @@ static void ggml_attend(void *ctx, int64_t chunk, int thread) {
         sum += (double)hsum16(p + j0);
     }
     const float inv = (float)(1.0 / sum);
-    for (int64_t j = 0; j < job->n_pad; j++) { /* kqv's mul_mat converts the weights to f16 */
-        p16[j] = j < n_pad ? pyphi_fp32_to_fp16(p[j] * inv) : 0;
+    for (int64_t j = 0; j < n_pad; j++) { /* kqv's mul_mat converts the weights to f16 */
+        p16[j] = pyphi_fp32_to_fp16(p[j] * inv);
     }
     /* kqv: each output value the weights . one row of the transposed values */
     float *out = a->out + t * a->n_head * hd + h * hd;
