@@ -8,7 +8,9 @@ llama-quantize's (q4_0 and q4_k_m included: token_embd in Q6_K, the layer rules 
 Each measurement runs in its own process (wait4 gives that process's peak RSS), engines
 alternating, repeated --reps times. One process per (engine, type, threads, rep):
 - load: constructor and first token: load + the logits of a one-token prompt (pyphi packs its
-  Q4_0/Q8_0/K-quant weights at that first eval);
+  Q4_0/Q8_0/K-quant weights on a background thread from load on, computing from the file
+  meanwhile; the prefill and decode below follow at once in the same process, so they include
+  whatever of the packing is left);
 - prefill: --prefill tokens from an empty cache in one call (n_batch 512), tok/s;
 - decode: --decode single-token calls from an empty cache, tok/s (llama-bench's tg128);
 - with --depth D (a separate process, fewer reps): a D-token prefill, then --depth-decode single

@@ -5,12 +5,13 @@
  * and 7-20% on two (TLB misses; full-size q4_0 on the benchmark's VM). But a fresh 2 MiB page is
  * zeroed whole at its first touch, and where the memory comes back from a hypervisor (a VM whose
  * host reclaims freed guest memory, as free page reporting does) that runs at 0.4-0.7 GB/s:
- * gigabytes of packed weights then take seconds before the first token. So the buffer is
- * advised MADV_HUGEPAGE and its filler times the faults of each piece it writes:
+ * gigabytes of packed weights then take seconds. So the buffer is filled on a thread of its own
+ * (its owner goes on without it meanwhile), advised MADV_HUGEPAGE, and the filler times the
+ * faults of each piece it writes:
  * - fast (bare metal: several GB/s): huge pages to the end;
  * - at the first slow piece, the rest of the buffer is filled in 4 KiB pages (MADV_NOHUGEPAGE),
- *   faster there, and once full a thread moves it onto huge pages (MADV_COLLAPSE) while the
- *   model is idle (between a chat's turns, a server's requests). The first pieces of a fill often
+ *   faster there, and once full the same thread moves it onto huge pages (MADV_COLLAPSE) while
+ *   the owner is idle (between a chat's turns, a server's requests). The first pieces of a fill often
  *   come fast, from memory another process has just freed, and the rest slowly; hence a check per
  *   piece rather than one probe. Collapsing during an eval took a third off a prefill, the copy
  *   and the stalled reads of each page competing with it. The thread runs at nice 19, so other
@@ -64,65 +65,73 @@ void pyphi_huge_pages_decline(void *p, void *end) {
     }
 }
 
-struct pyphi_collapser {
+struct pyphi_filler {
     unsigned char *p; /* (bytes,) 2 MiB aligned */
     size_t bytes;
+    pyphi_fill_fn fill;
+    void *ctx;
     atomic_bool stop;
     atomic_int busy;
     pthread_t thread;
 };
 
-static void *collapse_pages(void *arg) {
-    pyphi_collapser *c = arg;
+static void collapse_pages(pyphi_filler *f) {
     /* on Linux a thread has its own nice value, addressed by its thread id */
     setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 19);
-    madvise(c->p, c->bytes, MADV_HUGEPAGE); /* MADV_COLLAPSE skips MADV_NOHUGEPAGE ranges */
+    madvise(f->p, f->bytes, MADV_HUGEPAGE); /* MADV_COLLAPSE skips MADV_NOHUGEPAGE ranges */
     const struct timespec idle_poll = {0, 10 * 1000 * 1000}; /* 10 ms */
-    for (size_t off = 0; off + PYPHI_HUGE_PAGE <= c->bytes; off += PYPHI_HUGE_PAGE) {
-        while (atomic_load(&c->busy) && !atomic_load(&c->stop)) {
+    for (size_t off = 0; off + PYPHI_HUGE_PAGE <= f->bytes; off += PYPHI_HUGE_PAGE) {
+        while (atomic_load(&f->busy) && !atomic_load(&f->stop)) {
             nanosleep(&idle_poll, NULL);
         }
-        if (atomic_load(&c->stop)) {
+        if (atomic_load(&f->stop)) {
             break;
         }
         /* EAGAIN / ENOMEM: no free huge page now, that page stays small; EINVAL: THP is off
          * for this process or the kernel predates MADV_COLLAPSE, so no page will succeed */
-        if (madvise(c->p + off, PYPHI_HUGE_PAGE, MADV_COLLAPSE) != 0 && errno == EINVAL) {
+        if (madvise(f->p + off, PYPHI_HUGE_PAGE, MADV_COLLAPSE) != 0 && errno == EINVAL) {
             break;
         }
+    }
+}
+
+static void *fill_then_collapse(void *arg) {
+    pyphi_filler *f = arg;
+    if (f->fill(f->ctx, &f->stop) && !atomic_load(&f->stop)) {
+        collapse_pages(f);
     }
     return NULL;
 }
 
-pyphi_collapser *pyphi_collapser_start(void *p, size_t bytes) {
-    pyphi_collapser *c = malloc(sizeof *c);
-    if (c == NULL) {
-        return NULL;
+pyphi_filler *pyphi_filler_start(void *p, size_t bytes, pyphi_fill_fn fill, void *ctx) {
+    pyphi_filler *f = malloc(sizeof *f);
+    if (f != NULL) {
+        *f = (pyphi_filler){.p = p, .bytes = bytes, .fill = fill, .ctx = ctx};
+        atomic_init(&f->stop, false);
+        atomic_init(&f->busy, 0);
+        if (pthread_create(&f->thread, NULL, fill_then_collapse, f) == 0) {
+            return f;
+        }
+        free(f);
     }
-    c->p = p;
-    c->bytes = bytes;
-    atomic_init(&c->stop, false);
-    atomic_init(&c->busy, 1); /* started from inside an eval */
-    if (pthread_create(&c->thread, NULL, collapse_pages, c) != 0) {
-        free(c);
-        return NULL;
-    }
-    return c;
+    static const atomic_bool never = false;
+    fill(ctx, &never);
+    return NULL;
 }
 
-void pyphi_collapser_busy(pyphi_collapser *c, int busy) {
-    if (c != NULL) {
-        atomic_store(&c->busy, busy);
+void pyphi_filler_busy(pyphi_filler *f, int busy) {
+    if (f != NULL) {
+        atomic_store(&f->busy, busy);
     }
 }
 
-void pyphi_collapser_stop(pyphi_collapser *c) {
-    if (c == NULL) {
+void pyphi_filler_stop(pyphi_filler *f) {
+    if (f == NULL) {
         return;
     }
-    atomic_store(&c->stop, true);
-    pthread_join(c->thread, NULL);
-    free(c);
+    atomic_store(&f->stop, true);
+    pthread_join(f->thread, NULL);
+    free(f);
 }
 
 #else
@@ -143,19 +152,21 @@ void pyphi_huge_pages_decline(void *p, void *end) {
     (void)end;
 }
 
-pyphi_collapser *pyphi_collapser_start(void *p, size_t bytes) {
+pyphi_filler *pyphi_filler_start(void *p, size_t bytes, pyphi_fill_fn fill, void *ctx) {
     (void)p;
     (void)bytes;
+    static const atomic_bool never = false;
+    fill(ctx, &never);
     return NULL;
 }
 
-void pyphi_collapser_busy(pyphi_collapser *c, int busy) {
-    (void)c;
+void pyphi_filler_busy(pyphi_filler *f, int busy) {
+    (void)f;
     (void)busy;
 }
 
-void pyphi_collapser_stop(pyphi_collapser *c) {
-    (void)c;
+void pyphi_filler_stop(pyphi_filler *f) {
+    (void)f;
 }
 
 #endif

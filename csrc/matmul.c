@@ -253,11 +253,13 @@ int pyphi_matmul(pyphi_pool *pool, int wtype, const void *w, int64_t n_out, int6
 struct packed_job {
     const pyphi_kernels *k;
     pyphi_gemm_packed_fn gemm;
+    int wtype;
     const float *x;      /* (n_tokens, n_in) float32 */
-    const uint8_t *w;    /* (n_groups, group_bytes) packed */
+    const uint8_t *w;    /* (n_groups, group_bytes) packed, or in ggml's layout to repack */
     int atype;           /* activation type: Q8_0, or Q8_K for the K-quants */
     uint8_t *act;        /* (n_tokens, act_row_bytes) in atype */
     int32_t *sums;       /* Q8_0: (n_tokens, n_in / 32) code sums of act's blocks; else NULL */
+    uint8_t *group_scratch; /* repacking: (pool size, group_bytes), one packed group per thread */
     float *y;            /* (n_tokens, n_out) */
     int64_t n_out, n_in, n_tokens, n_groups, group_rows, chunk_groups, group_chunks;
     size_t group_bytes, act_row_bytes;
@@ -334,8 +336,26 @@ static void matmul_packed_chunk(void *ctx, int64_t chunk, int thread) {
               job->y + t0 * job->n_out + g0 * job->group_rows, job->n_out);
 }
 
-int pyphi_matmul_packed(pyphi_pool *pool, int wtype, const void *w, int64_t n_out, int64_t n_in,
-                        const float *x, int64_t n_tokens, float *y) {
+/* Chunk = one group of a repacking job: its rows of ggml's layout packed into the thread's slice
+ * of the scratch, then every token chunk of the batch against them. */
+static void matmul_repacking_group(void *ctx, int64_t g, int thread) {
+    struct packed_job *job = ctx;
+    uint8_t *group = job->group_scratch + (size_t)thread * job->group_bytes; /* (group_bytes,) */
+    pyphi_pack_rows(job->wtype, job->w + (size_t)g * job->group_bytes, job->group_rows, job->n_in, group);
+    for (int64_t t0 = 0; t0 < job->n_tokens; t0 += PACKED_CHUNK_TOKENS) {
+        int64_t nt = job->n_tokens - t0 < PACKED_CHUNK_TOKENS ? job->n_tokens - t0 : PACKED_CHUNK_TOKENS;
+        job->gemm(job->n_in, 1, nt, group, job->act + (size_t)t0 * job->act_row_bytes,
+                  job->act_row_bytes,
+                  job->sums != NULL ? job->sums + t0 * (job->n_in / PYPHI_QK8_0) : NULL,
+                  job->y + t0 * job->n_out + g * job->group_rows, job->n_out);
+    }
+}
+
+/* pyphi_matmul_packed and pyphi_matmul_repacking: w packed (repack 0) or in ggml's layout
+ * (repack 1, which packs one group at a time into a scratch slice per pool thread). */
+static int matmul_packed_layout(pyphi_pool *pool, int wtype, const void *w, int64_t n_out,
+                                int64_t n_in, const float *x, int64_t n_tokens, float *y,
+                                int repack) {
     int64_t w_bytes = pyphi_packed_bytes(wtype, n_out, n_in);
     if (w_bytes < 0) {
         return (int)w_bytes;
@@ -347,7 +367,8 @@ int pyphi_matmul_packed(pyphi_pool *pool, int wtype, const void *w, int64_t n_ou
     }
     if (w == NULL || x == NULL || y == NULL || !aligned(x, sizeof(float)) ||
         !aligned(y, sizeof(float)) || overlap(y, (size_t)y_bytes, x, (size_t)x_bytes) ||
-        overlap(y, (size_t)y_bytes, w, (size_t)w_bytes)) {
+        overlap(y, (size_t)y_bytes, w, (size_t)w_bytes) ||
+        (repack && !aligned(w, type_alignment(wtype)))) {
         return PYPHI_E_ARG;
     }
     if (n_tokens == 0) {
@@ -360,6 +381,7 @@ int pyphi_matmul_packed(pyphi_pool *pool, int wtype, const void *w, int64_t n_ou
     struct packed_job job = {
         .k = k,
         .gemm = k->gemm_packed[wtype],
+        .wtype = wtype,
         .x = x,
         .w = w,
         .atype = atype,
@@ -377,17 +399,37 @@ int pyphi_matmul_packed(pyphi_pool *pool, int wtype, const void *w, int64_t n_ou
     size_t sums_bytes = atype == PYPHI_TYPE_Q8_0
                             ? (size_t)n_tokens * (size_t)(n_in / PYPHI_QK8_0) * sizeof(int32_t)
                             : 0;
-    uint8_t *scratch = malloc(sums_bytes + (size_t)n_tokens * job.act_row_bytes); /* sums, then act */
+    /* act, then the group slices 64-byte aligned like the packed matrices they stand for; each
+     * slice is group_rows rows of w, whose bytes w_bytes counted */
+    size_t act_bytes = ((size_t)n_tokens * job.act_row_bytes + 63) / 64 * 64;
+    size_t groups_bytes = repack ? (size_t)pyphi_pool_size(pool) * job.group_bytes : 0;
+    size_t total = ((sums_bytes + 63) / 64 * 64 + act_bytes + groups_bytes + 63) / 64 * 64;
+    uint8_t *scratch = aligned_alloc(64, total);
     if (scratch == NULL) {
         return PYPHI_E_NOMEM;
     }
     job.sums = sums_bytes > 0 ? (int32_t *)scratch : NULL;
-    job.act = scratch + sums_bytes;
+    job.act = scratch + (sums_bytes + 63) / 64 * 64;
+    job.group_scratch = job.act + act_bytes;
     pyphi_pool_run(pool, quantize_packed_activations, &job, n_tokens);
-    int64_t token_chunks = (n_tokens + PACKED_CHUNK_TOKENS - 1) / PACKED_CHUNK_TOKENS;
-    pyphi_pool_run(pool, matmul_packed_chunk, &job, job.group_chunks * token_chunks);
+    if (repack) {
+        pyphi_pool_run(pool, matmul_repacking_group, &job, job.n_groups);
+    } else {
+        int64_t token_chunks = (n_tokens + PACKED_CHUNK_TOKENS - 1) / PACKED_CHUNK_TOKENS;
+        pyphi_pool_run(pool, matmul_packed_chunk, &job, job.group_chunks * token_chunks);
+    }
     free(scratch);
     return PYPHI_OK;
+}
+
+int pyphi_matmul_packed(pyphi_pool *pool, int wtype, const void *w, int64_t n_out, int64_t n_in,
+                        const float *x, int64_t n_tokens, float *y) {
+    return matmul_packed_layout(pool, wtype, w, n_out, n_in, x, n_tokens, y, 0);
+}
+
+int pyphi_matmul_repacking(pyphi_pool *pool, int wtype, const void *w, int64_t n_out, int64_t n_in,
+                           const float *x, int64_t n_tokens, float *y) {
+    return matmul_packed_layout(pool, wtype, w, n_out, n_in, x, n_tokens, y, 1);
 }
 
 /* ---- Row conversion --------------------------------------------------------------------------- */

@@ -53,13 +53,12 @@
         }                                                                                          \
     } while (0)
 
-/* A matrix whose packed copy is still to be made: t (the model's copy of the tensor, data still
- * the caller's) -> dst, inside the model's packed buffer. Its chunks of the pack job are
- * first_chunk .. the next item's first_chunk - 1. */
+/* A matrix with a packed copy: t (the model's copy of the tensor; its data stays the caller's)
+ * -> dst, inside the model's packed buffer, complete once ready is set (by the filler thread). */
 struct pack_item {
-    struct pyphi_tensor *t;
+    const struct pyphi_tensor *t;
     uint8_t *dst;
-    int64_t first_chunk;
+    atomic_int ready;
 };
 
 struct pyphi_model {
@@ -74,13 +73,12 @@ struct pyphi_model {
     float *inv_freq[2];  /* (n_rot / 2,) each: [0] short factors, [1] long factors */
     float *attn_scratch; /* (attn_scratch_floats,): attention's per-thread scores, grown once */
     int64_t attn_scratch_floats;
-    uint8_t *packed;     /* (packed_bytes,): the packed matrices; layers[].x.data point here */
+    uint8_t *packed;     /* (packed_bytes,): the packed copies of the matrices */
     int64_t packed_bytes;
-    atomic_int small_pages;     /* huge pages came slowly: the pack fills 4 KiB pages, then... */
-    pyphi_collapser *collapser; /* ...this moves them onto huge pages while the model is idle */
-    struct pack_item *pending; /* (1 + n_layer MATRICES_PER_LAYER,): copies the first eval makes */
-    int64_t n_pending, pending_chunks;
-    int embedding_dropped; /* a tied head was packed: eval drops the embedding's pages again */
+    struct pack_item *packs; /* (n_packs <= 1 + n_layer MATRICES_PER_LAYER,): in filling order */
+    int64_t n_packs;
+    pyphi_filler *filler;  /* the thread that makes the packed copies, then settles their pages */
+    int sources_dropped;   /* every copy is made and eval has dropped all of the sources' pages */
     int ggml;              /* PYPHI_NUMERICS_GGML: every stage is ggml_numerics.h's */
     void *act_q;           /* (pyphi_ggml_matmul_scratch(n_batch, widest input),): GGML only */
 
@@ -275,8 +273,7 @@ static int check_params(const struct pyphi_model_desc *d, const struct pyphi_mod
 /* ---- Packed weights -------------------------------------------------------------------------- */
 
 /* Rows per chunk of the pack, a multiple of every packed group (16 rows, 4 for the K-quants):
- * 1-4 MB of Phi-4-mini's rows, so the pool's chunk counter is fetched rarely and the largest
- * matrix (the head) still splits finely. */
+ * 1-4 MB of Phi-4-mini's rows, a piece large enough to time its page faults (huge_pages.c). */
 #define PACK_CHUNK_ROWS 512
 _Static_assert(PACK_CHUNK_ROWS % PYPHI_PACK_ROWS == 0 && PACK_CHUNK_ROWS % PYPHI_PACK_ROWS_K == 0,
                "a pack chunk must hold whole groups");
@@ -307,70 +304,72 @@ static void drop_pages(const void *p, size_t bytes) {
     }
 }
 
-/* Reserves t's packed copy at *cursor (advancing it) as a pending pack; the copy is made by the
- * first eval, on its pool (pack_pending). */
-static void reserve_pack(pyphi_model *m, struct pyphi_tensor *t, uint8_t **cursor) {
+/* Reserves t's packed copy at *cursor (advancing it), to be made by fill_packs. */
+static void reserve_pack(pyphi_model *m, const struct pyphi_tensor *t, uint8_t **cursor) {
     int64_t size = packed_size(t);
     if (size == 0) {
         return;
     }
-    m->pending[m->n_pending++] = (struct pack_item){
-        .t = t, .dst = *cursor, .first_chunk = m->pending_chunks,
-    };
-    m->pending_chunks += (t->ne1 + PACK_CHUNK_ROWS - 1) / PACK_CHUNK_ROWS;
+    struct pack_item *it = &m->packs[m->n_packs++];
+    it->t = t;
+    it->dst = *cursor;
+    atomic_init(&it->ready, 0);
     *cursor += size;
 }
 
-/* Chunk = PACK_CHUNK_ROWS rows (whole groups) of one pending matrix: packs them and drops the
- * file pages they came from (the model never reads them again; a tied head's embedding reads a
- * few rows, which fault back in until forward drops them). Packing is a copy, so chunks are
- * independent and the result does not depend on the pool size. */
-static void pack_chunk(void *ctx, int64_t chunk, int thread) {
-    (void)thread;
+/* The filler thread's job (huge_pages.h pyphi_fill_fn): makes the packed copies in order,
+ * PACK_CHUNK_ROWS rows at a time, dropping the file pages each chunk came from (the model never
+ * reads them again, once the copy is ready; a tied head's embedding reads a few rows, which
+ * fault back in until forward drops them). Until a copy is ready, eval computes from the file
+ * (pyphi_matmul_repacking: the same bits), so the first token does not wait for gigabytes of
+ * fresh memory. Returns 1 if the fill gave up huge pages. */
+static int fill_packs(void *ctx, const atomic_bool *stop) {
     pyphi_model *m = ctx;
-    int64_t lo = 0, hi = m->n_pending - 1; /* the last item whose first chunk <= chunk */
-    while (lo < hi) {
-        int64_t mid = (lo + hi + 1) / 2;
-        if (m->pending[mid].first_chunk <= chunk) {
-            lo = mid;
-        } else {
-            hi = mid - 1;
+    uint8_t *end = m->packed + packed_span(m->packed_bytes);
+    int small_pages = 0;
+    for (int64_t i = 0; i < m->n_packs; i++) {
+        struct pack_item *it = &m->packs[i];
+        const struct pyphi_tensor *t = it->t;
+        /* a packed group holds the bytes of its rows (quants.h): the same offset on both sides,
+         * and every chunk is whole groups since t->ne1 is (packed_size checked it) */
+        size_t row_bytes = (size_t)pyphi_row_bytes(t->type, t->ne0);
+        for (int64_t r0 = 0; r0 < t->ne1; r0 += PACK_CHUNK_ROWS) {
+            if (atomic_load(stop)) {
+                return small_pages;
+            }
+            int64_t rows = t->ne1 - r0 < PACK_CHUNK_ROWS ? t->ne1 - r0 : PACK_CHUNK_ROWS;
+            size_t offset = (size_t)r0 * row_bytes, bytes = (size_t)rows * row_bytes;
+            const uint8_t *src = (const uint8_t *)t->data + offset;
+            uint8_t *dst = it->dst + offset;
+            /* the first chunk whose huge pages come slowly turns the rest to 4 KiB pages */
+            if (!small_pages && !pyphi_fault_in_timed(dst, bytes)) {
+                small_pages = 1;
+                pyphi_huge_pages_decline(dst + bytes, end);
+            }
+            pyphi_pack_matrix(t->type, src, rows, t->ne0, dst); /* checked */
+            drop_pages(src, bytes);
         }
+        atomic_store_explicit(&it->ready, 1, memory_order_release);
     }
-    const struct pack_item *it = &m->pending[lo];
-    const struct pyphi_tensor *t = it->t;
-    int64_t r0 = (chunk - it->first_chunk) * PACK_CHUNK_ROWS;
-    int64_t rows = t->ne1 - r0 < PACK_CHUNK_ROWS ? t->ne1 - r0 : PACK_CHUNK_ROWS;
-    /* a packed group holds the bytes of its rows (quants.h): the same offset on both sides, and
-     * rows is whole groups since t->ne1 is (packed_size checked it) */
-    size_t row_bytes = (size_t)pyphi_row_bytes(t->type, t->ne0);
-    size_t offset = (size_t)r0 * row_bytes, bytes = (size_t)rows * row_bytes;
-    const uint8_t *src = (const uint8_t *)t->data + offset;
-    uint8_t *dst = it->dst + offset;
-    /* the first chunk whose huge pages come slowly turns the rest of the buffer to 4 KiB pages */
-    if (!atomic_load(&m->small_pages) && !pyphi_fault_in_timed(dst, bytes) &&
-        !atomic_exchange(&m->small_pages, 1)) {
-        pyphi_huge_pages_decline(dst + bytes, m->packed + packed_span(m->packed_bytes));
-    }
-    pyphi_pack_matrix(t->type, src, rows, t->ne0, dst); /* checked */
-    drop_pages(src, bytes);
+    return small_pages;
 }
 
-/* Makes the pending packed copies on the pool and points the tensors at them. Done at the first
- * eval rather than at create, which has no pool: the copy of a few GB is then spread over every
- * thread. Pages a chunk shares with its neighbours are dropped once all chunks are done. */
-static void pack_pending(pyphi_model *m, pyphi_pool *pool) {
-    pyphi_pool_run(pool, pack_chunk, m, m->pending_chunks);
-    for (int64_t i = 0; i < m->n_pending; i++) {
-        struct pyphi_tensor *t = m->pending[i].t;
+static int pack_ready(const struct pack_item *it) {
+    return atomic_load_explicit(&it->ready, memory_order_acquire);
+}
+
+/* Once every copy is ready: drops the sources' pages again, all of them. Their chunks' shared
+ * edge pages stayed, and an eval that read a matrix from the file while its copy was completing
+ * faulted some back in. */
+static void drop_sources_once_packed(pyphi_model *m) {
+    if (m->sources_dropped || m->n_packs == 0 || !pack_ready(&m->packs[m->n_packs - 1])) {
+        return;
+    }
+    for (int64_t i = 0; i < m->n_packs; i++) {
+        const struct pyphi_tensor *t = m->packs[i].t;
         drop_pages(t->data, (size_t)pyphi_packed_bytes(t->type, t->ne1, t->ne0));
-        m->embedding_dropped |= t->data == m->d.tok_embd.data;
-        t->data = m->pending[i].dst;
     }
-    m->n_pending = 0;
-    if (atomic_load(&m->small_pages)) {
-        m->collapser = pyphi_collapser_start(m->packed, packed_span(m->packed_bytes));
-    }
+    m->sources_dropped = 1;
 }
 
 /* Bytes of GGML numerics' quantized activations: one batch of the widest matmul input. */
@@ -450,14 +449,14 @@ void pyphi_model_free(pyphi_model *m) {
     if (m == NULL) {
         return;
     }
-    pyphi_collapser_stop(m->collapser);
+    pyphi_filler_stop(m->filler);
     pyphi_kv_free(&m->kv);
     free(m->layers);
     free(m->tokens);
     free(m->inv_freq[0]);
     free(m->x); /* one allocation holds every activation buffer */
     free(m->packed);
-    free(m->pending);
+    free(m->packs);
     free(m->attn_scratch);
     free(m->act_q);
     free(m);
@@ -475,7 +474,6 @@ int pyphi_model_create(const struct pyphi_model_desc *desc, const struct pyphi_m
     if (m == NULL) {
         return PYPHI_E_NOMEM;
     }
-    atomic_init(&m->small_pages, 0);
     m->d = *desc;
     m->p = *params;
     int64_t n = params->n_batch, half = desc->n_rot / 2;
@@ -511,8 +509,8 @@ int pyphi_model_create(const struct pyphi_model_desc *desc, const struct pyphi_m
         }
         pyphi_huge_pages_advise(m->packed, span);
         m->packed_bytes = sizes.packed_bytes;
-        m->pending = malloc((size_t)(1 + desc->n_layer * MATRICES_PER_LAYER) * sizeof *m->pending);
-        if (m->pending == NULL) {
+        m->packs = malloc((size_t)(1 + desc->n_layer * MATRICES_PER_LAYER) * sizeof *m->packs);
+        if (m->packs == NULL) {
             pyphi_model_free(m);
             return PYPHI_E_NOMEM;
         }
@@ -524,7 +522,7 @@ int pyphi_model_create(const struct pyphi_model_desc *desc, const struct pyphi_m
             const struct pyphi_tensor *ms[MATRICES_PER_LAYER];
             layer_matrices(&m->layers[l], ms);
             for (int i = 0; i < MATRICES_PER_LAYER; i++) {
-                reserve_pack(m, (struct pyphi_tensor *)ms[i], &cursor); /* our copy: writable */
+                reserve_pack(m, ms[i], &cursor);
             }
         }
     }
@@ -539,6 +537,9 @@ int pyphi_model_create(const struct pyphi_model_desc *desc, const struct pyphi_m
     m->ffn = m->gate_up + n * 2 * desc->n_ff;
     m->proj = m->ffn + n * desc->n_ff;
     m->rope_cs = m->proj + n * proj_cols(desc);
+    if (m->n_packs > 0) {
+        m->filler = pyphi_filler_start(m->packed, packed_span(m->packed_bytes), fill_packs, m);
+    }
     *out = m;
     return PYPHI_OK;
 }
@@ -554,15 +555,28 @@ static void embed(const struct pyphi_tensor *tok_embd, const int32_t *tokens, in
     }
 }
 
-/* Packed matrices (their data inside the model's packed buffer) go to the packed matmul. */
+/* The pack item of the matrix whose data is w_data, or NULL if it has no packed copy. */
+static const struct pack_item *pack_of(const pyphi_model *m, const void *w_data) {
+    for (int64_t i = 0; i < m->n_packs; i++) {
+        if (m->packs[i].t->data == w_data) {
+            return &m->packs[i];
+        }
+    }
+    return NULL;
+}
+
+/* A matrix with a packed copy goes to the packed matmul, from the copy once it is ready. */
 static int matmul(const pyphi_model *m, pyphi_pool *pool, const struct pyphi_tensor *w,
                   const float *x, int64_t n, float *y) {
     if (m->ggml) {
         return pyphi_ggml_matmul(pool, w->type, w->data, w->ne1, w->ne0, x, n, y, m->act_q);
     }
-    uintptr_t data = (uintptr_t)w->data, packed = (uintptr_t)m->packed;
-    if (m->packed != NULL && data >= packed && data < packed + (uintptr_t)m->packed_bytes) {
-        return pyphi_matmul_packed(pool, w->type, w->data, w->ne1, w->ne0, x, n, y);
+    const struct pack_item *it = pack_of(m, w->data);
+    if (it != NULL && pack_ready(it)) {
+        return pyphi_matmul_packed(pool, w->type, it->dst, w->ne1, w->ne0, x, n, y);
+    }
+    if (it != NULL) {
+        return pyphi_matmul_repacking(pool, w->type, w->data, w->ne1, w->ne0, x, n, y);
     }
     return pyphi_matmul(pool, w->type, w->data, w->ne1, w->ne0, x, n, y);
 }
@@ -694,7 +708,8 @@ static int forward(pyphi_model *m, pyphi_pool *pool, const int32_t *tokens, int6
     };
 
     embed(&d->tok_embd, tokens, n, m->x);                                  /* x (n, E) */
-    if (m->embedding_dropped) {
+    const struct pack_item *head = pack_of(m, d->output.data);
+    if (d->output.data == d->tok_embd.data && head != NULL && pack_ready(head)) {
         /* Each row read faulted its page back in, and the kernel maps the cached pages around
          * it too (fault-around, up to a whole folio): on Phi-4-mini's q4_k_m the mapped part of
          * the tied embedding, beside its packed copy, grew by about 20 MiB per 512 varied tokens,
@@ -737,12 +752,10 @@ static int rerotate_cache(pyphi_model *m, pyphi_pool *pool) {
                              d->rope_attn_factor);
 }
 
-/* pyphi_model_eval after its checks: packs at the first call, then runs the batches. */
+/* pyphi_model_eval after its checks: runs the batches. */
 static int eval_batches(pyphi_model *m, pyphi_pool *pool, const int32_t *tokens, int64_t n_tokens,
                         int64_t pos, float *logits, int64_t n_logits) {
-    if (m->n_pending > 0) {
-        pack_pending(m, pool);
-    }
+    drop_sources_once_packed(m);
     int64_t end = pos + n_tokens;
     int want_long = uses_longrope(&m->d) && end > m->d.n_ctx_orig;
     int64_t start = pos; /* the first position this call computes */
@@ -787,9 +800,9 @@ int pyphi_model_eval(pyphi_model *m, pyphi_pool *pool, const int32_t *tokens, in
             return PYPHI_E_ARG;
         }
     }
-    pyphi_collapser_busy(m->collapser, 1);
+    pyphi_filler_busy(m->filler, 1);
     int status = eval_batches(m, pool, tokens, n_tokens, pos, logits, n_logits);
-    pyphi_collapser_busy(m->collapser, 0);
+    pyphi_filler_busy(m->filler, 0);
     return status;
 }
 
@@ -811,4 +824,11 @@ int pyphi_model_rope_long(const pyphi_model *m) {
 
 int64_t pyphi_model_rope_switches(const pyphi_model *m) {
     return m == NULL ? PYPHI_E_ARG : m->rope_switches;
+}
+
+int pyphi_model_packed(const pyphi_model *m) {
+    if (m == NULL) {
+        return PYPHI_E_ARG;
+    }
+    return m->n_packs == 0 || pack_ready(&m->packs[m->n_packs - 1]);
 }

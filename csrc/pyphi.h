@@ -154,8 +154,8 @@ int pyphi_matmul(pyphi_pool *pool, int wtype, const void *w, int64_t n_out, int6
 /* Packed weights: pyphi's own layout of a Q4_0 or Q8_0 matrix (quants.h: 16 rows interleaved per
  * block, the same number of bytes), built in memory, never stored. It lets the SIMD kernels
  * advance 16 output rows per instruction. Q4_K/Q5_K/Q6_K pack 4 rows, whole super-blocks
- * interleaved, so a 4-row kernel streams one contiguous run. The model packs its matrices at
- * its first eval and moves the copy onto huge pages while idle. pyphi_packed_bytes: the bytes
+ * interleaved, so a 4-row kernel streams one contiguous run. The model packs its matrices on
+ * a thread of its own from create on, then moves the copy onto huge pages while idle. pyphi_packed_bytes: the bytes
  * of the packed (n_out, n_in) matrix, or PYPHI_E_TYPE (another type) / PYPHI_E_SHAPE (n_out not
  * a multiple of 16 (4 for the K-quants), or n_in not a multiple of the block). */
 int64_t pyphi_packed_bytes(int wtype, int64_t n_out, int64_t n_in);
@@ -167,6 +167,11 @@ int pyphi_pack_matrix(int wtype, const void *w, int64_t n_out, int64_t n_in, voi
  * vec_dot with the token quantized to Q8_K (what pyphi_matmul computes), for any pool size. */
 int pyphi_matmul_packed(pyphi_pool *pool, int wtype, const void *w, int64_t n_out, int64_t n_in,
                         const float *x, int64_t n_tokens, float *y);
+/* The same product, bit for bit, with w in ggml's layout: each group of rows is packed into a
+ * scratch slice of its thread just before its dots. What the model computes with while its
+ * packed copy is still being made: slower than the packed copy, the same result. */
+int pyphi_matmul_repacking(pyphi_pool *pool, int wtype, const void *w, int64_t n_out, int64_t n_in,
+                           const float *x, int64_t n_tokens, float *y);
 
 /* ---- Model: hyperparameters + weights in, logits out (model.c, ops.c, attention.c) ------- */
 
@@ -264,10 +269,12 @@ struct pyphi_model_params {
     int32_t longrope_switch; /* enum pyphi_longrope_switch */
     int32_t pack_weights;    /* 1: copy the Q4_0/Q8_0/K-quant matrices into the packed layout (faster
                               * kernels; anonymous memory of their size, allocated at create,
-                              * filled by the first eval on its pool) and drop their pages from
-                              * the process with MADV_DONTNEED, which requires them to be a
-                              * read-only file mapping, as the GGUF is; 0: compute on the
-                              * caller's memory as it is */
+                              * filled by a thread of the model's own from create on, while
+                              * evals compute from the caller's memory with the same result,
+                              * pyphi_matmul_repacking) and drop their pages from the process
+                              * with MADV_DONTNEED, which requires them to be a read-only file
+                              * mapping, as the GGUF is; 0: compute on the caller's memory as it
+                              * is */
     int32_t numerics;        /* enum pyphi_numerics */
 };
 
@@ -305,6 +312,9 @@ int64_t pyphi_model_n_past(const pyphi_model *model);
 int pyphi_model_rope_long(const pyphi_model *model);
 /* How many times the cache was re-rotated or re-prefilled for a factor change (tests, stats). */
 int64_t pyphi_model_rope_switches(const pyphi_model *model);
+/* 1 once every packed copy (pack_weights) is complete, or if there are none; 0 while the
+ * model's thread is still making them (evals give the same results either way). */
+int pyphi_model_packed(const pyphi_model *model);
 
 /* PYPHI_CDEF_END */
 

@@ -121,11 +121,21 @@ def pack(wtype: int | str, w, n_in: int) -> np.ndarray:
 def matmul_packed(pool: ThreadPool | None, wtype: int | str, packed, n_out: int, x) -> np.ndarray:
     """y = x . w^T for w packed by `pack`: float32 (T, n_out); each element is, bit for bit,
     the scalar vec_dot's value (Q4_0/Q8_0) or the current ISA's vec_dot's (the K-quants)."""
+    return _packed_product("matmul_packed", pool, wtype, packed, n_out, x)
+
+
+def matmul_repacking(pool: ThreadPool | None, wtype: int | str, w, n_out: int, x) -> np.ndarray:
+    """`matmul_packed`'s result, bit for bit, from w in ggml's layout (packed a group of rows at a
+    time, as the model computes while its packed copy is being made)."""
+    return _packed_product("matmul_repacking", pool, wtype, w, n_out, x)
+
+
+def _packed_product(name: str, pool: ThreadPool | None, wtype: int | str, w, n_out: int, x) -> np.ndarray:
     wt = type_id(wtype)
     x2 = np.ascontiguousarray(np.atleast_2d(x), dtype=np.float32)
     n_tokens, n_in = x2.shape
     y = np.empty((n_tokens, n_out), dtype=np.float32)
-    check(lib.pyphi_matmul_packed(pool_handle(pool), wt, ffi.from_buffer("uint8_t[]", packed), n_out, n_in,
-                                  ffi.from_buffer("float[]", x2), n_tokens,
-                                  ffi.from_buffer("float[]", y, require_writable=True)), "matmul_packed")
+    check(getattr(lib, "pyphi_" + name)(pool_handle(pool), wt, ffi.from_buffer("uint8_t[]", as_row_bytes(w, 4)), n_out, n_in,
+             ffi.from_buffer("float[]", x2), n_tokens, ffi.from_buffer("float[]", y, require_writable=True)),
+          name)
     return y

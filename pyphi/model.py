@@ -40,8 +40,9 @@ DEFAULT_N_CTX = 4096
 DEFAULT_N_BATCH = 256
 DEFAULT_KV_TYPE = "f16"
 DEFAULT_LONGROPE_SWITCH = "reprefill"
-# Q4_0/Q8_0/Q4_K/Q5_K/Q6_K matrices are copied into the kernels' packed layout by the first eval, on the pool
-# (see pyphi.h): prefill several times faster, decode closer to memory bandwidth, for anonymous memory of their size.
+# Q4_0/Q8_0/Q4_K/Q5_K/Q6_K matrices are copied into the kernels' packed layout by a thread the model starts at
+# create, evals meanwhile packing each group on the fly with the same result (see pyphi.h): prefill several times
+# faster, decode closer to memory bandwidth, for anonymous memory of their size.
 # Only AVX-512 has a SIMD packed kernel so far (AVX2 runs the scalar twin there), so elsewhere
 # the default keeps ggml's layout and the ISA's own tiles.
 DEFAULT_PACK_WEIGHTS = lib.pyphi_isa_best() in (lib.PYPHI_ISA_AVX512, lib.PYPHI_ISA_AVX512BF16)
@@ -177,8 +178,9 @@ class Model:
     most the model's context length);
     kv_type: "f16" (default) or "f32"; n_batch: tokens per forward step of a long prompt;
     longrope_switch: "reprefill" (default) or "rerotate", see the module docstring;
-    pack_weights: copy Q4_0/Q8_0/K-quant matrices into the packed layout, at the first eval (default:
-    where the CPU has a SIMD packed kernel, AVX-512);
+    pack_weights: copy Q4_0/Q8_0/K-quant matrices into the packed layout, in the background from
+    load on, with the same logits before and after (default: where the CPU has a SIMD packed
+    kernel, AVX-512);
     numerics: "pyphi" (default) or "ggml", llama.cpp's CPU arithmetic operation for operation, whose
     logits equal llama.cpp's bit for bit (flash attention off) for files of Q4_1/Q8_0 matrices
     without LongRoPE, such as SmolLM2's, at a fraction of the speed; it implies an f16 cache, no
@@ -213,7 +215,9 @@ class Model:
             self.pool = ThreadPool(n_threads)
             out = ffi.new("pyphi_model **")
             check(lib.pyphi_model_create(self._file.desc, params, out), f"{self.path}: create model")
-            self._handle = ffi.gc(out[0], lib.pyphi_model_free)
+            # the destructor holds the file: the model's packing thread reads its mapping, which must
+            # outlive the model in whatever order the two are collected
+            self._handle = ffi.gc(out[0], lambda handle, file=self._file: lib.pyphi_model_free(handle))
         except BaseException:
             self._file.close()
             raise
@@ -257,6 +261,12 @@ class Model:
     def rope_switches(self) -> int:
         """How many times a LongRoPE factor change re-prefilled or re-rotated the cache."""
         return lib.pyphi_model_rope_switches(self.handle)
+
+    @property
+    def packed(self) -> bool:
+        """Whether the packed copies of the weights (pack_weights) are complete. Until then evals
+        pack each matrix group on the fly, which is slower but gives the same logits."""
+        return bool(check(lib.pyphi_model_packed(self.handle), "packed"))
 
     # ---- evaluation ----
 

@@ -304,6 +304,24 @@ def test_packed_matmul_equals_the_scalar_dot_bit_for_bit(wtype, isa):
         assert np.array_equal(_bits(y), _bits(ref)), (n_in, n_out, n_tokens)
 
 
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("wtype", PACKED, ids=TYPE_NAME)
+def test_repacking_matmul_equals_the_scalar_dot_bit_for_bit(wtype, isa):
+    """The product the model computes while its packed copy is being made (pyphi.h
+    pyphi_matmul_repacking: ggml's layout in, a group of rows packed at a time) gives the scalar
+    twin's bits too, on 1 and 2 threads."""
+    rng = np.random.default_rng(650 + wtype)
+    with ThreadPool(2) as pool:
+        for n_in, n_out, n_tokens in PACKED_SHAPES + [(32 * 3, 48, 130)]:
+            wq, x = random_case(rng, wtype, n_out, n_in, n_tokens)
+            with cpu.forced_isa("scalar"):
+                ref = kernels.matmul(None, wtype, wq, x)
+            with cpu.forced_isa(isa):
+                for p in (None, pool):
+                    y = kernels.matmul_repacking(p, wtype, wq, n_out, x)
+                    assert np.array_equal(_bits(y), _bits(ref)), (n_in, n_out, n_tokens)
+
+
 @pytest.mark.parametrize("wtype", PACKED, ids=TYPE_NAME)
 def test_packed_matmul_exact_on_integer_data(wtype):
     rng = np.random.default_rng(700 + wtype)

@@ -28,6 +28,7 @@ import platform
 import re
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -186,6 +187,26 @@ def test_packed_weights_give_the_scalar_forward_bit_for_bit(model_zoo, out_type)
         assert ratio(results[isa, True], results["scalar", False]) <= 1e-5, isa
 
 
+def test_logits_while_packing_equal_those_after(model_zoo):
+    """The background pack (pyphi.h pack_weights): an eval made at once computes from the file
+    (the pack starts with the output head, so at least the first layers are not packed yet) and
+    gives the same bits as the same eval once every copy is complete, on every ISA."""
+    from pyphi.cpu import forced_isa, supported_isas
+
+    tokens = prompt(20)
+    for out_type in ("q8_0", "q4_0"):
+        for isa in supported_isas():
+            with forced_isa(isa), Model(model_zoo.gguf("head128", out_type), n_ctx=64, pack_weights=True) as model:
+                during = model.eval(tokens, logits="all")
+                deadline = time.monotonic() + 60
+                while not model.packed and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                assert model.packed
+                model.reset()
+                after = model.eval(tokens, logits="all")
+            np.testing.assert_array_equal(during.view(np.uint32), after.view(np.uint32), err_msg=f"{out_type} {isa}")
+
+
 COLLAPSE_CHILD = """
 import json, sys, time
 from pyphi.model import Model
@@ -194,8 +215,8 @@ def anon_huge():
     with open("/proc/self/smaps_rollup") as f:
         return next(int(l.split()[1]) * 1024 for l in f if l.startswith("AnonHugePages"))
 
+before = anon_huge()
 with Model(sys.argv[1], n_ctx=64, pack_weights=True) as m:
-    before = anon_huge()
     m.eval([1, 2, 3])
     deadline = time.monotonic() + 60
     while anon_huge() - before < m.sizes.packed_bytes // 2 and time.monotonic() < deadline:
@@ -222,7 +243,7 @@ def test_packed_weights_end_on_huge_pages(model_zoo):
     fast, else into 4 KiB pages that a thread collapses while the model is idle. Either way, in a
     fresh process at least half of the packed copy (54 MB) ends up mapped by 2 MiB entries
     (AnonHugePages). Which path ran depends on the machine's fault rate at that moment (this VM
-    takes both); with the collapser disabled, the slow path fails here."""
+    takes both); with the collapse disabled, the slow path fails here."""
     path = model_zoo.gguf("head128", "q8_0")
     out = subprocess.run([sys.executable, "-c", COLLAPSE_CHILD, str(path)], capture_output=True,
                          text=True, timeout=120, check=True, cwd="/").stdout

@@ -329,26 +329,23 @@ def _perplexity(chunks_logits, chunks_ids) -> float:
 
 
 @pytest.mark.peer
-def test_perplexity_within_one_percent_of_llama_cpp(smollm2_gguf, model, ggml_model, text_ids):
+def test_perplexity_within_one_percent_of_llama_cpp(smollm2_gguf, model, text_ids):
     """The text in chunks of N_CTX tokens, each from an empty cache, every next token scored;
     llama.cpp's perplexity from its per-token logits (logits_all) by the same formula. pyphi's
-    own numerics within 1%; numerics="ggml" the same number."""
+    own numerics within 1%. (numerics="ggml" would give the same number: its logits equal
+    llama.cpp's bit for bit, which the logits test above checks at every position.)"""
     chunks = [text_ids[i : i + N_CTX] for i in range(0, len(text_ids) - N_CTX + 1, N_CTX)]
-    ours, ours_ggml, theirs = [], [], []
+    ours, theirs = [], []
     peer = _peer(smollm2_gguf)
     for chunk in chunks:
         model.truncate(0)
         ours.append(model.eval(chunk, logits="all"))
-        ggml_model.truncate(0)
-        ours_ggml.append(ggml_model.eval(chunk, logits="all"))
         theirs.append(_peer_logits(peer, chunk))
     peer.close()
     ppl_ours, ppl_theirs = _perplexity(ours, chunks), _perplexity(theirs, chunks)
-    ppl_ggml = _perplexity(ours_ggml, chunks)
     print(f"perplexity over {len(chunks)} x {N_CTX} tokens: pyphi {ppl_ours:.4f}, llama.cpp {ppl_theirs:.4f} "
-          f"({ppl_ours / ppl_theirs - 1:+.3%}); pyphi numerics='ggml' {ppl_ggml:.4f}")
+          f"({ppl_ours / ppl_theirs - 1:+.3%})")
     assert abs(ppl_ours / ppl_theirs - 1) <= PPL_TOLERANCE
-    assert ppl_ggml == ppl_theirs
     assert 1 < ppl_ours < 100  # a trained model on plain English (a random one: ~49152)
 
 
