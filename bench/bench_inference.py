@@ -9,8 +9,9 @@ Each measurement runs in its own process (wait4 gives that process's peak RSS), 
 alternating, repeated --reps times. One process per (engine, type, threads, rep):
 - load: constructor and first token: load + the logits of a one-token prompt (pyphi packs its
   Q4_0/Q8_0/K-quant weights on a background thread from load on, computing from the file
-  meanwhile; the prefill and decode below follow at once in the same process, so they include
-  whatever of the packing is left);
+  meanwhile with the same results). pyphi then waits until the packed copies are complete
+  ("packed s", from the start of the load) before the timed prefill and decode below, which are
+  steady-state figures, as llama-bench's are (it discards a warm-up run);
 - prefill: --prefill tokens from an empty cache in one call (n_batch 512), tok/s;
 - decode: --decode single-token calls from an empty cache, tok/s (llama-bench's tg128);
 - with --depth D (a separate process, fewer reps): a D-token prefill, then --depth-decode single
@@ -75,6 +76,10 @@ class PyphiEngine:
     def reset(self) -> None:
         self.model.reset()
 
+    def wait_packed(self) -> None:
+        while not self.model.packed:
+            time.sleep(0.01)
+
 
 class LlamaEngine:
     def __init__(self, path: str, n_ctx: int, threads: int):
@@ -102,6 +107,9 @@ def worker(engine: str, path: str, threads: int, mode: str, n_prefill: int, n_de
     first = time.perf_counter() - t0
     e.reset()
     out = {"load_s": load, "first_token_s": first}
+    if hasattr(e, "wait_packed"):
+        e.wait_packed()
+        out["packed_s"] = time.perf_counter() - t0
     if mode == "short":
         t = time.perf_counter()
         e.eval(tokens(n_prefill))
@@ -279,12 +287,15 @@ def main() -> None:
     print("-" * len(header))
     metrics = [("short", "prefill_tps", f"prefill {args.prefill}"), ("short", "decode_tps", f"decode {args.decode}"),
                ("depth", "depth_decode_tps", f"decode @{args.depth}"), ("short", "first_token_s", "first token s"),
-               ("short", "rss_mb", "peak RSS MB")]
+               ("short", "packed_s", "packed s"), ("short", "rss_mb", "peak RSS MB")]
     for t in paths:
         for threads in sorted(set(args.threads) | set(args.depth_threads)):
             for mode, key, label in metrics:
-                ours = [r[key] for r in results.get(("pyphi", t, threads, mode), [])]
-                theirs = [r[key] for r in results.get(("llama.cpp", t, threads, mode), [])]
+                ours = [r[key] for r in results.get(("pyphi", t, threads, mode), []) if key in r]
+                theirs = [r[key] for r in results.get(("llama.cpp", t, threads, mode), []) if key in r]
+                if key == "packed_s" and ours:  # pyphi's alone: when its packed copies were complete
+                    print(f"{t:5s} {threads:3d} {label:17s} {summary(ours):>22s} {'-':>22s}")
+                    continue
                 if not ours or not theirs:
                     continue
                 ratio = statistics.median(ours) / statistics.median(theirs)

@@ -44,6 +44,9 @@ static void complete_table(int isa) {
         if (t->gemm_packed[type] == NULL) {
             t->gemm_packed[type] = base->gemm_packed[type];
         }
+        if (t->gemm_lanes[type] == NULL) {
+            t->gemm_lanes[type] = base->gemm_lanes[type];
+        }
         if (t->quantize_act[type] == NULL) {
             t->quantize_act[type] = base->quantize_act[type];
         }

@@ -98,6 +98,14 @@ typedef void (*pyphi_gemm_packed_fn)(int64_t n, int64_t n_groups, int64_t n_tok,
                                      const void *a, size_t a_stride, const int32_t *a_sums,
                                      float *y, int64_t y_stride);
 
+/* The packed product, bit for bit, with the weights in ggml's layout: n_rows (a multiple of
+ * PYPHI_PACK_ROWS) Q4_0 or Q8_0 rows w_stride bytes apart, the rest as pyphi_gemm_packed_fn. What
+ * a model computes with until its packed copy is made. Scalar twin: the scalar gemm, one vec_dot
+ * per (row, token), a_sums unused. */
+typedef void (*pyphi_gemm_lanes_fn)(int64_t n, int64_t n_rows, int64_t n_tok, const void *w,
+                                    size_t w_stride, const void *a, size_t a_stride,
+                                    const int32_t *a_sums, float *y, int64_t y_stride);
+
 /* x (n,) <- softmax(scale * x): x[i] = scale * x[i] (rounded), m = their maximum, e[i] =
  * pyphi_exp(x[i] - m), s = the sum of e in the fixed order below, x[i] = e[i] * (1 / s).
  * Every ISA computes exactly this, bit for bit: pyphi_exp is one sequence of roundings and fused
@@ -145,6 +153,7 @@ typedef struct pyphi_kernels {
     pyphi_vec_dot_fn vec_dot[PYPHI_TYPE_ID_LIMIT]; /* by weight type; NULL: type not computed */
     pyphi_gemm_fn gemm[PYPHI_TYPE_ID_LIMIT];       /* by weight type; set wherever vec_dot is */
     pyphi_gemm_packed_fn gemm_packed[PYPHI_TYPE_ID_LIMIT]; /* Q4_0 and Q8_0 only */
+    pyphi_gemm_lanes_fn gemm_lanes[PYPHI_TYPE_ID_LIMIT];   /* Q4_0 and Q8_0 only */
     pyphi_quantize_fn quantize_act[PYPHI_TYPE_ID_LIMIT];   /* by activation type (pyphi_vec_dot_type) */
     pyphi_softmax_fn softmax; /* attention's scores */
     pyphi_weighted_rows_fn weighted_rows[PYPHI_TYPE_ID_LIMIT]; /* F16 and F32 (the cache types) */

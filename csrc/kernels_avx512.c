@@ -690,6 +690,118 @@ static inline __attribute__((always_inline)) void packed_tile(
 DEFINE_GEMM_PACKED(gemm_packed_q4_0_avx512, 1, block_q4_0)
 DEFINE_GEMM_PACKED(gemm_packed_q8_0_avx512, 0, block_q8_0)
 
+/* ---- The packed product from ggml's layout (kernels.h pyphi_gemm_lanes_fn) ---------------- */
+
+/* packed_tile's arithmetic on 16 rows read where they are. A register holds two rows' codes for
+ * one block (row r in its low half, row r + 4 in its high half), and one dpbusd with the token's
+ * block broadcast to both halves leaves 8 partial sums per row. A tree of unpacks and adds turns
+ * the 8 registers (rows 0-3 | 4-7, then 8-11 | 12-15) into one of the 16 rows' block sums, in row
+ * order: integer adds, so exactly packed_tile's isum, and the float steps are packed_tile's. */
+static inline __m512i row_sums16(const __m512i p[8]) {
+    __m512i q[4], r[2];
+    _Pragma("GCC unroll 4") for (int k = 0; k < 4; k++) {
+        /* per 128-bit lane: rows 2k, 2k + 1, each partials 0+2 and 1+3 of that lane */
+        q[k] = _mm512_add_epi32(_mm512_unpacklo_epi32(p[2 * k], p[2 * k + 1]),
+                                _mm512_unpackhi_epi32(p[2 * k], p[2 * k + 1]));
+    }
+    _Pragma("GCC unroll 2") for (int k = 0; k < 2; k++) {
+        /* per 128-bit lane: 4 rows, each the sum of that lane's 4 partials */
+        r[k] = _mm512_add_epi32(_mm512_unpacklo_epi64(q[2 * k], q[2 * k + 1]),
+                                _mm512_unpackhi_epi64(q[2 * k], q[2 * k + 1]));
+    }
+    /* r[0]'s lanes: rows 0-3 (partials 0-3), rows 0-3 (4-7), rows 4-7 (0-3), rows 4-7 (4-7);
+     * r[1] the same for rows 8-15. Even lanes plus odd lanes: rows 0-15. */
+    return _mm512_add_epi32(_mm512_shuffle_i32x4(r[0], r[1], 0x88),
+                            _mm512_shuffle_i32x4(r[0], r[1], 0xDD));
+}
+
+/* Register k's two rows: k and k + 4 for k < 4, else k + 4 and k + 8. */
+static inline int lanes_row(int k) {
+    return k < 4 ? k : k + 4;
+}
+
+static inline __attribute__((always_inline)) void lanes_tile(
+    int q4, int nt, int64_t nb, const uint8_t *w, size_t w_stride, __m512i row_offsets,
+    const uint8_t *a, size_t a_stride, const int32_t *a_sums, float *y, int64_t y_stride) {
+    const size_t block_bytes = q4 ? sizeof(block_q4_0) : sizeof(block_q8_0);
+    const int32_t bias = q4 ? 8 : 128;
+    const __m512i nibble = _mm512_set1_epi8(0x0f), flip = _mm512_set1_epi8((char)0x80);
+    __m512 acc[PACKED_TOKENS];
+    _Pragma("GCC unroll 8") for (int t = 0; t < nt; t++) acc[t] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *blocks = w + (size_t)b * block_bytes; /* row 0's block b */
+        /* the 16 scales: a dword from each row's block, its low half */
+        __m512i d32 = _mm512_i32gather_epi32(row_offsets, blocks, 1);
+        __m512 dw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(d32));
+        __m512i c[8]; /* (row, row + 4) x 32 codes, unsigned */
+        _Pragma("GCC unroll 8") for (int k = 0; k < 8; k++) {
+            const uint8_t *lo = blocks + (size_t)lanes_row(k) * w_stride + sizeof(uint16_t);
+            const uint8_t *hi = lo + 4 * w_stride;
+            if (q4) {
+                __m256i v = _mm256_loadu2_m128i((const __m128i *)hi, (const __m128i *)lo);
+                __m256i low = _mm256_and_si256(v, _mm512_castsi512_si256(nibble));
+                __m256i high = _mm256_and_si256(_mm256_srli_epi16(v, 4), _mm512_castsi512_si256(nibble));
+                /* [lo row: values 0-15 | row + 4: 0-15 | lo row: 16-31 | row + 4: 16-31] -> rows */
+                __m512i mixed = _mm512_inserti64x4(_mm512_castsi256_si512(low), high, 1);
+                c[k] = _mm512_shuffle_i64x2(mixed, mixed, 0xD8);
+            } else {
+                __m512i v = _mm512_inserti64x4(
+                    _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)lo)),
+                    _mm256_loadu_si256((const __m256i *)hi), 1);
+                c[k] = _mm512_xor_si512(v, flip);
+            }
+        }
+        _Pragma("GCC unroll 8") for (int t = 0; t < nt; t++) {
+            const block_q8_0 *at = (const block_q8_0 *)(a + (size_t)t * a_stride) + b;
+            __m512i codes = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)at->qs));
+            __m512i p[8];
+            _Pragma("GCC unroll 8") for (int k = 0; k < 8; k++) {
+                p[k] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), c[k], codes);
+            }
+            __m512i isum = _mm512_add_epi32(row_sums16(p), _mm512_set1_epi32(-bias * a_sums[t * nb + b]));
+            __m512 dd = _mm512_mul_ps(dw, _mm512_set1_ps(_cvtsh_ss(at->d))); /* exact */
+            __m512 term = _mm512_mul_ps(_mm512_cvtepi32_ps(isum), dd);
+            acc[t] = _mm512_add_ps(acc[t], term);
+        }
+    }
+    _Pragma("GCC unroll 8") for (int t = 0; t < nt; t++) _mm512_storeu_ps(y + t * y_stride, acc[t]);
+}
+
+/* Row offsets of a 16-row group for the scale gather: 15 w_stride must fit an int32, which
+ * matmul.c checks before it picks this kernel (a row of over 140 MB). */
+#define DEFINE_GEMM_LANES(NAME, Q4)                                                                \
+    static void NAME(int64_t n, int64_t n_rows, int64_t n_tok, const void *vw, size_t w_stride,   \
+                     const void *va, size_t a_stride, const int32_t *a_sums, float *y,            \
+                     int64_t y_stride) {                                                          \
+        const uint8_t *a = va;                                                                    \
+        int64_t nb = n / PYPHI_QK8_0;                                                             \
+        __m512i row_offsets = _mm512_mullo_epi32(                                                 \
+            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),              \
+            _mm512_set1_epi32((int32_t)w_stride));                                                \
+        for (int64_t g = 0; g < n_rows / PYPHI_PACK_ROWS; g++) {                                  \
+            const uint8_t *group = (const uint8_t *)vw + (size_t)g * PYPHI_PACK_ROWS * w_stride;  \
+            for (int64_t t0 = 0; t0 < n_tok; t0 += PACKED_TOKENS) {                               \
+                int64_t nt = n_tok - t0 < PACKED_TOKENS ? n_tok - t0 : PACKED_TOKENS;             \
+                const uint8_t *at = a + (size_t)t0 * a_stride;                                    \
+                const int32_t *st = a_sums + t0 * nb;                                             \
+                float *yt = y + t0 * y_stride + g * PYPHI_PACK_ROWS;                              \
+                switch (nt) {                                                                     \
+                case 1: lanes_tile(Q4, 1, nb, group, w_stride, row_offsets, at, a_stride, st, yt, y_stride); break; \
+                case 2: lanes_tile(Q4, 2, nb, group, w_stride, row_offsets, at, a_stride, st, yt, y_stride); break; \
+                case 3: lanes_tile(Q4, 3, nb, group, w_stride, row_offsets, at, a_stride, st, yt, y_stride); break; \
+                case 4: lanes_tile(Q4, 4, nb, group, w_stride, row_offsets, at, a_stride, st, yt, y_stride); break; \
+                case 5: lanes_tile(Q4, 5, nb, group, w_stride, row_offsets, at, a_stride, st, yt, y_stride); break; \
+                case 6: lanes_tile(Q4, 6, nb, group, w_stride, row_offsets, at, a_stride, st, yt, y_stride); break; \
+                case 7: lanes_tile(Q4, 7, nb, group, w_stride, row_offsets, at, a_stride, st, yt, y_stride); break; \
+                default: lanes_tile(Q4, 8, nb, group, w_stride, row_offsets, at, a_stride, st, yt, y_stride); break; \
+                }                                                                                 \
+            }                                                                                     \
+        }                                                                                         \
+    }
+
+DEFINE_GEMM_LANES(gemm_lanes_q4_0_avx512, 1)
+DEFINE_GEMM_LANES(gemm_lanes_q8_0_avx512, 0)
+
 /* ---- Softmax: the scalar twin's operations in 16 lanes (kernels.h) ------------------------ */
 
 /* pyphi_exp of 16 values (kernels_scalar.c, exp_nonpositive): the same roundings and FMAs. */
@@ -857,6 +969,10 @@ const pyphi_kernels pyphi_kernels_avx512 = {
         [PYPHI_TYPE_Q5_0] = gemm_q5_0_q8_0_avx512,
         [PYPHI_TYPE_Q4_1] = gemm_q4_1_q8_1_avx512,
         [PYPHI_TYPE_Q5_1] = gemm_q5_1_q8_1_avx512,
+    },
+    .gemm_lanes = {
+        [PYPHI_TYPE_Q8_0] = gemm_lanes_q8_0_avx512,
+        [PYPHI_TYPE_Q4_0] = gemm_lanes_q4_0_avx512,
     },
     .gemm_packed = {
         [PYPHI_TYPE_Q8_0] = gemm_packed_q8_0_avx512,

@@ -399,6 +399,21 @@ PYPHI_DEFINE_GEMM_BY_DOT(gemm_f16_scalar, pyphi_vec_dot_f16_scalar)
 PYPHI_DEFINE_GEMM_BY_DOT(gemm_bf16_scalar, pyphi_vec_dot_bf16_scalar)
 PYPHI_DEFINE_GEMM_BY_DOT(gemm_q8_0_q8_0_scalar, pyphi_vec_dot_q8_0_q8_0_scalar)
 PYPHI_DEFINE_GEMM_BY_DOT(gemm_q4_0_q8_0_scalar, pyphi_vec_dot_q4_0_q8_0_scalar)
+
+/* pyphi_gemm_lanes_fn: by definition the scalar dots, which the packed product equals. */
+static void gemm_lanes_q8_0_scalar(int64_t n, int64_t n_rows, int64_t n_tok, const void *w,
+                                   size_t w_stride, const void *a, size_t a_stride,
+                                   const int32_t *a_sums, float *y, int64_t y_stride) {
+    (void)a_sums;
+    gemm_q8_0_q8_0_scalar(n, n_rows, n_tok, w, w_stride, a, a_stride, y, y_stride);
+}
+
+static void gemm_lanes_q4_0_scalar(int64_t n, int64_t n_rows, int64_t n_tok, const void *w,
+                                   size_t w_stride, const void *a, size_t a_stride,
+                                   const int32_t *a_sums, float *y, int64_t y_stride) {
+    (void)a_sums;
+    gemm_q4_0_q8_0_scalar(n, n_rows, n_tok, w, w_stride, a, a_stride, y, y_stride);
+}
 PYPHI_DEFINE_GEMM_BY_DOT(gemm_q4_1_q8_1_scalar, pyphi_vec_dot_q4_1_q8_1_scalar)
 PYPHI_DEFINE_GEMM_BY_DOT(gemm_q5_0_q8_0_scalar, pyphi_vec_dot_q5_0_q8_0_scalar)
 PYPHI_DEFINE_GEMM_BY_DOT(gemm_q5_1_q8_1_scalar, pyphi_vec_dot_q5_1_q8_1_scalar)
@@ -457,6 +472,10 @@ const pyphi_kernels pyphi_kernels_scalar = {
         [PYPHI_TYPE_Q4_K] = gemm_q4_K_q8_K_scalar,
         [PYPHI_TYPE_Q5_K] = gemm_q5_K_q8_K_scalar,
         [PYPHI_TYPE_Q6_K] = gemm_q6_K_q8_K_scalar,
+    },
+    .gemm_lanes = {
+        [PYPHI_TYPE_Q8_0] = gemm_lanes_q8_0_scalar,
+        [PYPHI_TYPE_Q4_0] = gemm_lanes_q4_0_scalar,
     },
     .gemm_packed = {
         [PYPHI_TYPE_Q8_0] = pyphi_gemm_packed_q8_0_scalar,

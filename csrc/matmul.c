@@ -253,6 +253,7 @@ int pyphi_matmul(pyphi_pool *pool, int wtype, const void *w, int64_t n_out, int6
 struct packed_job {
     const pyphi_kernels *k;
     pyphi_gemm_packed_fn gemm;
+    pyphi_gemm_lanes_fn lanes; /* w in ggml's layout, a type with a lanes kernel; else NULL */
     int wtype;
     const float *x;      /* (n_tokens, n_in) float32 */
     const uint8_t *w;    /* (n_groups, group_bytes) packed, or in ggml's layout to repack */
@@ -330,14 +331,20 @@ static void matmul_packed_chunk(void *ctx, int64_t chunk, int thread) {
     int64_t t0 = chunk / job->group_chunks * PACKED_CHUNK_TOKENS;
     int64_t ng = job->n_groups - g0 < job->chunk_groups ? job->n_groups - g0 : job->chunk_groups;
     int64_t nt = job->n_tokens - t0 < PACKED_CHUNK_TOKENS ? job->n_tokens - t0 : PACKED_CHUNK_TOKENS;
-    job->gemm(job->n_in, ng, nt, job->w + (size_t)g0 * job->group_bytes,
-              job->act + (size_t)t0 * job->act_row_bytes, job->act_row_bytes,
-              job->sums != NULL ? job->sums + t0 * (job->n_in / PYPHI_QK8_0) : NULL,
-              job->y + t0 * job->n_out + g0 * job->group_rows, job->n_out);
+    const uint8_t *w = job->w + (size_t)g0 * job->group_bytes; /* the same in either layout */
+    const uint8_t *at = job->act + (size_t)t0 * job->act_row_bytes;
+    const int32_t *st = job->sums != NULL ? job->sums + t0 * (job->n_in / PYPHI_QK8_0) : NULL;
+    float *yt = job->y + t0 * job->n_out + g0 * job->group_rows;
+    if (job->lanes != NULL) {
+        job->lanes(job->n_in, ng * job->group_rows, nt, w, job->group_bytes / (size_t)job->group_rows,
+                   at, job->act_row_bytes, st, yt, job->n_out);
+    } else {
+        job->gemm(job->n_in, ng, nt, w, at, job->act_row_bytes, st, yt, job->n_out);
+    }
 }
 
-/* Chunk = one group of a repacking job: its rows of ggml's layout packed into the thread's slice
- * of the scratch, then every token chunk of the batch against them. */
+/* Chunk = one group of a repacking job (a type without a lanes kernel): its rows of ggml's layout
+ * packed into the thread's slice of the scratch, then every token chunk of the batch. */
 static void matmul_repacking_group(void *ctx, int64_t g, int thread) {
     struct packed_job *job = ctx;
     uint8_t *group = job->group_scratch + (size_t)thread * job->group_bytes; /* (group_bytes,) */
@@ -351,11 +358,11 @@ static void matmul_repacking_group(void *ctx, int64_t g, int thread) {
     }
 }
 
-/* pyphi_matmul_packed and pyphi_matmul_repacking: w packed (repack 0) or in ggml's layout
- * (repack 1, which packs one group at a time into a scratch slice per pool thread). */
+/* pyphi_matmul_packed (as_packed 0) and pyphi_matmul_as_packed (1: w in ggml's layout, read by
+ * the lanes kernel, or else packed a group at a time into a scratch slice per pool thread). */
 static int matmul_packed_layout(pyphi_pool *pool, int wtype, const void *w, int64_t n_out,
                                 int64_t n_in, const float *x, int64_t n_tokens, float *y,
-                                int repack) {
+                                int as_packed) {
     int64_t w_bytes = pyphi_packed_bytes(wtype, n_out, n_in);
     if (w_bytes < 0) {
         return (int)w_bytes;
@@ -368,7 +375,7 @@ static int matmul_packed_layout(pyphi_pool *pool, int wtype, const void *w, int6
     if (w == NULL || x == NULL || y == NULL || !aligned(x, sizeof(float)) ||
         !aligned(y, sizeof(float)) || overlap(y, (size_t)y_bytes, x, (size_t)x_bytes) ||
         overlap(y, (size_t)y_bytes, w, (size_t)w_bytes) ||
-        (repack && !aligned(w, type_alignment(wtype)))) {
+        (as_packed && !aligned(w, type_alignment(wtype)))) {
         return PYPHI_E_ARG;
     }
     if (n_tokens == 0) {
@@ -396,6 +403,10 @@ static int matmul_packed_layout(pyphi_pool *pool, int wtype, const void *w, int6
         .act_row_bytes = (size_t)pyphi_row_bytes(atype, n_in),
     };
     job.group_chunks = (job.n_groups + job.chunk_groups - 1) / job.chunk_groups;
+    /* the lanes kernels gather the 16 rows' scales with int32 offsets: 15 rows must fit */
+    int lanes_fit = (size_t)pyphi_row_bytes(wtype, n_in) <= (size_t)INT32_MAX / PYPHI_PACK_ROWS;
+    job.lanes = as_packed && lanes_fit ? k->gemm_lanes[wtype] : NULL;
+    int repack = as_packed && job.lanes == NULL;
     size_t sums_bytes = atype == PYPHI_TYPE_Q8_0
                             ? (size_t)n_tokens * (size_t)(n_in / PYPHI_QK8_0) * sizeof(int32_t)
                             : 0;
@@ -427,7 +438,7 @@ int pyphi_matmul_packed(pyphi_pool *pool, int wtype, const void *w, int64_t n_ou
     return matmul_packed_layout(pool, wtype, w, n_out, n_in, x, n_tokens, y, 0);
 }
 
-int pyphi_matmul_repacking(pyphi_pool *pool, int wtype, const void *w, int64_t n_out, int64_t n_in,
+int pyphi_matmul_as_packed(pyphi_pool *pool, int wtype, const void *w, int64_t n_out, int64_t n_in,
                            const float *x, int64_t n_tokens, float *y) {
     return matmul_packed_layout(pool, wtype, w, n_out, n_in, x, n_tokens, y, 1);
 }

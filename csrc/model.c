@@ -321,7 +321,7 @@ static void reserve_pack(pyphi_model *m, const struct pyphi_tensor *t, uint8_t *
  * PACK_CHUNK_ROWS rows at a time, dropping the file pages each chunk came from (the model never
  * reads them again, once the copy is ready; a tied head's embedding reads a few rows, which
  * fault back in until forward drops them). Until a copy is ready, eval computes from the file
- * (pyphi_matmul_repacking: the same bits), so the first token does not wait for gigabytes of
+ * (pyphi_matmul_as_packed: the same bits), so the first token does not wait for gigabytes of
  * fresh memory. Returns 1 if the fill gave up huge pages. */
 static int fill_packs(void *ctx, const atomic_bool *stop) {
     pyphi_model *m = ctx;
@@ -576,7 +576,7 @@ static int matmul(const pyphi_model *m, pyphi_pool *pool, const struct pyphi_ten
         return pyphi_matmul_packed(pool, w->type, it->dst, w->ne1, w->ne0, x, n, y);
     }
     if (it != NULL) {
-        return pyphi_matmul_repacking(pool, w->type, w->data, w->ne1, w->ne0, x, n, y);
+        return pyphi_matmul_as_packed(pool, w->type, w->data, w->ne1, w->ne0, x, n, y);
     }
     return pyphi_matmul(pool, w->type, w->data, w->ne1, w->ne0, x, n, y);
 }

@@ -167,10 +167,11 @@ int pyphi_pack_matrix(int wtype, const void *w, int64_t n_out, int64_t n_in, voi
  * vec_dot with the token quantized to Q8_K (what pyphi_matmul computes), for any pool size. */
 int pyphi_matmul_packed(pyphi_pool *pool, int wtype, const void *w, int64_t n_out, int64_t n_in,
                         const float *x, int64_t n_tokens, float *y);
-/* The same product, bit for bit, with w in ggml's layout: each group of rows is packed into a
- * scratch slice of its thread just before its dots. What the model computes with while its
- * packed copy is still being made: slower than the packed copy, the same result. */
-int pyphi_matmul_repacking(pyphi_pool *pool, int wtype, const void *w, int64_t n_out, int64_t n_in,
+/* The same product, bit for bit, with w in ggml's layout: Q4_0/Q8_0 rows read where they are
+ * (16 rows a lane each, as packed), the K-quants packed a group at a time into a scratch slice
+ * of the thread just before its dots. What the model computes with while its packed copy is
+ * still being made: slower than the packed copy, the same result. */
+int pyphi_matmul_as_packed(pyphi_pool *pool, int wtype, const void *w, int64_t n_out, int64_t n_in,
                            const float *x, int64_t n_tokens, float *y);
 
 /* ---- Model: hyperparameters + weights in, logits out (model.c, ops.c, attention.c) ------- */
@@ -271,7 +272,7 @@ struct pyphi_model_params {
                               * kernels; anonymous memory of their size, allocated at create,
                               * filled by a thread of the model's own from create on, while
                               * evals compute from the caller's memory with the same result,
-                              * pyphi_matmul_repacking) and drop their pages from the process
+                              * pyphi_matmul_as_packed) and drop their pages from the process
                               * with MADV_DONTNEED, which requires them to be a read-only file
                               * mapping, as the GGUF is; 0: compute on the caller's memory as it
                               * is */

@@ -124,10 +124,10 @@ def matmul_packed(pool: ThreadPool | None, wtype: int | str, packed, n_out: int,
     return _packed_product("matmul_packed", pool, wtype, packed, n_out, x)
 
 
-def matmul_repacking(pool: ThreadPool | None, wtype: int | str, w, n_out: int, x) -> np.ndarray:
-    """`matmul_packed`'s result, bit for bit, from w in ggml's layout (packed a group of rows at a
-    time, as the model computes while its packed copy is being made)."""
-    return _packed_product("matmul_repacking", pool, wtype, w, n_out, x)
+def matmul_as_packed(pool: ThreadPool | None, wtype: int | str, w, n_out: int, x) -> np.ndarray:
+    """`matmul_packed`'s result, bit for bit, from w in ggml's layout, as the model computes while
+    its packed copy is being made."""
+    return _packed_product("matmul_as_packed", pool, wtype, w, n_out, x)
 
 
 def _packed_product(name: str, pool: ThreadPool | None, wtype: int | str, w, n_out: int, x) -> np.ndarray:

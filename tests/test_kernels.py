@@ -306,10 +306,10 @@ def test_packed_matmul_equals_the_scalar_dot_bit_for_bit(wtype, isa):
 
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("wtype", PACKED, ids=TYPE_NAME)
-def test_repacking_matmul_equals_the_scalar_dot_bit_for_bit(wtype, isa):
+def test_as_packed_matmul_equals_the_scalar_dot_bit_for_bit(wtype, isa):
     """The product the model computes while its packed copy is being made (pyphi.h
-    pyphi_matmul_repacking: ggml's layout in, a group of rows packed at a time) gives the scalar
-    twin's bits too, on 1 and 2 threads."""
+    pyphi_matmul_as_packed: ggml's layout in; on AVX-512 the lanes kernel, whose tree of integer
+    adds must land each row in its lane) gives the scalar twin's bits too, on 1 and 2 threads."""
     rng = np.random.default_rng(650 + wtype)
     with ThreadPool(2) as pool:
         for n_in, n_out, n_tokens in PACKED_SHAPES + [(32 * 3, 48, 130)]:
@@ -318,7 +318,7 @@ def test_repacking_matmul_equals_the_scalar_dot_bit_for_bit(wtype, isa):
                 ref = kernels.matmul(None, wtype, wq, x)
             with cpu.forced_isa(isa):
                 for p in (None, pool):
-                    y = kernels.matmul_repacking(p, wtype, wq, n_out, x)
+                    y = kernels.matmul_as_packed(p, wtype, wq, n_out, x)
                     assert np.array_equal(_bits(y), _bits(ref)), (n_in, n_out, n_tokens)
 
 

@@ -280,7 +280,7 @@ def test_packed_matmul_bit_for_bit(t, isa):
     """Packed Q4_K and Q6_K (16 rows, one lane each) give the scalar dot's bits on every ISA;
     packed Q5_K (4 rows, super-blocks interleaved) changes no bit of the ISA's own result. Single
     tokens, batches around the tiles and the 64-token chunk, several groups, 1 and 2 threads;
-    the same from ggml's layout repacked a group at a time (pyphi.h pyphi_matmul_repacking)."""
+    the same from ggml's layout repacked a group at a time (pyphi.h pyphi_matmul_as_packed)."""
     rng = np.random.default_rng(700 + t)
     with cpu.forced_isa(isa), ThreadPool(2) as pool:
         for n_in, n_out, n_tokens in [(256, 16, 1), (256 * 3, 32, 9), (256 * 12, 80, 1), (256 * 2, 16, 70), (256, 144, 5)]:
@@ -293,7 +293,7 @@ def test_packed_matmul_bit_for_bit(t, isa):
             for p in (None, pool):
                 y = kernels.matmul_packed(p, t, packed, n_out, x)
                 assert np.array_equal(y.view(np.uint32), ref.view(np.uint32)), (n_in, n_out, n_tokens)
-                y = kernels.matmul_repacking(p, t, wq, n_out, x)  # what the model uses meanwhile
+                y = kernels.matmul_as_packed(p, t, wq, n_out, x)  # what the model uses meanwhile
                 assert np.array_equal(y.view(np.uint32), ref.view(np.uint32)), (n_in, n_out, n_tokens)
 
 
