@@ -190,12 +190,13 @@ def test_packed_weights_give_the_scalar_forward_bit_for_bit(model_zoo, out_type)
 def test_logits_while_packing_equal_those_after(model_zoo):
     """The background pack (pyphi.h pack_weights): an eval made at once computes from the file
     (the pack starts with the output head, so at least the first layers are not packed yet) and
-    gives the same bits as the same eval once every copy is complete, on every ISA."""
+    gives the same bits as the same eval once every copy is complete: Q8_0 on every ISA, Q4_0 on
+    the best (the kernels' own tests cover every type on every ISA)."""
     from pyphi.cpu import forced_isa, supported_isas
 
-    tokens = prompt(20)
-    for out_type in ("q8_0", "q4_0"):
-        for isa in supported_isas():
+    tokens = prompt(12)
+    for out_type, isas in (("q8_0", supported_isas()), ("q4_0", supported_isas()[-1:])):
+        for isa in isas:
             with forced_isa(isa), Model(model_zoo.gguf("head128", out_type), n_ctx=64, pack_weights=True) as model:
                 during = model.eval(tokens, logits="all")
                 deadline = time.monotonic() + 60
