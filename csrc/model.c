@@ -54,11 +54,12 @@
     } while (0)
 
 /* A matrix with a packed copy: t (the model's copy of the tensor; its data stays the caller's)
- * -> dst, inside the model's packed buffer, complete once ready is set (by the filler thread). */
+ * -> dst, inside the model's packed buffer. The filler thread sets started before its first
+ * chunk and ready once the copy is complete. */
 struct pack_item {
     const struct pyphi_tensor *t;
     uint8_t *dst;
-    atomic_int ready;
+    atomic_int started, ready;
 };
 
 struct pyphi_model {
@@ -313,6 +314,7 @@ static void reserve_pack(pyphi_model *m, const struct pyphi_tensor *t, uint8_t *
     struct pack_item *it = &m->packs[m->n_packs++];
     it->t = t;
     it->dst = *cursor;
+    atomic_init(&it->started, 0);
     atomic_init(&it->ready, 0);
     *cursor += size;
 }
@@ -333,6 +335,7 @@ static int fill_packs(void *ctx, const atomic_bool *stop) {
         /* a packed group holds the bytes of its rows (quants.h): the same offset on both sides,
          * and every chunk is whole groups since t->ne1 is (packed_size checked it) */
         size_t row_bytes = (size_t)pyphi_row_bytes(t->type, t->ne0);
+        atomic_store(&it->started, 1);
         for (int64_t r0 = 0; r0 < t->ne1; r0 += PACK_CHUNK_ROWS) {
             if (atomic_load(stop)) {
                 return small_pages;
@@ -514,10 +517,10 @@ int pyphi_model_create(const struct pyphi_model_desc *desc, const struct pyphi_m
             pyphi_model_free(m);
             return PYPHI_E_NOMEM;
         }
+        /* in the order forward reads them, so that the first evals, which run ahead of the
+         * filler, map the sources it has not reached yet rather than ones it already dropped
+         * (else those would be resident twice, as file pages and as the copy) */
         uint8_t *cursor = m->packed;
-        /* a tied head's pages go too: the embedding faults back in the rows it reads, and
-         * forward drops them again after each lookup */
-        reserve_pack(m, &m->d.output, &cursor);
         for (int64_t l = 0; l < desc->n_layer; l++) {
             const struct pyphi_tensor *ms[MATRICES_PER_LAYER];
             layer_matrices(&m->layers[l], ms);
@@ -525,6 +528,9 @@ int pyphi_model_create(const struct pyphi_model_desc *desc, const struct pyphi_m
                 reserve_pack(m, ms[i], &cursor);
             }
         }
+        /* a tied head's pages go too: the embedding faults back in the rows it reads, and
+         * forward drops them again after each lookup */
+        reserve_pack(m, &m->d.output, &cursor);
     }
     m->inv_freq[1] = m->inv_freq[0] + half;
     pyphi_rope_inv_freq(m->inv_freq[0], desc->n_rot, desc->rope_base, desc->rope_factors_short);
@@ -576,7 +582,13 @@ static int matmul(const pyphi_model *m, pyphi_pool *pool, const struct pyphi_ten
         return pyphi_matmul_packed(pool, w->type, it->dst, w->ne1, w->ne0, x, n, y);
     }
     if (it != NULL) {
-        return pyphi_matmul_as_packed(pool, w->type, w->data, w->ne1, w->ne0, x, n, y);
+        int status = pyphi_matmul_as_packed(pool, w->type, w->data, w->ne1, w->ne0, x, n, y);
+        if (atomic_load(&it->started)) {
+            /* the filler had dropped some of these pages, and this product mapped them again:
+             * with the copy they would make the matrix resident twice */
+            drop_pages(w->data, (size_t)pyphi_packed_bytes(w->type, w->ne1, w->ne0));
+        }
+        return status;
     }
     return pyphi_matmul(pool, w->type, w->data, w->ne1, w->ne0, x, n, y);
 }

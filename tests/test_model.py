@@ -189,7 +189,7 @@ def test_packed_weights_give_the_scalar_forward_bit_for_bit(model_zoo, out_type)
 
 def test_logits_while_packing_equal_those_after(model_zoo):
     """The background pack (pyphi.h pack_weights): an eval made at once computes from the file
-    (the pack starts with the output head, so at least the first layers are not packed yet) and
+    (the pack has barely begun, and the output head comes last) and
     gives the same bits as the same eval once every copy is complete: Q8_0 on every ISA, Q4_0 on
     the best (the kernels' own tests cover every type on every ISA)."""
     from pyphi.cpu import forced_isa, supported_isas
