@@ -660,35 +660,6 @@ static inline __attribute__((always_inline)) void packed_tile(
     _Pragma("GCC unroll 8") for (int t = 0; t < nt; t++) _mm512_storeu_ps(y + t * y_stride, acc[t]);
 }
 
-#define DEFINE_GEMM_PACKED(NAME, Q4, BLOCK)                                                        \
-    static void NAME(int64_t n, int64_t n_groups, int64_t n_tok, const void *vw, const void *va,  \
-                     size_t a_stride, const int32_t *a_sums, float *y, int64_t y_stride) {       \
-        const uint8_t *a = va;                                                                    \
-        int64_t nb = n / PYPHI_QK8_0;                                                             \
-        size_t group_bytes = (size_t)nb * PYPHI_PACK_ROWS * sizeof(BLOCK);                        \
-        for (int64_t g = 0; g < n_groups; g++) {                                                  \
-            const uint8_t *group = (const uint8_t *)vw + (size_t)g * group_bytes;                 \
-            for (int64_t t0 = 0; t0 < n_tok; t0 += PACKED_TOKENS) {                               \
-                int64_t nt = n_tok - t0 < PACKED_TOKENS ? n_tok - t0 : PACKED_TOKENS;             \
-                const uint8_t *at = a + (size_t)t0 * a_stride;                                    \
-                const int32_t *st = a_sums + t0 * nb;                                             \
-                float *yt = y + t0 * y_stride + g * PYPHI_PACK_ROWS;                              \
-                switch (nt) {                                                                     \
-                case 1: packed_tile(Q4, 1, nb, group, at, a_stride, st, yt, y_stride); break;     \
-                case 2: packed_tile(Q4, 2, nb, group, at, a_stride, st, yt, y_stride); break;     \
-                case 3: packed_tile(Q4, 3, nb, group, at, a_stride, st, yt, y_stride); break;     \
-                case 4: packed_tile(Q4, 4, nb, group, at, a_stride, st, yt, y_stride); break;     \
-                case 5: packed_tile(Q4, 5, nb, group, at, a_stride, st, yt, y_stride); break;     \
-                case 6: packed_tile(Q4, 6, nb, group, at, a_stride, st, yt, y_stride); break;     \
-                case 7: packed_tile(Q4, 7, nb, group, at, a_stride, st, yt, y_stride); break;     \
-                default: packed_tile(Q4, 8, nb, group, at, a_stride, st, yt, y_stride); break;    \
-                }                                                                                 \
-            }                                                                                     \
-        }                                                                                         \
-    }
-
-DEFINE_GEMM_PACKED(gemm_packed_q4_0_avx512, 1, block_q4_0)
-DEFINE_GEMM_PACKED(gemm_packed_q8_0_avx512, 0, block_q8_0)
 
 /* ---- The packed product from ggml's layout (kernels.h pyphi_gemm_lanes_fn) ---------------- */
 
@@ -767,38 +738,70 @@ static inline __attribute__((always_inline)) void lanes_tile(
     _Pragma("GCC unroll 8") for (int t = 0; t < nt; t++) _mm512_storeu_ps(y + t * y_stride, acc[t]);
 }
 
-/* Row offsets of a 16-row group for the scale gather: 15 w_stride must fit an int32, which
- * matmul.c checks before it picks this kernel (a row of over 140 MB). */
-#define DEFINE_GEMM_LANES(NAME, Q4)                                                                \
-    static void NAME(int64_t n, int64_t n_rows, int64_t n_tok, const void *vw, size_t w_stride,   \
-                     const void *va, size_t a_stride, const int32_t *a_sums, float *y,            \
-                     int64_t y_stride) {                                                          \
-        const uint8_t *a = va;                                                                    \
-        int64_t nb = n / PYPHI_QK8_0;                                                             \
-        __m512i row_offsets = _mm512_mullo_epi32(                                                 \
-            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),              \
-            _mm512_set1_epi32((int32_t)w_stride));                                                \
-        for (int64_t g = 0; g < n_rows / PYPHI_PACK_ROWS; g++) {                                  \
-            const uint8_t *group = (const uint8_t *)vw + (size_t)g * PYPHI_PACK_ROWS * w_stride;  \
-            for (int64_t t0 = 0; t0 < n_tok; t0 += PACKED_TOKENS) {                               \
-                int64_t nt = n_tok - t0 < PACKED_TOKENS ? n_tok - t0 : PACKED_TOKENS;             \
-                const uint8_t *at = a + (size_t)t0 * a_stride;                                    \
-                const int32_t *st = a_sums + t0 * nb;                                             \
-                float *yt = y + t0 * y_stride + g * PYPHI_PACK_ROWS;                              \
-                switch (nt) {                                                                     \
-                case 1: lanes_tile(Q4, 1, nb, group, w_stride, row_offsets, at, a_stride, st, yt, y_stride); break; \
-                case 2: lanes_tile(Q4, 2, nb, group, w_stride, row_offsets, at, a_stride, st, yt, y_stride); break; \
-                case 3: lanes_tile(Q4, 3, nb, group, w_stride, row_offsets, at, a_stride, st, yt, y_stride); break; \
-                case 4: lanes_tile(Q4, 4, nb, group, w_stride, row_offsets, at, a_stride, st, yt, y_stride); break; \
-                case 5: lanes_tile(Q4, 5, nb, group, w_stride, row_offsets, at, a_stride, st, yt, y_stride); break; \
-                case 6: lanes_tile(Q4, 6, nb, group, w_stride, row_offsets, at, a_stride, st, yt, y_stride); break; \
-                case 7: lanes_tile(Q4, 7, nb, group, w_stride, row_offsets, at, a_stride, st, yt, y_stride); break; \
-                default: lanes_tile(Q4, 8, nb, group, w_stride, row_offsets, at, a_stride, st, yt, y_stride); break; \
-                }                                                                                 \
-            }                                                                                     \
-        }                                                                                         \
+/* One tile: packed_tile over a packed group (lanes 0), lanes_tile over 16 rows of ggml's layout
+ * (lanes 1). */
+static inline __attribute__((always_inline)) void tile(
+    int q4, int lanes, int nt, int64_t nb, const uint8_t *group, size_t w_stride,
+    __m512i row_offsets, const uint8_t *a, size_t a_stride, const int32_t *a_sums, float *y,
+    int64_t y_stride) {
+    if (lanes) {
+        lanes_tile(q4, nt, nb, group, w_stride, row_offsets, a, a_stride, a_sums, y, y_stride);
+    } else {
+        packed_tile(q4, nt, nb, group, a, a_stride, a_sums, y, y_stride);
+    }
+}
+
+/* The product in tiles of 16 rows x up to PACKED_TOKENS tokens. A group of 16 rows takes the same
+ * 16 w_stride bytes (w_stride: a row's bytes) in either layout. The row offsets of lanes_tile's
+ * scale gather need 15 w_stride to fit an int32, which matmul.c checks (a row of over 140 MB). */
+static inline __attribute__((always_inline)) void tiles(
+    int q4, int lanes, int64_t n, int64_t n_groups, int64_t n_tok, const void *vw, size_t w_stride,
+    const void *va, size_t a_stride, const int32_t *a_sums, float *y, int64_t y_stride) {
+    const uint8_t *a = va;
+    int64_t nb = n / PYPHI_QK8_0;
+    __m512i row_offsets = _mm512_mullo_epi32(
+        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+        _mm512_set1_epi32((int32_t)w_stride));
+    for (int64_t g = 0; g < n_groups; g++) {
+        const uint8_t *group = (const uint8_t *)vw + (size_t)g * PYPHI_PACK_ROWS * w_stride;
+        for (int64_t t0 = 0; t0 < n_tok; t0 += PACKED_TOKENS) {
+            int64_t nt = n_tok - t0 < PACKED_TOKENS ? n_tok - t0 : PACKED_TOKENS;
+            const uint8_t *at = a + (size_t)t0 * a_stride;
+            const int32_t *st = a_sums + t0 * nb;
+            float *yt = y + t0 * y_stride + g * PYPHI_PACK_ROWS;
+#define TILE(NT) tile(q4, lanes, NT, nb, group, w_stride, row_offsets, at, a_stride, st, yt, y_stride)
+            switch (nt) {
+            case 1: TILE(1); break;
+            case 2: TILE(2); break;
+            case 3: TILE(3); break;
+            case 4: TILE(4); break;
+            case 5: TILE(5); break;
+            case 6: TILE(6); break;
+            case 7: TILE(7); break;
+            default: TILE(8); break;
+            }
+#undef TILE
+        }
+    }
+}
+
+#define DEFINE_GEMM_PACKED(NAME, Q4, BLOCK)                                                        \
+    static void NAME(int64_t n, int64_t n_groups, int64_t n_tok, const void *w, const void *a,    \
+                     size_t a_stride, const int32_t *a_sums, float *y, int64_t y_stride) {       \
+        tiles(Q4, 0, n, n_groups, n_tok, w, (size_t)(n / PYPHI_QK8_0) * sizeof(BLOCK), a,         \
+              a_stride, a_sums, y, y_stride);                                                     \
     }
 
+#define DEFINE_GEMM_LANES(NAME, Q4)                                                                \
+    static void NAME(int64_t n, int64_t n_rows, int64_t n_tok, const void *w, size_t w_stride,    \
+                     const void *a, size_t a_stride, const int32_t *a_sums, float *y,             \
+                     int64_t y_stride) {                                                          \
+        tiles(Q4, 1, n, n_rows / PYPHI_PACK_ROWS, n_tok, w, w_stride, a, a_stride, a_sums, y,     \
+              y_stride);                                                                          \
+    }
+
+DEFINE_GEMM_PACKED(gemm_packed_q4_0_avx512, 1, block_q4_0)
+DEFINE_GEMM_PACKED(gemm_packed_q8_0_avx512, 0, block_q8_0)
 DEFINE_GEMM_LANES(gemm_lanes_q4_0_avx512, 1)
 DEFINE_GEMM_LANES(gemm_lanes_q8_0_avx512, 0)
 
