@@ -195,9 +195,12 @@ def x86_jobs(ref_dir: Path, quick: bool):
     qemu = shutil.which("qemu-x86_64")
     if qemu is None:
         raise SystemExit("qemu-x86_64 not found: apt-get install qemu-user")
-    env = dict(os.environ)
+    # numpy's OpenBLAS does not detect the emulated core: under `-cpu Nehalem` on a Zen 5 host it
+    # reported "Core: Haswell" (OPENBLAS_VERBOSE=2) and numpy's import-time dot died of SIGILL
+    # (numpy 2.3.5 and 2.4.6). Name the core for it (OpenBLAS's names are QEMU's, upper-cased).
     return [lambda c=c: emulated_cpu("x86_64", c[0], c[1], c[2], [qemu, "-cpu", c[0], sys.executable],
-                                     env, ref_dir, quick) for c in X86_CPUS]
+                                     {**os.environ, "OPENBLAS_CORETYPE": c[0].upper()}, ref_dir, quick)
+            for c in X86_CPUS]
 
 
 # ---- aarch64 -------------------------------------------------------------------------------
