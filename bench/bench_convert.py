@@ -35,7 +35,7 @@ LLAMA_CPP_PYTHON = "llama-cpp-python"
 
 
 def run_measured(cmd: list[str], *, cwd: Path | None = None, env: dict | None = None) -> tuple[float, float]:
-    """Run cmd to completion; return (wall seconds, peak RSS in MB of that process)."""
+    """Run cmd to completion; return (wall seconds, peak RSS in MB (10^6 bytes) of that process)."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -43,7 +43,7 @@ def run_measured(cmd: list[str], *, cwd: Path | None = None, env: dict | None = 
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         sys.exit(f"bench: {' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr.read().decode()[-2000:]}")
-    return wall, usage.ru_maxrss / 1024
+    return wall, usage.ru_maxrss * 1024 / 1e6
 
 
 def ensure_checkpoint(work: Path) -> Path:

@@ -150,7 +150,7 @@ def huge_mappings() -> dict:
 
 
 def run_measured(cmd: list[str], cwd: Path | None = None) -> tuple[float, float, str]:
-    """Run cmd to completion; return (wall seconds, peak RSS in MB of that process, stdout)."""
+    """Run cmd to completion; return (wall seconds, peak RSS in MB (10^6 bytes) of that process, stdout)."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=err)
@@ -162,7 +162,7 @@ def run_measured(cmd: list[str], cwd: Path | None = None) -> tuple[float, float,
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
         sys.exit(f"bench: {' '.join(cmd)} failed ({code}):\n{stderr[-3000:]}")
-    return wall, usage.ru_maxrss / 1024, stdout
+    return wall, usage.ru_maxrss * 1024 / 1e6, stdout
 
 
 def ensure_files(work: Path, types: list[str], threads: int) -> dict[str, Path]:
