@@ -666,7 +666,6 @@ static inline __attribute__((always_inline)) void packed_tile(
     _Pragma("GCC unroll 8") for (int t = 0; t < nt; t++) _mm512_storeu_ps(y + t * y_stride, acc[t]);
 }
 
-
 /* ---- The packed product from ggml's layout (kernels.h pyphi_gemm_lanes_fn) ---------------- */
 
 /* packed_tile's arithmetic on 16 rows read where they are. A register holds two rows' codes for

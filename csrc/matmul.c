@@ -258,8 +258,9 @@ int pyphi_matmul(pyphi_pool *pool, int wtype, const void *w, int64_t n_out, int6
 
 /* ---- Matmul over packed weights --------------------------------------------------------------- */
 
-/* A chunk is PACKED_CHUNK_ROWS rows (whole groups) x PACKED_CHUNK_TOKENS tokens: about 110 KB of
- * Q4_0 weights (n_in 3072) and 200 KB of activations, both L2-resident while the chunk runs. */
+/* A batch's chunk is PACKED_CHUNK_ROWS rows (whole groups) x PACKED_CHUNK_TOKENS tokens: about
+ * 110 KB of Q4_0 weights (n_in 3072) and 200 KB of activations, both L2-resident while the chunk
+ * runs. A single token's chunks are decode_chunk's long runs of groups instead. */
 #define PACKED_CHUNK_ROWS 64
 #define PACKED_CHUNK_TOKENS 64
 
