@@ -129,6 +129,23 @@ def test_arrays_round_trip(reference):
                 assert got.flags.owndata  # a copy: metadata outlives the mapping
 
 
+def test_string_arrays_index_slice_and_outlive_the_mapping(reference):
+    """String arrays are kept as their bytes and decoded on access (StringArray), so they must
+    behave as the list of str they stand for, after the file is closed too."""
+    f = GGUFFile(reference[0])
+    for key, (values, etype) in ARRAYS.items():
+        if etype is not ValueType.STRING:
+            continue
+        got = f.metadata[key]
+        f.close()
+        assert len(got) == len(values) and list(got) == values
+        assert [got[i] for i in range(-len(values), len(values))] == values + values
+        assert got[1:] == values[1:] and got[::-2] == values[::-2]
+        assert got == tuple(values) and got != values[:-1] and got != values[:-1] + ["?"]
+        with pytest.raises(IndexError):
+            got[len(values)]
+
+
 def test_nested_arrays_round_trip(reference):
     with GGUFFile(reference[0]) as f:
         assert f.element_type("n.ints") is ValueType.ARRAY
