@@ -6,9 +6,9 @@
  * which float sums are fused (fmaf here where ggml calls an fmadd intrinsic), the lanes its
  * vector sums keep (8 for the AVX2 dots, 16 for AVX-512) and the tree they are folded with, and
  * which values it rounds to f16 on the way. The source file this file mirrors is named at each
- * function (llama.cpp's ggml/src/ggml-cpu: arch/x86/quants.c, vec.h, vec.cpp, ops.cpp,
- * llamafile/sgemm.cpp). Products of two f16 values are exact in float32, so whether ggml fuses
- * those does not matter; the comments say where that is used.
+ * function (llama.cpp's ggml/src/ggml-cpu: arch/x86/quants.c, arch/x86/repack.cpp, vec.h,
+ * vec.cpp, ops.cpp, llamafile/sgemm.cpp). Products of two f16 values are exact in float32, so
+ * whether ggml fuses those does not matter; the comments say where that is used.
  */
 #include "ggml_numerics.h"
 
@@ -22,7 +22,8 @@
 #define LANES_AVX512 16
 
 int pyphi_ggml_supports(int type) {
-    return type == PYPHI_TYPE_Q4_1 || type == PYPHI_TYPE_Q8_0;
+    return type == PYPHI_TYPE_Q4_1 || type == PYPHI_TYPE_Q8_0 || type == PYPHI_TYPE_Q4_K ||
+           type == PYPHI_TYPE_Q5_K || type == PYPHI_TYPE_Q6_K;
 }
 
 /* ---- Horizontal sums -------------------------------------------------------------------------- */
@@ -102,15 +103,19 @@ void pyphi_ggml_rms_norm(float *y, const float *x, const float *w, int64_t n_row
     }
 }
 
-void pyphi_ggml_rope_table(float *cs, int64_t pos0, int64_t n_pos, int64_t n_rot, float base) {
+void pyphi_ggml_rope_table(float *cs, int64_t pos0, int64_t n_pos, int64_t n_rot, float base,
+                           const float *factors, float mscale) {
     int64_t half = n_rot / 2;
     const float theta_scale = powf(base, -2.0f / (float)n_rot);
     for (int64_t p = 0; p < n_pos; p++) {
         float *row = cs + p * n_rot; /* (n_rot,): cos (half,), then sin (half,) */
         float theta = (float)(pos0 + p);
         for (int64_t i = 0; i < half; i++) {
-            row[i] = cosf(theta);
-            row[half + i] = sinf(theta);
+            /* rope_yarn with freq_scale 1 and no extrapolation mix: theta / ff, exactly theta
+             * when there are no factors (ff = 1), as is the product by an mscale of 1 */
+            float angle = theta / (factors != NULL ? factors[i] : 1.0f);
+            row[i] = cosf(angle) * mscale;
+            row[half + i] = sinf(angle) * mscale;
             theta *= theta_scale;
         }
     }
@@ -145,10 +150,12 @@ static const struct pyphi_ggml_kernels *kernels(void) {
     return &pyphi_ggml_kernels_scalar;
 }
 
-/* ---- Matmul: int8 activations against Q4_1 / Q8_0 weights -------------------------------------- */
+/* ---- Matmul: the activations' quantizers, Q4_1 and Q8_0 dots ----------------------------------- */
 
 int64_t pyphi_ggml_matmul_scratch(int64_t n, int64_t cols) {
-    return n * (cols / PYPHI_QK8_1) * (int64_t)sizeof(block_q8_1);
+    int64_t q8_1 = (cols / PYPHI_QK8_1) * (int64_t)sizeof(block_q8_1);
+    int64_t q8_K = (cols / PYPHI_QK_K) * (int64_t)sizeof(block_q8_K);
+    return n * (q8_1 > q8_K ? q8_1 : q8_K);
 }
 
 /* A rounded code as _mm256_cvtps_epi32 and the saturating packs make it: within -128..127 for
@@ -245,11 +252,231 @@ static float dot_q4_1(const void *w_blocks, const void *x_blocks, int64_t n_bloc
     return hsum8(acc) + summs;
 }
 
+/* ---- K-quants: Q8_K activations ---------------------------------------------------------------- */
+
+/* ggml_quantize_mat_q8_K_4x8 (arch/x86/repack.cpp) on one row: what llama.cpp's repacked Q4_K
+ * matmul does to each whole group of 4 tokens. quantize_row_q8_K_ref (pyphi_quantize_row_q8_K)
+ * but for the sign of the scale: negative when some value equals +amax, where the reference
+ * takes the sign of the first value of largest magnitude (the two differ only when +amax and
+ * -amax both occur, -amax first). */
+static void quantize_row_q8_K_4x8(const float *x, void *blocks, int64_t n) {
+    block_q8_K *y = blocks;
+    for (int64_t b = 0; b < n / PYPHI_QK_K; b++, x += PYPHI_QK_K) {
+        float amax = 0.0f;
+        for (int j = 0; j < PYPHI_QK_K; j++) {
+            amax = fmaxf(amax, fabsf(x[j]));
+        }
+        int positive_max = 0;
+        for (int j = 0; j < PYPHI_QK_K; j++) {
+            positive_max |= x[j] == amax;
+        }
+        float iscale = amax == 0.0f ? 0.0f : positive_max ? -127.0f / amax : 127.0f / amax;
+        y[b].d = amax == 0.0f ? 0.0f : 1 / iscale;
+        for (int j = 0; j < PYPHI_QK_K; j++) {
+            y[b].qs[j] = code_of(nearbyintf(x[j] * iscale));
+        }
+        for (int k = 0; k < PYPHI_QK_K / 16; k++) {
+            int sum = 0;
+            for (int i = 0; i < 16; i++) {
+                sum += y[b].qs[16 * k + i];
+            }
+            y[b].bsums[k] = (int16_t)sum;
+        }
+    }
+}
+
+/* ---- K-quants: dots ---------------------------------------------------------------------------- */
+
+/* Code i of sub-block j (32 values) of a Q4_K / Q5_K block (quants.h). */
+static int code_q4_K(const block_q4_K *w, int j, int i) {
+    uint8_t q = w->qs[32 * (j / 2) + i];
+    return j % 2 == 0 ? q & 15 : q >> 4;
+}
+
+static int code_q5_K(const block_q5_K *w, int j, int i) {
+    uint8_t q = w->qs[32 * (j / 2) + i];
+    return (j % 2 == 0 ? q & 15 : q >> 4) | ((w->qh[i] >> j) & 1) << 4;
+}
+
+/* Code i (0..255, unsigned: the -32 is applied through the activations' bsums) of a Q6_K block. */
+static int code_q6_K(const block_q6_K *w, int i) {
+    int h = i / 128, l = i % 32, quarter = i % 128 / 32;
+    uint8_t lo = w->ql[64 * h + l + (quarter % 2) * 32];
+    lo = quarter < 2 ? lo & 15 : lo >> 4;
+    return lo | ((w->qh[32 * h + l] >> (2 * quarter)) & 3) << 4;
+}
+
+/* Sum of the 32 activation codes of sub-block j of a Q8_K block. */
+static int bsum32(const block_q8_K *x, int j) {
+    return x->bsums[2 * j] + x->bsums[2 * j + 1];
+}
+
+/* llama.cpp's repacked Q4_K (arch/x86/repack.cpp), with sub-blocks taken `run` at a time: the
+ * integer sum over a run of scale x (codes . activations) and that of min x bsum, each converted
+ * to float and fused into its own accumulator times d_w d_x (one rounded product); the mins'
+ * accumulator subtracted last. */
+static float dot_q4_K_runs(const block_q4_K *w, const block_q8_K *x, int64_t n_blocks, int run) {
+    float acc = 0.0f, acc_min = 0.0f;
+    for (int64_t b = 0; b < n_blocks; b++) {
+        float d = pyphi_fp16_to_fp32(w[b].d) * x[b].d;
+        float dmin = pyphi_fp16_to_fp32(w[b].dmin) * x[b].d;
+        for (int j0 = 0; j0 < 8; j0 += run) {
+            int isum = 0, imin = 0;
+            for (int j = j0; j < j0 + run; j++) {
+                uint8_t sc, m;
+                pyphi_k_scale_min(j, w[b].scales, &sc, &m);
+                int s = 0;
+                for (int i = 0; i < 32; i++) {
+                    s += code_q4_K(&w[b], j, i) * x[b].qs[32 * j + i];
+                }
+                isum += sc * s;
+                imin += m * bsum32(&x[b], j);
+            }
+            acc = fmaf((float)isum, d, acc);
+            acc_min = fmaf((float)imin, dmin, acc_min);
+        }
+    }
+    return acc - acc_min;
+}
+
+/* ggml_gemv_q4_K_8x8_q8_K (AVX2): a token outside the groups of 4, a whole super-block per run. */
+static float dot_q4_K_gemv(const void *w, const void *x, int64_t n_blocks) {
+    return dot_q4_K_runs(w, x, n_blocks, 8);
+}
+
+/* ggml_gemm_q4_K_8x8_q8_K (AVX-512, and its AVX2 path): a token of a group of 4, 64 values (two
+ * sub-blocks) per run. */
+static float dot_q4_K_gemm(const void *w, const void *x, int64_t n_blocks) {
+    return dot_q4_K_runs(w, x, n_blocks, 2);
+}
+
+/* ggml_vec_dot_q5_K_q8_K (AVX2): lane l of 8 holds, per super-block, the integer sum over the
+ * sub-blocks j of scale_j x (codes . activations) at values 4l .. 4l + 3 of j, fused into the
+ * lane's float accumulator times d_x d_w; the min terms go to a float sum of their own, each
+ * super-block's (-d_x dmin_w) x (sum of min x bsum) fused into it (gcc contracts ggml's
+ * `summs += dmin * sum`), added after the lanes' hsum_float_8. */
+static float dot_q5_K(const void *w_blocks, const void *x_blocks, int64_t n_blocks) {
+    const block_q5_K *w = w_blocks;
+    const block_q8_K *x = x_blocks;
+    float acc[LANES_AVX2] = {0}, summs = 0.0f;
+    for (int64_t b = 0; b < n_blocks; b++) {
+        int lane[LANES_AVX2] = {0}, imin = 0;
+        for (int j = 0; j < 8; j++) {
+            uint8_t sc, m;
+            pyphi_k_scale_min(j, w[b].scales, &sc, &m);
+            for (int i = 0; i < 32; i++) {
+                lane[i / 4] += sc * code_q5_K(&w[b], j, i) * x[b].qs[32 * j + i];
+            }
+            imin += m * bsum32(&x[b], j);
+        }
+        float d = x[b].d * pyphi_fp16_to_fp32(w[b].d);
+        float dmin = -x[b].d * pyphi_fp16_to_fp32(w[b].dmin);
+        summs = fmaf(dmin, (float)imin, summs);
+        for (int l = 0; l < LANES_AVX2; l++) {
+            acc[l] = fmaf(d, (float)lane[l], acc[l]);
+        }
+    }
+    return hsum8(acc) + summs;
+}
+
+/* ggml_vec_dot_q6_K_q8_K (AVX2): lane l of 8 holds, per super-block, the integer sum over the 8
+ * runs of 32 values of scale x code x activation at values 4l .. 4l + 3 of each run, minus 32 x
+ * (scale x bsum) for the lane's two 16-value groups 2l and 2l + 1 (the -32 offset of the codes),
+ * fused into the lane's float accumulator times d_x d_w; then hsum_float_8. */
+static float dot_q6_K(const void *w_blocks, const void *x_blocks, int64_t n_blocks) {
+    const block_q6_K *w = w_blocks;
+    const block_q8_K *x = x_blocks;
+    float acc[LANES_AVX2] = {0};
+    for (int64_t b = 0; b < n_blocks; b++) {
+        int lane[LANES_AVX2] = {0};
+        for (int i = 0; i < PYPHI_QK_K; i++) {
+            lane[i % 32 / 4] += w[b].scales[i / 16] * code_q6_K(&w[b], i) * x[b].qs[i];
+        }
+        for (int l = 0; l < LANES_AVX2; l++) {
+            lane[l] -= 32 * (x[b].bsums[2 * l] * w[b].scales[2 * l] +
+                             x[b].bsums[2 * l + 1] * w[b].scales[2 * l + 1]);
+        }
+        float d = x[b].d * pyphi_fp16_to_fp32(w[b].d);
+        for (int l = 0; l < LANES_AVX2; l++) {
+            acc[l] = fmaf(d, (float)lane[l], acc[l]);
+        }
+    }
+    return hsum8(acc);
+}
+
+/* ggml-cpu/tiled (tiled.cpp, tiled-kernel.cpp: the AVX-512 VNNI microtile), which llama.cpp takes
+ * for a Q5_K or Q6_K matrix and 8 or more tokens: per super-block the exact integer sum s1 of
+ * scale x (codes . activations) (Q6_K's codes less 32) and, for Q5_K, s2 of min x bsum; then
+ * r = s1 d_w, fused r - dmin_w s2, and r d_x fused into the accumulator (the microtile writes a
+ * mul and an add, which gcc contracts: measured against llama.cpp's logits). */
+static float dot_tiled(int64_t n_blocks, const void *w_blocks, size_t w_block_bytes,
+                       const block_q8_K *x, void (*sums)(const void *w, const block_q8_K *x, int *s1, int *s2),
+                       float (*d)(const void *w), float (*dmin)(const void *w)) {
+    float acc = 0.0f;
+    for (int64_t b = 0; b < n_blocks; b++) {
+        const void *wb = (const uint8_t *)w_blocks + (size_t)b * w_block_bytes;
+        int s1, s2;
+        sums(wb, &x[b], &s1, &s2);
+        float r = (float)s1 * d(wb);
+        if (dmin != NULL) {
+            r = fmaf(-dmin(wb), (float)s2, r);
+        }
+        acc = fmaf(r, x[b].d, acc);
+    }
+    return acc;
+}
+
+static void sums_q5_K(const void *vw, const block_q8_K *x, int *s1, int *s2) {
+    const block_q5_K *w = vw;
+    *s1 = *s2 = 0;
+    for (int j = 0; j < 8; j++) {
+        uint8_t sc, m;
+        pyphi_k_scale_min(j, w->scales, &sc, &m);
+        int s = 0;
+        for (int i = 0; i < 32; i++) {
+            s += code_q5_K(w, j, i) * x->qs[32 * j + i];
+        }
+        *s1 += sc * s;
+        *s2 += m * bsum32(x, j);
+    }
+}
+
+static void sums_q6_K(const void *vw, const block_q8_K *x, int *s1, int *s2) {
+    const block_q6_K *w = vw;
+    *s1 = *s2 = 0;
+    for (int k = 0; k < 16; k++) {
+        int s = 0;
+        for (int i = 16 * k; i < 16 * k + 16; i++) {
+            s += code_q6_K(w, i) * x->qs[i];
+        }
+        *s1 += w->scales[k] * (s - 32 * x->bsums[k]);
+    }
+}
+
+static float d_q5_K(const void *w) { return pyphi_fp16_to_fp32(((const block_q5_K *)w)->d); }
+static float dmin_q5_K(const void *w) { return pyphi_fp16_to_fp32(((const block_q5_K *)w)->dmin); }
+static float d_q6_K(const void *w) { return pyphi_fp16_to_fp32(((const block_q6_K *)w)->d); }
+
+static float dot_q5_K_tiled(const void *w, const void *x, int64_t n_blocks) {
+    return dot_tiled(n_blocks, w, sizeof(block_q5_K), x, sums_q5_K, d_q5_K, dmin_q5_K);
+}
+
+static float dot_q6_K_tiled(const void *w, const void *x, int64_t n_blocks) {
+    return dot_tiled(n_blocks, w, sizeof(block_q6_K), x, sums_q6_K, d_q6_K, NULL);
+}
+
+/* ---- Matmul ------------------------------------------------------------------------------------ */
+
+/* Tokens from which llama.cpp takes its tiled K-quant matmul (ggml_tiled_min_batch). */
+#define TILED_MIN_TOKENS 8
+
 /* Rows per chunk of the matmul's pool job. */
 #define MATMUL_CHUNK_ROWS 16
 
 struct matmul_job {
     float (*dot)(const void *w, const void *x, int64_t n_blocks);
+    float (*dot_grouped)(const void *w, const void *x, int64_t n_blocks); /* tokens < grouped */
+    int64_t grouped;
     const uint8_t *w;     /* (rows, row_bytes) */
     const uint8_t *xq;    /* (n, xq_bytes): the quantized activations */
     size_t row_bytes, xq_bytes;
@@ -263,10 +490,52 @@ static void matmul_chunk(void *ctx, int64_t chunk, int thread) {
     int64_t r1 = (chunk + 1) * MATMUL_CHUNK_ROWS < job->rows ? (chunk + 1) * MATMUL_CHUNK_ROWS : job->rows;
     for (int64_t t = 0; t < job->n; t++) {
         const void *x = job->xq + (size_t)t * job->xq_bytes;
+        float (*dot)(const void *, const void *, int64_t) =
+            t < job->grouped ? job->dot_grouped : job->dot;
         for (int64_t r = chunk * MATMUL_CHUNK_ROWS; r < r1; r++) {
             const void *w = job->w + (size_t)r * job->row_bytes;
-            job->y[t * job->rows + r] = job->dot(w, x, job->n_blocks);
+            job->y[t * job->rows + r] = dot(w, x, job->n_blocks);
         }
+    }
+}
+
+/* How llama.cpp's CPU backend multiplies a matrix of a type: the activations' block format and
+ * quantizer, and the dot of a weight row with an activation row; for a repacked type, the
+ * quantizer and dot of the tokens in whole groups of 4; for a tiled type, the dot of a batch of
+ * TILED_MIN_TOKENS or more (else NULL). */
+struct matmul_kind {
+    int64_t block_values;
+    size_t xq_block_bytes;
+    void (*quantize)(const float *x, void *blocks, int64_t n);
+    float (*dot)(const void *w, const void *x, int64_t n_blocks);
+    void (*quantize_grouped)(const float *x, void *blocks, int64_t n);
+    float (*dot_grouped)(const void *w, const void *x, int64_t n_blocks);
+    float (*dot_tiled)(const void *w, const void *x, int64_t n_blocks);
+};
+
+static struct matmul_kind matmul_kind(int type) {
+    struct matmul_kind q8_K = {.block_values = PYPHI_QK_K, .xq_block_bytes = sizeof(block_q8_K),
+                               .quantize = pyphi_quantize_row_q8_K};
+    switch (type) {
+    case PYPHI_TYPE_Q4_1:
+        return (struct matmul_kind){.block_values = 32, .xq_block_bytes = sizeof(block_q8_1),
+                                    .quantize = quantize_row_q8_1, .dot = kernels()->dot_q4_1};
+    case PYPHI_TYPE_Q8_0:
+        return (struct matmul_kind){.block_values = 32, .xq_block_bytes = sizeof(block_q8_0),
+                                    .quantize = quantize_row_q8_0, .dot = kernels()->dot_q8_0};
+    case PYPHI_TYPE_Q4_K:
+        q8_K.dot = dot_q4_K_gemv;
+        q8_K.quantize_grouped = quantize_row_q8_K_4x8;
+        q8_K.dot_grouped = dot_q4_K_gemm;
+        return q8_K;
+    case PYPHI_TYPE_Q5_K:
+        q8_K.dot = dot_q5_K;
+        q8_K.dot_tiled = dot_q5_K_tiled;
+        return q8_K;
+    default: /* Q6_K */
+        q8_K.dot = dot_q6_K;
+        q8_K.dot_tiled = dot_q6_K_tiled;
+        return q8_K;
     }
 }
 
@@ -275,19 +544,24 @@ int pyphi_ggml_matmul(pyphi_pool *pool, int type, const void *w, int64_t rows, i
     if (!pyphi_ggml_supports(type)) {
         return PYPHI_E_TYPE;
     }
-    if (cols % 32 != 0) {
+    struct matmul_kind kind = matmul_kind(type);
+    /* llama.cpp repacks a Q4_K matrix of rows in 8s (arch/x86/repack.cpp); other row counts take
+     * ggml_vec_dot_q4_K_q8_K, which is not reproduced here */
+    if (cols % kind.block_values != 0 || (type == PYPHI_TYPE_Q4_K && rows % 8 != 0)) {
         return PYPHI_E_SHAPE;
     }
-    /* the weight type decides the activations' format and the dot, once */
-    int q4_1 = type == PYPHI_TYPE_Q4_1;
-    void (*quantize)(const float *, void *, int64_t) = q4_1 ? quantize_row_q8_1 : quantize_row_q8_0;
+    int tiled = kind.dot_tiled != NULL && n >= TILED_MIN_TOKENS;
     struct matmul_job job = {
-        .dot = q4_1 ? kernels()->dot_q4_1 : kernels()->dot_q8_0, .w = w, .xq = scratch,
+        .dot = tiled ? kind.dot_tiled : kind.dot, .dot_grouped = kind.dot_grouped, .w = w, .xq = scratch,
+        /* the repacked matmul takes whole groups of 4 tokens its own way (ggml_gemm_*) */
+        .grouped = kind.dot_grouped != NULL ? n / 4 * 4 : 0,
         .row_bytes = (size_t)pyphi_row_bytes(type, cols),
-        .xq_bytes = (size_t)(cols / 32) * (q4_1 ? sizeof(block_q8_1) : sizeof(block_q8_0)),
-        .rows = rows, .n_blocks = cols / 32, .n = n, .y = y,
+        .xq_bytes = (size_t)(cols / kind.block_values) * kind.xq_block_bytes,
+        .rows = rows, .n_blocks = cols / kind.block_values, .n = n, .y = y,
     };
     for (int64_t t = 0; t < n; t++) {
+        void (*quantize)(const float *, void *, int64_t) =
+            t < job.grouped ? kind.quantize_grouped : kind.quantize;
         quantize(x + t * cols, (uint8_t *)scratch + (size_t)t * job.xq_bytes, cols);
     }
     pyphi_pool_run(pool, matmul_chunk, &job, (rows + MATMUL_CHUNK_ROWS - 1) / MATMUL_CHUNK_ROWS);
@@ -351,12 +625,13 @@ struct ggml_attention_job {
     const uint16_t *vt; /* (n_head_kv, head_dim, n_pad): the layer's values transposed, as
                          * llama.cpp's cache keeps them; zeros past the batch's last position */
     int64_t n_pad;      /* the batch's positions, padded to 64 (llama.cpp's n_kv: 256) */
-    float scale;        /* kq_scale = 1 / sqrtf(head_dim) */
+    float q_scale;      /* the queries are multiplied by this first (ggml_scale) */
+    float kq_scale;     /* the scores by this (soft_max_ext's scale) */
     int64_t group;      /* query heads per KV head */
     int64_t scratch_stride;
 };
 
-/* Chunk = (token t, query head h): softmax(kq * scale + mask) . v, ggml's way. */
+/* Chunk = (token t, query head h): softmax((q_scale q) k * kq_scale + mask) . v, ggml's way. */
 static void ggml_attend(void *ctx, int64_t chunk, int thread) {
     const struct ggml_attention_job *job = ctx;
     const struct pyphi_attention_args *a = job->a;
@@ -371,7 +646,7 @@ static void ggml_attend(void *ctx, int64_t chunk, int thread) {
 
     const float *q = a->q + t * a->q_stride + h * hd;
     for (int64_t d = 0; d < hd; d++) { /* mul_mat converts the queries to f16 */
-        q16[d] = pyphi_fp32_to_fp16(q[d]);
+        q16[d] = pyphi_fp32_to_fp16(q[d] * job->q_scale);
     }
     /* wp = kq * scale + mask (ggml_compute_forward_soft_max_f32), then its maximum */
     float max = -INFINITY;
@@ -380,7 +655,7 @@ static void ggml_attend(void *ctx, int64_t chunk, int thread) {
             p[j] = -INFINITY;
             continue;
         }
-        p[j] = job->dot(pyphi_kv_k(a->kv, a->layer, g, j), q16, hd) * job->scale;
+        p[j] = job->dot(pyphi_kv_k(a->kv, a->layer, g, j), q16, hd) * job->kq_scale;
         max = fmaxf(max, p[j]);
     }
     /* ggml_vec_soft_max_f32: exp of each run of 16, each run's reduced sum added in double */
@@ -403,7 +678,8 @@ static void ggml_attend(void *ctx, int64_t chunk, int thread) {
     }
 }
 
-int pyphi_ggml_attention(pyphi_pool *pool, const struct pyphi_attention_args *args) {
+int pyphi_ggml_attention(pyphi_pool *pool, const struct pyphi_attention_args *args,
+                         int scale_queries) {
     if (args->kv->type != PYPHI_TYPE_F16) {
         return PYPHI_E_TYPE;
     }
@@ -426,7 +702,9 @@ int pyphi_ggml_attention(pyphi_pool *pool, const struct pyphi_attention_args *ar
         .dot = gemm ? kernels()->dot_f16_gemm : kernels()->dot_f16_vec,
         .vt = vt,
         .n_pad = n_pad,
-        .scale = 1.0f / sqrtf((float)hd),
+        /* a product by 1 is exact: the other scale changes nothing */
+        .q_scale = scale_queries ? 1.0f / sqrtf((float)hd) : 1.0f,
+        .kq_scale = scale_queries ? 1.0f : 1.0f / sqrtf((float)hd),
         .group = args->n_head / args->n_head_kv,
         .scratch_stride = pyphi_ggml_attention_scratch_floats(hd, args->kv->n_ctx),
     };

@@ -103,6 +103,14 @@ static int uses_longrope(const struct pyphi_model_desc *d) {
     return d->rope_factors_long != NULL && d->n_ctx_orig > 0;
 }
 
+/* llama.cpp's LongRoPE factor set (llama_model::get_rope_factors): the long one for the model's
+ * life when its context exceeds the original one (n_ctx_orig_yarn: rope.scaling.
+ * original_context_length, else the training context). */
+static int ggml_rope_long(const struct pyphi_model_desc *d, const struct pyphi_model_params *p) {
+    int64_t n_ctx_orig = d->n_ctx_orig > 0 ? d->n_ctx_orig : d->n_ctx_train;
+    return d->rope_factors_long != NULL && p->n_ctx > n_ctx_orig;
+}
+
 static int64_t max3(int64_t a, int64_t b, int64_t c) {
     int64_t m = a > b ? a : b;
     return m > c ? m : c;
@@ -233,22 +241,28 @@ static void layer_matrices(const struct pyphi_layer_weights *L,
     memcpy(out, ts, sizeof ts);
 }
 
-/* What PYPHI_NUMERICS_GGML reproduces: Q4_1/Q8_0 matrices, an F16 cache read unpacked, plain
- * RoPE (ggml's LongRoPE picks its factors by context size, not by sequence length as ours). */
-static int check_ggml(const struct pyphi_model_desc *d, const struct pyphi_model_params *p) {
-    if (p->kv_type != PYPHI_TYPE_F16 || p->pack_weights || d->rope_factors_short != NULL ||
-        d->rope_factors_long != NULL || d->rope_attn_factor != 1.0f) {
-        return PYPHI_E_ARG;
-    }
-    if (!pyphi_ggml_supports(d->output.type)) {
+/* Whether PYPHI_NUMERICS_GGML computes matrix t: a type it reproduces, and for Q4_K, llama.cpp's
+ * repacked layout, which takes rows in 8s. */
+static int check_ggml_matrix(const struct pyphi_tensor *t) {
+    if (!pyphi_ggml_supports(t->type)) {
         return PYPHI_E_TYPE;
     }
+    return t->type == PYPHI_TYPE_Q4_K && t->ne1 % 8 != 0 ? PYPHI_E_SHAPE : PYPHI_OK;
+}
+
+/* What PYPHI_NUMERICS_GGML reproduces: the matrices check_ggml_matrix accepts, an F16 cache read
+ * unpacked. */
+static int check_ggml(const struct pyphi_model_desc *d, const struct pyphi_model_params *p) {
+    if (p->kv_type != PYPHI_TYPE_F16 || p->pack_weights) {
+        return PYPHI_E_ARG;
+    }
+    TRY(check_ggml_matrix(&d->output));
     for (int64_t l = 0; l < d->n_layer; l++) {
         const struct pyphi_tensor *ms[MATRICES_PER_LAYER];
         layer_matrices(&d->layers[l], ms);
         for (int i = 0; i < MATRICES_PER_LAYER; i++) {
-            if (ms[i]->data != NULL && !pyphi_ggml_supports(ms[i]->type)) {
-                return PYPHI_E_TYPE;
+            if (ms[i]->data != NULL) {
+                TRY(check_ggml_matrix(ms[i]));
             }
         }
     }
@@ -487,6 +501,7 @@ int pyphi_model_create(const struct pyphi_model_desc *desc, const struct pyphi_m
     m->ggml = params->numerics == PYPHI_NUMERICS_GGML;
     if (m->ggml) {
         m->act_q = malloc((size_t)act_q_bytes(desc, n));
+        m->rope_long = ggml_rope_long(desc, params);
     }
     int status = m->layers && m->tokens && m->inv_freq[0] && m->x && (m->act_q || !m->ggml)
                      ? PYPHI_OK
@@ -663,7 +678,9 @@ static void swiglu(const pyphi_model *m, pyphi_pool *pool, float *out, const flo
 static void rope_table(pyphi_model *m, int64_t pos, int64_t n) {
     const struct pyphi_model_desc *d = &m->d;
     if (m->ggml) {
-        pyphi_ggml_rope_table(m->rope_cs, pos, n, d->n_rot, d->rope_base);
+        const float *factors = m->rope_long ? d->rope_factors_long : d->rope_factors_short;
+        pyphi_ggml_rope_table(m->rope_cs, pos, n, d->n_rot, d->rope_base, factors,
+                              d->rope_attn_factor);
     } else {
         pyphi_rope_table(m->rope_cs, pos, n, m->inv_freq[m->rope_long], d->n_rot,
                          d->rope_attn_factor);
@@ -690,7 +707,7 @@ static void rms_norm(const pyphi_model *m, float *y, const float *x, const struc
 }
 
 static int attention(const pyphi_model *m, pyphi_pool *pool, const struct pyphi_attention_args *a) {
-    return m->ggml ? pyphi_ggml_attention(pool, a) : pyphi_attention(pool, a);
+    return m->ggml ? pyphi_ggml_attention(pool, a, m->d.queries_scaled) : pyphi_attention(pool, a);
 }
 
 /* Runs tokens (n,) at positions pos .. pos + n - 1 (n <= n_batch), appending their keys and
@@ -769,7 +786,8 @@ static int eval_batches(pyphi_model *m, pyphi_pool *pool, const int32_t *tokens,
                         int64_t pos, float *logits, int64_t n_logits) {
     drop_sources_once_packed(m);
     int64_t end = pos + n_tokens;
-    int want_long = uses_longrope(&m->d) && end > m->d.n_ctx_orig;
+    /* GGML: llama.cpp's factor set, chosen at create */
+    int want_long = m->ggml ? m->rope_long : uses_longrope(&m->d) && end > m->d.n_ctx_orig;
     int64_t start = pos; /* the first position this call computes */
     m->n_past = pos;
     if (m->n_past > 0 && want_long != m->rope_long) {

@@ -225,6 +225,9 @@ struct pyphi_model_desc {
     int64_t n_vocab, n_embd, n_layer, n_head, n_head_kv, head_dim, n_ff;
     int64_t n_rot;          /* rotated dims per head, even, <= head_dim */
     int32_t rope_pairing;   /* enum pyphi_rope_pairing (0, NEOX, for a zeroed struct) */
+    int32_t queries_scaled; /* 1: llama.cpp's graph for this architecture multiplies the queries by
+                             * 1 / sqrt(head_dim) before q.k (phi3), 0: the scores (llama). The same
+                             * maths, rounded differently: only PYPHI_NUMERICS_GGML reads it */
     int64_t n_ctx_train;    /* the longest sequence the model supports */
     int64_t n_ctx_orig;     /* LongRoPE: long factors once the sequence is longer than this */
     int64_t sliding_window; /* key j is visible to query i iff i - window < j <= i; 0: no window */
@@ -254,8 +257,10 @@ enum pyphi_longrope_switch {
  * exact maths (the tests bound them against transformers), the fastest layouts. GGML llama.cpp's
  * CPU arithmetic operation for operation (ggml_numerics.h): the logits equal llama.cpp's bit for
  * bit on the same file (llama.cpp built for AVX-512, flash attention off), at scalar speed; for
- * Q4_1/Q8_0 matrices, an F16 cache, no packing and no LongRoPE, else create fails
- * (PYPHI_E_TYPE for a matrix type, PYPHI_E_ARG otherwise). Like llama.cpp's, its results depend on
+ * Q4_1/Q8_0/Q4_K/Q5_K/Q6_K matrices (Q4_K with rows in 8s), an F16 cache and no packing, else
+ * create fails (PYPHI_E_TYPE for a matrix type, PYPHI_E_SHAPE for a Q4_K row count, PYPHI_E_ARG
+ * otherwise). LongRoPE as llama.cpp does it: one factor set for the model's life, the long one
+ * when n_ctx exceeds n_ctx_orig (or n_ctx_train when that is 0), never switched. Like llama.cpp's, its results depend on
  * how a sequence is split into evals: a one-token eval sums attention in another order than a
  * longer one (llama.cpp splits at n_ubatch, 512 by default). */
 enum pyphi_numerics {

@@ -51,7 +51,7 @@ LONGROPE_SWITCHES = {"reprefill": lib.PYPHI_LONGROPE_REPREFILL, "rerotate": lib.
 NUMERICS = {"pyphi": lib.PYPHI_NUMERICS_PYPHI, "ggml": lib.PYPHI_NUMERICS_GGML}
 # llama.cpp's n_ubatch: numerics="ggml" splits a prompt where llama.cpp does (pyphi.h)
 GGML_N_BATCH = 512
-GGML_TYPES = ("Q4_1", "Q8_0")
+GGML_TYPES = ("Q4_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K")
 GIB = 1 << 30
 _MEMINFO = "/proc/meminfo"
 
@@ -228,12 +228,13 @@ class Model:
         where = f"{self.path}: numerics='ggml'"
         if kv_type != "f16" or pack_weights:
             raise ValueError(f"{where} needs kv_type='f16' and pack_weights off (llama.cpp's cache, unpacked weights)")
-        factors = {"rope_factors_short.weight", "rope_factors_long.weight", "rope_freqs.weight"}
-        if factors & set(self._file.gguf.tensors) or self.hparams.rope_attn_factor != 1.0:
-            raise ValueError(f"{where} does not reproduce RoPE factors (llama.cpp picks LongRoPE's by context size)")
         for name, type_name in self._file.matrix_types():
             if type_name not in GGML_TYPES:
-                raise ValueError(f"{where} computes {' and '.join(GGML_TYPES)} matrices; {name} is {type_name}")
+                raise ValueError(f"{where} computes {', '.join(GGML_TYPES)} matrices; {name} is {type_name}")
+            rows = self._file.gguf.tensors[name].shape[1]
+            if type_name == "Q4_K" and rows % 8:
+                raise ValueError(f"{where} computes Q4_K matrices of rows in 8s (llama.cpp's repacked "
+                                 f"layout); {name} has {rows} rows")
 
     # ---- state ----
 

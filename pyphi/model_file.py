@@ -38,11 +38,13 @@ class Architecture:
     fused: bool  # attn_qkv + ffn_up (gate | up), else attn_q/k/v + ffn_gate, ffn_up
     rope_pairing: int  # enum pyphi_rope_pairing
     longrope: bool  # rope_factors_{short,long}.weight (phi3), else rope_freqs.weight (llama)
+    queries_scaled: bool  # llama.cpp scales the queries, not the scores (pyphi.h; numerics="ggml")
 
 
 ARCHITECTURES = {
-    "phi3": Architecture(fused=True, rope_pairing=lib.PYPHI_ROPE_NEOX, longrope=True),
-    "llama": Architecture(fused=False, rope_pairing=lib.PYPHI_ROPE_ADJACENT, longrope=False),
+    "phi3": Architecture(fused=True, rope_pairing=lib.PYPHI_ROPE_NEOX, longrope=True, queries_scaled=True),
+    "llama": Architecture(fused=False, rope_pairing=lib.PYPHI_ROPE_ADJACENT, longrope=False,
+                          queries_scaled=False),
 }
 DEFAULT_ROPE_BASE = 10000.0  # Phi3Config rope_theta default, and llama.cpp's
 # The weight types the C core computes: those it stores and has a dot product for.
@@ -244,6 +246,7 @@ class ModelFile:
                       "n_rot", "rope_pairing", "n_ctx_train", "n_ctx_orig", "sliding_window",
                       "rms_eps", "rope_base", "rope_attn_factor"):
             setattr(d, field, getattr(h, field))
+        d.queries_scaled = arch.queries_scaled
         d.tok_embd = self._tensor("token_embd.weight", (h.n_embd, h.n_vocab))
         d.output_norm = self._tensor("output_norm.weight", (h.n_embd,), norm=True)
         d.output = d.tok_embd if h.tied_output else self._tensor("output.weight", (h.n_embd, h.n_vocab))

@@ -135,6 +135,26 @@ def test_every_isa_agrees_with_the_scalar_forward_packed_or_not(kquant_files):
         assert top1 >= ISA_MIN_TOP1 and kl <= ISA_MAX_KL, (isa, pack)
 
 
+def test_ggml_numerics_k_quants_same_bits_on_any_thread_count(kquant_files):
+    """numerics="ggml" on K-quant matrices (test_llama_quantized_files holds it to llama.cpp's bits):
+    one and two threads give the same logits, for prefills of 7 tokens (every token through
+    ggml's vec_dot and gemv orders) and 9 (the tiled order, and repacked Q4_K's groups of 4 plus
+    one), then a decode step."""
+    for mix in ("q4_k_m_like", "q5_k"):
+        path, _ = kquant_files[mix]
+        results = []
+        for threads in (1, 2):
+            with Model(path, n_ctx=64, n_threads=threads, numerics="ggml") as model:
+                short = model.eval(prompt(7), logits="all")
+                model.reset()
+                long = model.eval(prompt(9), logits="all")
+                step = model.eval(prompt(1, seed=2), logits="all")
+            results.append((short, long, step))
+        for one, two in zip(*results):
+            np.testing.assert_array_equal(one, two, err_msg=mix)
+        assert np.isfinite(results[0][1]).all()
+
+
 # llama.cpp's quantizer mixes on the head128 checkpoint: the K-quant types each file holds.
 LLAMA_MIXES = {"Q4_K_M": {Q4_K, Q6_K}, "Q5_K_M": {Q5_K, Q6_K}, "Q6_K": {Q6_K}}
 
@@ -151,8 +171,13 @@ def _llama_logits(llama_cpp, path, tokens, **kwargs) -> np.ndarray:
 @pytest.mark.parametrize("ftype", list(LLAMA_MIXES))
 def test_llama_quantized_files(model_zoo, tmp_path, ftype):
     """llama.cpp's own Q4_K_M, Q5_K_M and Q6_K of the head128 F32 GGUF (llama_model_quantize, no
-    imatrix). Each K-quant tensor equals pyphi's quantizer on the same F32 rows byte for byte. Then
-    pyphi's argmax against llama.cpp's (default path) at every position of the prompt. The two
+    imatrix). Each K-quant tensor equals pyphi's quantizer on the same F32 rows byte for byte.
+
+    numerics="ggml" (csrc/ggml_numerics.c: Q8_K activations, ggml's Q5_K/Q6_K dots, its repacked
+    Q4_K matmul, the phi3 graph's query scaling and LongRoPE factors) gives llama.cpp's logits bit
+    for bit at every position, so the same argmax everywhere.
+
+    pyphi's own numerics, against llama.cpp's (default path) at every position: the two
     engines round differently (summation order; llama.cpp's f16 queries and attention weights), and
     every matmul requantizes its input, so a last-bit difference can move a Q8_K code: their logits
     differ by about 0.02 (max |logit| 2.4), and random weights give near-flat distributions (median
@@ -180,7 +205,10 @@ def test_llama_quantized_files(model_zoo, tmp_path, ftype):
     tokens = prompt()
     with Model(dst, n_ctx=128) as model:
         ours = model.eval(tokens, logits="all")
+    with Model(dst, n_ctx=128, numerics="ggml") as model:
+        exact = model.eval(tokens, logits="all")
     theirs = _llama_logits(llama_cpp, dst, tokens)
+    np.testing.assert_array_equal(exact, theirs)  # so the same argmax at every position
     flash = _llama_logits(llama_cpp, dst, tokens, flash_attn=True)
     agree = ours.argmax(-1) == theirs.argmax(-1)
     agree_flash = float((flash.argmax(-1) == theirs.argmax(-1)).mean())
