@@ -306,6 +306,23 @@ static int code_q6_K(const block_q6_K *w, int i) {
     return lo | ((w->qh[32 * h + l] >> (2 * quarter)) & 3) << 4;
 }
 
+/* codes . activations over sub-block j (32 values) of a Q4_K / Q5_K block: an exact integer. */
+static int dot_sub_q4_K(const block_q4_K *w, const block_q8_K *x, int j) {
+    int s = 0;
+    for (int i = 0; i < 32; i++) {
+        s += code_q4_K(w, j, i) * x->qs[32 * j + i];
+    }
+    return s;
+}
+
+static int dot_sub_q5_K(const block_q5_K *w, const block_q8_K *x, int j) {
+    int s = 0;
+    for (int i = 0; i < 32; i++) {
+        s += code_q5_K(w, j, i) * x->qs[32 * j + i];
+    }
+    return s;
+}
+
 /* Sum of the 32 activation codes of sub-block j of a Q8_K block. */
 static int bsum32(const block_q8_K *x, int j) {
     return x->bsums[2 * j] + x->bsums[2 * j + 1];
@@ -325,11 +342,7 @@ static float dot_q4_K_runs(const block_q4_K *w, const block_q8_K *x, int64_t n_b
             for (int j = j0; j < j0 + run; j++) {
                 uint8_t sc, m;
                 pyphi_k_scale_min(j, w[b].scales, &sc, &m);
-                int s = 0;
-                for (int i = 0; i < 32; i++) {
-                    s += code_q4_K(&w[b], j, i) * x[b].qs[32 * j + i];
-                }
-                isum += sc * s;
+                isum += sc * dot_sub_q4_K(&w[b], &x[b], j);
                 imin += m * bsum32(&x[b], j);
             }
             acc = fmaf((float)isum, d, acc);
@@ -409,60 +422,41 @@ static float dot_q6_K(const void *w_blocks, const void *x_blocks, int64_t n_bloc
  * scale x (codes . activations) (Q6_K's codes less 32) and, for Q5_K, s2 of min x bsum; then
  * r = s1 d_w, fused r - dmin_w s2, and r d_x fused into the accumulator (the microtile writes a
  * mul and an add, which gcc contracts: measured against llama.cpp's logits). */
-static float dot_tiled(int64_t n_blocks, const void *w_blocks, size_t w_block_bytes,
-                       const block_q8_K *x, void (*sums)(const void *w, const block_q8_K *x, int *s1, int *s2),
-                       float (*d)(const void *w), float (*dmin)(const void *w)) {
+static float dot_q5_K_tiled(const void *w_blocks, const void *x_blocks, int64_t n_blocks) {
+    const block_q5_K *w = w_blocks;
+    const block_q8_K *x = x_blocks;
     float acc = 0.0f;
     for (int64_t b = 0; b < n_blocks; b++) {
-        const void *wb = (const uint8_t *)w_blocks + (size_t)b * w_block_bytes;
-        int s1, s2;
-        sums(wb, &x[b], &s1, &s2);
-        float r = (float)s1 * d(wb);
-        if (dmin != NULL) {
-            r = fmaf(-dmin(wb), (float)s2, r);
+        int s1 = 0, s2 = 0;
+        for (int j = 0; j < 8; j++) {
+            uint8_t sc, m;
+            pyphi_k_scale_min(j, w[b].scales, &sc, &m);
+            s1 += sc * dot_sub_q5_K(&w[b], &x[b], j);
+            s2 += m * bsum32(&x[b], j);
         }
+        float r = (float)s1 * pyphi_fp16_to_fp32(w[b].d);
+        r = fmaf(-pyphi_fp16_to_fp32(w[b].dmin), (float)s2, r);
         acc = fmaf(r, x[b].d, acc);
     }
     return acc;
 }
 
-static void sums_q5_K(const void *vw, const block_q8_K *x, int *s1, int *s2) {
-    const block_q5_K *w = vw;
-    *s1 = *s2 = 0;
-    for (int j = 0; j < 8; j++) {
-        uint8_t sc, m;
-        pyphi_k_scale_min(j, w->scales, &sc, &m);
-        int s = 0;
-        for (int i = 0; i < 32; i++) {
-            s += code_q5_K(w, j, i) * x->qs[32 * j + i];
+static float dot_q6_K_tiled(const void *w_blocks, const void *x_blocks, int64_t n_blocks) {
+    const block_q6_K *w = w_blocks;
+    const block_q8_K *x = x_blocks;
+    float acc = 0.0f;
+    for (int64_t b = 0; b < n_blocks; b++) {
+        int s1 = 0;
+        for (int k = 0; k < 16; k++) {
+            int s = 0;
+            for (int i = 16 * k; i < 16 * k + 16; i++) {
+                s += code_q6_K(&w[b], i) * x[b].qs[i];
+            }
+            s1 += w[b].scales[k] * (s - 32 * x[b].bsums[k]);
         }
-        *s1 += sc * s;
-        *s2 += m * bsum32(x, j);
+        acc = fmaf((float)s1 * pyphi_fp16_to_fp32(w[b].d), x[b].d, acc);
     }
-}
-
-static void sums_q6_K(const void *vw, const block_q8_K *x, int *s1, int *s2) {
-    const block_q6_K *w = vw;
-    *s1 = *s2 = 0;
-    for (int k = 0; k < 16; k++) {
-        int s = 0;
-        for (int i = 16 * k; i < 16 * k + 16; i++) {
-            s += code_q6_K(w, i) * x->qs[i];
-        }
-        *s1 += w->scales[k] * (s - 32 * x->bsums[k]);
-    }
-}
-
-static float d_q5_K(const void *w) { return pyphi_fp16_to_fp32(((const block_q5_K *)w)->d); }
-static float dmin_q5_K(const void *w) { return pyphi_fp16_to_fp32(((const block_q5_K *)w)->dmin); }
-static float d_q6_K(const void *w) { return pyphi_fp16_to_fp32(((const block_q6_K *)w)->d); }
-
-static float dot_q5_K_tiled(const void *w, const void *x, int64_t n_blocks) {
-    return dot_tiled(n_blocks, w, sizeof(block_q5_K), x, sums_q5_K, d_q5_K, dmin_q5_K);
-}
-
-static float dot_q6_K_tiled(const void *w, const void *x, int64_t n_blocks) {
-    return dot_tiled(n_blocks, w, sizeof(block_q6_K), x, sums_q6_K, d_q6_K, NULL);
+    return acc;
 }
 
 /* ---- Matmul ------------------------------------------------------------------------------------ */

@@ -258,9 +258,9 @@ uint32_t pyphi_cpu_detect(void);                 /* pyphi_cpu_feature bits, OS s
 const pyphi_kernels *pyphi_isa_kernels(int isa); /* the table built for isa, or NULL */
 uint32_t pyphi_isa_requires(int isa);            /* feature bits the table needs to run */
 
-/* Asks for the cache lines of [addr, addr + bytes) to be loaded into cache: a packed kernel
- * streaming weights from memory names the block it will read a few blocks on (kernels_avx512*.c
- * say how far and what it gained). The address is an integer, since near the end of the weights it
+/* Asks for the cache lines of [addr, addr + bytes) to be loaded into cache: a kernel streaming
+ * weights from memory names the bytes it will read a little further on (kernels_avx512*.c say
+ * how far and what it gained). The address is an integer, since near the end of the weights it
  * points past them, where a prefetch may reach but C pointer arithmetic may not. */
 static inline void pyphi_prefetch(uintptr_t addr, size_t bytes) {
     for (size_t o = 0; o < bytes; o += 64) {

@@ -234,8 +234,8 @@ int pyphi_matmul(pyphi_pool *pool, int wtype, const void *w, int64_t n_out, int6
         .act_row_bytes = (size_t)act_row_bytes,
     };
     int64_t rows = CHUNK_WEIGHT_BYTES / (w_row_bytes > 0 ? w_row_bytes : 1) / ROWS_MULTIPLE * ROWS_MULTIPLE;
-    int64_t decode_rows = (decode_chunk(n_out, pool) + ROWS_MULTIPLE - 1) / ROWS_MULTIPLE * ROWS_MULTIPLE;
-    job.rows_per_chunk = n_tokens == 1          ? decode_rows
+    job.rows_per_chunk = n_tokens == 1
+                             ? (decode_chunk(n_out, pool) + ROWS_MULTIPLE - 1) / ROWS_MULTIPLE * ROWS_MULTIPLE
                          : rows < ROWS_MULTIPLE ? ROWS_MULTIPLE
                          : rows > MAX_ROWS_PER_CHUNK ? MAX_ROWS_PER_CHUNK
                                                     : rows;

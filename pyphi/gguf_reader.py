@@ -224,7 +224,7 @@ def _read_string_array(cur: _Cursor, count: int, what: str) -> StringArray:
     once to check it is UTF-8 and then dropped; the strings are kept as their bytes."""
     buf, size, unpack = cur.buf, cur.size, _U64.unpack_from
     first = pos = cur.pos
-    starts = np.empty(count + 1, np.int64)  # (count + 1,): offsets from `first`; the last is the end
+    offsets = np.empty(count + 1, np.int64)  # (count + 1,): each record's start from `first`, then the end
     try:
         for i in range(count):
             start = pos + 8
@@ -234,15 +234,15 @@ def _read_string_array(cur: _Cursor, count: int, what: str) -> StringArray:
             if end > size:
                 raise _string_past_end(cur, what, i, pos)
             buf[start:end].decode("utf-8")
-            starts[i] = start - first
+            offsets[i] = pos - first
             pos = end
     except UnicodeDecodeError as e:
         raise cur.error(
             what, f"string {i} at offset {start} is not valid UTF-8 (byte {start + e.start})"
         ) from None
-    starts[count] = pos - first + 8
+    offsets[count] = pos - first
     cur.pos = pos
-    return StringArray(buf[first:pos], starts)
+    return StringArray(buf[first:pos], offsets)
 
 
 class StringArray(Sequence[str]):
@@ -251,26 +251,26 @@ class StringArray(Sequence[str]):
     str objects, Phi-4-mini's 200k tokens and 200k merges held 41 MB of a loaded model's memory,
     as bytes and offsets they hold 11.5 MB. Compares equal to a list or tuple of the same strings."""
 
-    __slots__ = ("_data", "_starts")
+    __slots__ = ("_data", "_offsets")
 
-    def __init__(self, data: bytes, starts: np.ndarray):
-        self._data = data  # the array's bytes, length prefixes included
-        self._starts = starts  # (len + 1,): where each string's bytes start; string i ends 8 before i + 1
+    def __init__(self, data: bytes, offsets: np.ndarray):
+        self._data = data  # the array's records: u64 length, then the string's bytes
+        self._offsets = offsets  # (len + 1,): where each record starts, then the end of the last
 
     def __len__(self) -> int:
-        return len(self._starts) - 1
+        return len(self._offsets) - 1
 
     def __getitem__(self, index):
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
         i = range(len(self))[index]  # IndexError, negative indices
-        start, next_start = self._starts[i : i + 2].tolist()
-        return self._data[start : next_start - 8].decode("utf-8")
+        record, next_record = self._offsets[i : i + 2].tolist()
+        return self._data[record + 8 : next_record].decode("utf-8")
 
     def __iter__(self) -> Iterator[str]:
-        data, bounds = self._data, self._starts.tolist()
-        for start, next_start in zip(bounds, bounds[1:]):
-            yield data[start : next_start - 8].decode("utf-8")
+        data, bounds = self._data, self._offsets.tolist()
+        for record, next_record in zip(bounds, bounds[1:]):
+            yield data[record + 8 : next_record].decode("utf-8")
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, (StringArray, list, tuple)):
